@@ -1,0 +1,47 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "virtgate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "virtgate", targets: ["virtgate"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // Config file (an env-file with comments) plus VIRTGATE_* overrides; FoundationEssentials only.
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: []),
+        // Spawning iptables-restore/iptables-save with stdin and captured output without deadlocks.
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
+    ],
+    targets: [
+        // libxml2 (already a dependency of libvirt): a small, fast, hardened XML parser that keeps
+        // the hook's start-up cheap (FoundationXML would pull ICU into every hook run).
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        // libvirt's C API; imported only by the Libvirt wrapper.
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .target(name: "Libvirt", dependencies: ["CLibvirt"]),
+        // The engine: XML → model → plan → rendered rules → one transaction. Effects only behind protocols.
+        .target(
+            name: "VirtGateCore",
+            dependencies: [
+                "CLibXML2",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]
+        ),
+        .executableTarget(
+            name: "virtgate",
+            dependencies: [
+                "VirtGateCore",
+                "Libvirt",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "VirtGateCoreTests",
+            dependencies: ["VirtGateCore"],
+            resources: [.copy("Fixtures"), .copy("Golden")]
+        ),
+    ]
+)

@@ -1,0 +1,62 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct FirewallError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The iptables family the host's other rules live in. Rules added through the other family are
+/// invisible to, and do not override, a DROP in this one (measured: see firewall-coexistence notes).
+public enum IptablesVariant: String, Sendable {
+    case nft, legacy
+
+    /// Reads which variant `/usr/sbin/iptables` is, from its alternatives link rather than by
+    /// listing tables: listing legacy tables creates them and leaves the host with mixed tables.
+    public static func detect(iptables: String = "/usr/sbin/iptables") -> IptablesVariant? {
+        guard let resolved = realpath(iptables, nil) else { return nil }
+        defer { free(resolved) }
+        let target = String(cString: resolved)
+        if target.hasSuffix("nft-multi") || target.hasSuffix("-nft") { return .nft }
+        if target.hasSuffix("legacy-multi") || target.hasSuffix("-legacy") { return .legacy }
+        return nil
+    }
+
+    public var save: String { "/usr/sbin/iptables-\(rawValue)-save" }
+    public var restore: String { "/usr/sbin/iptables-\(rawValue)-restore" }
+}
+
+/// Reads and writes the kernel's iptables rules through one `iptables-save` and one
+/// `iptables-restore --noflush` per change.
+public struct IptablesBackend: Sendable {
+    public let variant: IptablesVariant
+    public let runner: any CommandRunner
+
+    public init(variant: IptablesVariant, runner: any CommandRunner) {
+        self.variant = variant
+        self.runner = runner
+    }
+
+    public func snapshot() async throws -> IptablesSnapshot {
+        let result = try await runner.run(variant.save, [], input: nil)
+        guard result.status == 0 else {
+            throw FirewallError("\(variant.save) failed (exit \(result.status)): \(result.error.oneLine)")
+        }
+        return IptablesSnapshot(parsing: result.output)
+    }
+
+    public func restore(_ text: String) async throws {
+        let result = try await runner.run(variant.restore, ["-w", "--noflush"], input: text)
+        guard result.status == 0 else {
+            throw FirewallError("\(variant.restore) failed (exit \(result.status)): \(result.error.oneLine)")
+        }
+    }
+}
+
+extension String {
+    /// Multi-line tool output folded into one log line.
+    var oneLine: String {
+        split(whereSeparator: \.isNewline).map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }.joined(separator: " | ")
+    }
+}

@@ -1,0 +1,95 @@
+import Configuration
+import SystemPackage
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
+
+/// virtgate's configuration: `/etc/virtgate/virtgate.conf` (an environment file: `KEY=value`, `#`
+/// comments), each key overridable by the environment variable `VIRTGATE_KEY`.
+public struct Settings: Sendable {
+    public enum InvalidPolicy: String, Sendable {
+        /// The guest starts; the bad forward is skipped and logged.
+        case warn
+        /// `prepare`/`start` fail, so the guest does not start with a forward the admin did not mean.
+        case refuse
+    }
+
+    public var onInvalid: InvalidPolicy = .warn
+    public var masqueradeRoutedNetworks = false
+    public var dryRun = false
+    /// nil: the variant `/usr/sbin/iptables` points to.
+    public var iptablesVariant: IptablesVariant?
+    public var syslog = true
+    public var stateDirectory = "/run/virtgate"
+    public var networkRunDirectory = "/run/libvirt/network"
+    public var networkConfigDirectory = "/etc/libvirt/qemu/networks"
+    public var dnsmasqDirectory = "/var/lib/libvirt/dnsmasq"
+
+    public static let defaultPath = "/etc/virtgate/virtgate.conf"
+
+    public init() {}
+
+    public var planner: PlannerSettings { PlannerSettings(masqueradeRoutedNetworks: masqueradeRoutedNetworks) }
+
+    /// Loads the file named by `VIRTGATE_CONFIG` (default `/etc/virtgate/virtgate.conf`; a missing
+    /// file means defaults) and applies environment overrides. Unknown values are errors, not defaults.
+    public static func load(environment: [String: String]) async throws -> Settings {
+        let path = environment["VIRTGATE_CONFIG"] ?? defaultPath
+        let file: ConfigReader
+        do {
+            file = ConfigReader(provider: try await EnvironmentVariablesProvider(
+                environmentFilePath: FilePath(path), allowMissing: true))
+        } catch {
+            throw FirewallError("config \(path): \(error)")
+        }
+        let env = ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment))
+            .scoped(to: "virtgate")
+        func value(_ key: String) -> (String, String)? {
+            if let text = env.string(forKey: ConfigKey(key)) { return (text, "VIRTGATE_\(key.envName)") }
+            if let text = file.string(forKey: ConfigKey(key)) { return (text, "\(path): \(key.envName)") }
+            return nil
+        }
+        func flag(_ key: String) throws -> Bool? {
+            guard let (text, origin) = value(key) else { return nil }
+            switch text.lowercased() {
+            case "yes", "true", "1", "on": return true
+            case "no", "false", "0", "off": return false
+            default: throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected yes or no")
+            }
+        }
+        var settings = Settings()
+        if let (text, origin) = value("onInvalid") {
+            guard let policy = InvalidPolicy(rawValue: text) else {
+                throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected warn or refuse")
+            }
+            settings.onInvalid = policy
+        }
+        if let (text, origin) = value("iptables"), text != "auto" {
+            guard let variant = IptablesVariant(rawValue: text) else {
+                throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected auto, nft or legacy")
+            }
+            settings.iptablesVariant = variant
+        }
+        settings.masqueradeRoutedNetworks = try flag("masqueradeRouted") ?? false
+        settings.dryRun = try flag("dryRun") ?? false
+        settings.syslog = try flag("syslog") ?? true
+        // Directories are for tests and unusual layouts; only the environment sets them.
+        settings.stateDirectory = environment["VIRTGATE_STATE_DIR"] ?? settings.stateDirectory
+        settings.networkRunDirectory = environment["VIRTGATE_NETWORK_RUN_DIR"] ?? settings.networkRunDirectory
+        settings.networkConfigDirectory = environment["VIRTGATE_NETWORK_ETC_DIR"] ?? settings.networkConfigDirectory
+        settings.dnsmasqDirectory = environment["VIRTGATE_DNSMASQ_DIR"] ?? settings.dnsmasqDirectory
+        return settings
+    }
+}
+
+extension String {
+    /// camelCase key → the ENV_NAME swift-configuration looks up.
+    var envName: String {
+        var out = ""
+        for character in self {
+            if character.isUppercase { out += "_" }
+            out += character.uppercased()
+        }
+        return out
+    }
+}

@@ -1,0 +1,211 @@
+/// libvirt event → firewall action. Every path ends in an exit status chosen for what libvirt does
+/// with it (see the hook notes): a failing `reconnect` would kill a running guest, so it never fails.
+public struct HookHandler: Sendable {
+    public let settings: Settings
+    public let firewall: Firewall
+    public let store: StateStore
+    public let log: Log
+    public let dryRun: Bool
+    /// Where dry-run transactions and filter output (migrate/restore) go.
+    public let output: @Sendable (String) -> Void
+
+    public init(settings: Settings, firewall: Firewall, log: Log, dryRun: Bool, output: @escaping @Sendable (String) -> Void) {
+        self.settings = settings
+        self.firewall = firewall
+        self.store = StateStore(directory: settings.stateDirectory)
+        self.log = log
+        self.dryRun = dryRun
+        self.output = output
+    }
+
+    public func handle(_ invocation: HookInvocation, stdin: String) async -> Int32 {
+        switch invocation.driver {
+        case .qemu: await handleQemu(invocation, stdin: stdin)
+        case .network: await handleNetwork(invocation, stdin: stdin)
+        }
+    }
+
+    // MARK: qemu
+
+    func handleQemu(_ invocation: HookInvocation, stdin: String) async -> Int32 {
+        let name = invocation.object
+        switch QemuOperation(invocation.operation) {
+        case .migrate, .restore:
+            // libvirt reads our stdout as the (possibly rewritten) domain XML: hand it back untouched.
+            output(stdin)
+            return 0
+        case .prepare:
+            guard let guest = parseGuest(name, stdin) else { return refuseOrPass() }
+            return report(guest.problems) ? 0 : 1
+        case .start, .started:
+            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0)
+        case .reconnect, .attach:
+            return await assertGuest(name, stdin: stdin, failureStatus: 0)
+        case .stopped, .release:
+            // Remove by name only: the metadata may have changed while the guest ran.
+            guard Names.isSafeObjectName(name) else {
+                log.error(InputProblem(.guest(name), field: "name", value: name, reason: "not a usable guest name").description)
+                return 0
+            }
+            let done = await apply([(.guest(name), [])], event: invocation)
+            if done && !dryRun { store.forgetGuest(name) }
+            return 0
+        case .other(let operation):
+            log.info("qemu \(InputProblem.quoted(name)) \(operation): nothing to do")
+            return 0
+        }
+    }
+
+    func parseGuest(_ name: String, _ xml: String) -> GuestDefinition? {
+        do {
+            return try LibvirtXML.guest(fromXML: xml, name: name)
+        } catch {
+            log.error("\(error)")
+            return nil
+        }
+    }
+
+    /// Logs each problem; false when the policy says the guest must not start because of them.
+    func report(_ problems: [InputProblem]) -> Bool {
+        let refuse = settings.onInvalid == .refuse
+        for problem in problems {
+            refuse ? log.error("\(problem)") : log.warning("\(problem); forward skipped")
+        }
+        return problems.isEmpty || !refuse
+    }
+
+    func refuseOrPass() -> Int32 { settings.onInvalid == .refuse ? 1 : 0 }
+
+    func assertGuest(_ name: String, stdin: String, failureStatus: Int32) async -> Int32 {
+        guard let guest = parseGuest(name, stdin) else { return failureStatus }
+        let addresses = FileAddressBook(store: store, settings: settings)
+        let guestPlan = Planner.plan(guest: guest, addresses: addresses)
+        for problem in addresses.problems { log.warning(problem) }
+        guard report(guest.problems + guestPlan.problems) else { return failureStatus }
+        for pending in guestPlan.pending {
+            log.info("guest \(InputProblem.quoted(name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
+        }
+        if !dryRun {
+            do {
+                try store.prepare()
+                try store.rememberGuest(name, xml: stdin)
+            } catch {
+                log.warning("cannot remember guest \(InputProblem.quoted(name)) in \(store.directory): \(error)")
+            }
+        }
+        // The networks the guest uses get their rules in the same transaction: a network that was
+        // running before virtgate was installed has none yet, and re-asserting is free otherwise.
+        var changes: [(Owner, [OwnedChain])] = guestPlan.networks.compactMap { network in
+            addresses.network(named: network).map {
+                (.network($0.name), IptablesRules.chains(for: Planner.plan(network: $0, settings: settings.planner)))
+            }
+        }
+        changes.append((guestPlan.plan.owner, IptablesRules.chains(for: guestPlan.plan)))
+        let event = "qemu \(InputProblem.quoted(name))"
+        return await apply(changes, event: event) ? 0 : failureStatus
+    }
+
+    // MARK: network
+
+    func handleNetwork(_ invocation: HookInvocation, stdin: String) async -> Int32 {
+        let name = invocation.object
+        let operation = NetworkOperation(invocation.operation)
+        switch operation {
+        case .started, .updated:
+            let failure: Int32 = settings.onInvalid == .refuse ? 1 : 0
+            let network: NetworkDefinition
+            do {
+                network = try LibvirtXML.network(fromXML: stdin)
+            } catch {
+                log.error("\(error)")
+                return failure
+            }
+            guard network.name == name else {
+                log.error(InputProblem(.network(name), field: "name", value: network.name,
+                                       reason: "XML names another network").description)
+                return failure
+            }
+            if !dryRun {
+                do {
+                    try store.prepare()
+                    try store.rememberNetwork(name, xml: stdin)
+                } catch {
+                    log.warning("cannot remember network \(InputProblem.quoted(name)): \(error)")
+                }
+            }
+            var changes: [(Owner, [OwnedChain])] = [
+                (.network(name), IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner))),
+            ]
+            // Reservations may have changed: re-bind the forwards of running guests on this network.
+            let addresses = OverridingAddressBook(network: network,
+                                                  base: FileAddressBook(store: store, settings: settings))
+            for (guestName, xml) in store.guests() {
+                guard let guest = try? LibvirtXML.guest(fromXML: xml, name: guestName),
+                      guest.interfaces.contains(where: { $0.network == name }) else { continue }
+                let plan = Planner.plan(guest: guest, addresses: addresses)
+                changes.append((plan.plan.owner, IptablesRules.chains(for: plan.plan)))
+            }
+            return await apply(changes, event: "network \(InputProblem.quoted(name)) \(invocation.operation)") ? 0 : failure
+        case .stopped:
+            guard Names.isSafeObjectName(name) else { return 0 }
+            let done = await apply([(.network(name), [])], event: "network \(InputProblem.quoted(name)) stopped")
+            if done && !dryRun { store.forgetNetwork(name) }
+            return 0
+        case .start, .portCreated, .portDeleted:
+            return 0
+        case .other(let text):
+            log.info("network \(InputProblem.quoted(name)) \(text): nothing to do")
+            return 0
+        }
+    }
+
+    // MARK: applying
+
+    /// One locked transaction. Returns false (after logging) when it could not be applied.
+    func apply(_ changes: [(Owner, [OwnedChain])], event: HookInvocation) async -> Bool {
+        await apply(changes, event: "\(invocation: event)")
+    }
+
+    func apply(_ changes: [(Owner, [OwnedChain])], event: String) async -> Bool {
+        do {
+            var lock: FileLock?
+            if !dryRun {
+                try store.prepare()
+                lock = try FileLock(path: store.lockPath)
+            }
+            let outcome = try await firewall.apply(changes, dryRun: dryRun)
+            withExtendedLifetime(lock) {}
+            if dryRun {
+                output(outcome.transaction.isEmpty ? "# \(event): no changes\n" : outcome.transaction)
+            } else if outcome.applied {
+                let owners = changes.map { $0.1.contains { !$0.rules.isEmpty } ? "\($0.0)" : "\($0.0) removed" }
+                let lines = outcome.transaction.split(separator: "\n").count
+                log.info("\(event): applied \(owners.joined(separator: ", ")) (\(lines) lines)")
+            }
+            return true
+        } catch {
+            log.error("\(event): \(error); no rules changed")
+            return false
+        }
+    }
+}
+
+extension DefaultStringInterpolation {
+    mutating func appendInterpolation(invocation: HookInvocation) {
+        appendLiteral(invocation.summary)
+    }
+}
+
+/// The network hook knows the new definition before anything is stored: use it first.
+struct OverridingAddressBook: AddressBook {
+    let network: NetworkDefinition
+    let base: any AddressBook
+
+    func network(named name: String) -> NetworkDefinition? {
+        name == network.name ? network : base.network(named: name)
+    }
+
+    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? {
+        base.leasedAddress(bridge: bridge, mac: mac)
+    }
+}

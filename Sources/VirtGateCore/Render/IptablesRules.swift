@@ -1,0 +1,161 @@
+/// Renders plans as iptables rule lines, in exactly the form `iptables-save` prints them back, so
+/// that comparing the kernel's state with the desired state is a plain string comparison.
+public enum IptablesTable: String, CaseIterable, Hashable, Sendable, Comparable {
+    // nat first: if the filter section then fails, the new DNATs are only harmless until rollback,
+    // as nothing accepts their connections yet.
+    case nat, filter
+
+    public static func < (lhs: Self, rhs: Self) -> Bool {
+        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    }
+}
+
+/// virtgate's dispatch chains. Each is jumped from position 1 of built-in chains and jumps to the
+/// per-owner chains. Only these jumps sit in chains virtgate does not own.
+public enum TopChain: String, CaseIterable, Hashable, Sendable {
+    case forward = "VIRTGATE-FWD"
+    case dnat = "VIRTGATE-DNAT"
+    case postrouting = "VIRTGATE-POST"
+
+    public var table: IptablesTable {
+        switch self {
+        case .forward: .filter
+        case .dnat, .postrouting: .nat
+        }
+    }
+
+    /// (built-in chain, rule spec after `-A CHAIN`) pairs, as iptables-save prints them.
+    public var builtinJumps: [(chain: String, spec: String)] {
+        switch self {
+        case .forward:
+            [("FORWARD", "-j \(rawValue)")]
+        case .dnat:
+            // Any local address: wan clients, guests (hairpin) and the host itself reach forwards the
+            // same way. Loopback is excluded from OUTPUT: reaching it needs route_localnet, an opt-in.
+            [("PREROUTING", "-m addrtype --dst-type LOCAL -j \(rawValue)"),
+             ("OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j \(rawValue)")]
+        case .postrouting:
+            [("POSTROUTING", "-j \(rawValue)")]
+        }
+    }
+}
+
+/// One chain that belongs to one owner, with its rule lines (`-A NAME …`).
+public struct OwnedChain: Hashable, Sendable {
+    public var table: IptablesTable
+    public var name: String
+    public var parent: TopChain
+    public var rules: [String]
+}
+
+public enum ChainNames {
+    /// iptables allows 28 characters (29 with the NUL).
+    public static let maximumLength = 28
+    public static let ownedPrefixes = ["VIRTGATE-", "VGN-", "VGM-", "VGF-", "VGD-", "VGS-"]
+
+    public static func isOwned(_ chain: String) -> Bool {
+        ownedPrefixes.contains { chain.hasPrefix($0) }
+    }
+
+    /// A chain-name-safe id for an object name. Short, plain names are used as they are, so admins
+    /// recognise them; anything else becomes a readable prefix plus a hash of the full name. The
+    /// hashed form contains '+', which plain names never do, so the two can never collide.
+    public static func id(for name: String) -> String {
+        let plainLimit = maximumLength - 4
+        let isPlain = name.utf8.count <= plainLimit && name.unicodeScalars.allSatisfy {
+            $0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil || "_.-".unicodeScalars.contains($0))
+        } && !name.isEmpty
+        if isPlain { return name }
+        var prefix = ""
+        for scalar in name.unicodeScalars.prefix(15) {
+            let keep = scalar.isASCII && (scalar.properties.isAlphabetic || scalar.properties.numericType != nil)
+            prefix.unicodeScalars.append(keep ? scalar : "_")
+        }
+        let hash = fnv1a32(name)
+        let hex = String(hash, radix: 16)
+        return prefix + "+" + String(repeating: "0", count: 8 - hex.count) + hex
+    }
+
+    static func fnv1a32(_ text: String) -> UInt32 {
+        var hash: UInt32 = 0x811c_9dc5
+        for byte in text.utf8 {
+            hash ^= UInt32(byte)
+            hash = hash &* 0x0100_0193
+        }
+        return hash
+    }
+
+    public static func chains(of owner: Owner) -> [(table: IptablesTable, name: String, parent: TopChain)] {
+        switch owner {
+        case .network(let name):
+            let id = id(for: name)
+            return [(.filter, "VGN-\(id)", .forward), (.nat, "VGM-\(id)", .postrouting)]
+        case .guest(let name):
+            let id = id(for: name)
+            return [(.nat, "VGD-\(id)", .dnat), (.filter, "VGF-\(id)", .forward), (.nat, "VGS-\(id)", .postrouting)]
+        }
+    }
+}
+
+public enum IptablesRules {
+    /// All chains of the owner, each with its rules; chains the plan leaves empty have no rules and
+    /// are removed by the transaction.
+    public static func chains(for plan: OwnerPlan) -> [OwnedChain] {
+        var chains = ChainNames.chains(of: plan.owner).map {
+            OwnedChain(table: $0.table, name: $0.name, parent: $0.parent, rules: [])
+        }
+        func append(_ parent: TopChain, _ spec: String) {
+            let index = chains.firstIndex { $0.parent == parent }!
+            chains[index].rules.append("-A \(chains[index].name) \(spec)")
+        }
+        for intent in plan.intents {
+            switch intent {
+            case .allowIntraBridge(let bridge):
+                append(.forward, "-i \(bridge) -o \(bridge) -j ACCEPT")
+            case .allowOutbound(let bridge, let subnet):
+                append(.forward, "-s \(subnet) -i \(bridge) -j ACCEPT")
+            case .allowReplies(let bridge, let subnet):
+                append(.forward, "-d \(subnet) -o \(bridge) -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+            case .masquerade(let subnet):
+                // As libvirt does it: multicast and broadcast stay un-NATed.
+                append(.postrouting, "-s \(subnet) -d 224.0.0.0/24 -j RETURN")
+                append(.postrouting, "-s \(subnet) -d 255.255.255.255/32 -j RETURN")
+                append(.postrouting, "-s \(subnet) ! -d \(subnet) -j MASQUERADE")
+            case .dnat(let forward):
+                let sources: [IPv4Network?] = forward.sources.isEmpty ? [nil] : forward.sources
+                for source in sources {
+                    var spec = source.map { "-s \($0) " } ?? ""
+                    if let host = forward.hostAddress { spec += "-d \(host)/32 " }
+                    spec += match(forward.proto, forward.hostPorts)
+                    spec += " -j DNAT --to-destination \(destination(forward))"
+                    append(.dnat, spec)
+                }
+            case .allowForwarded(let forward):
+                append(.forward, "-d \(forward.guestAddress)/32 -o \(forward.bridge) "
+                    + match(forward.proto, forward.guestPorts)
+                    + " -m conntrack --ctstate DNAT --ctorigdstport \(forward.hostPorts.matchSyntax) -j ACCEPT")
+            case .hairpinMasquerade(let forward):
+                for subnet in forward.subnets {
+                    append(.postrouting, "-s \(subnet) -d \(forward.guestAddress)/32 "
+                        + match(forward.proto, forward.guestPorts) + " -m conntrack --ctstate DNAT -j MASQUERADE")
+                }
+            }
+        }
+        return chains
+    }
+
+    static func match(_ proto: TransportProtocol, _ ports: PortRange) -> String {
+        "-p \(proto.rawValue) -m \(proto.rawValue) --dport \(ports.matchSyntax)"
+    }
+
+    /// DNAT target. A range mapped onto a different range uses the kernel's shifted mapping
+    /// (`/base`), so host port 5003 reaches guest port 6003 rather than any port of the range.
+    static func destination(_ forward: BoundForward) -> String {
+        let address = forward.guestAddress.description
+        if forward.guestPorts == forward.hostPorts {
+            return forward.hostPorts.isSingle ? "\(address):\(forward.guestPorts.lower)" : address
+        }
+        if forward.guestPorts.isSingle { return "\(address):\(forward.guestPorts.lower)" }
+        return "\(address):\(forward.guestPorts.lower)-\(forward.guestPorts.upper)/\(forward.hostPorts.lower)"
+    }
+}

@@ -1,0 +1,233 @@
+/// Turns the XML libvirt hands to hooks (and keeps in its state files) into the model.
+public enum LibvirtXML {
+    public static let metadataNamespace = "urn:virtgate:forwards:1"
+
+    // MARK: Networks
+
+    /// Accepts a bare `<network>`, the network hook's `<hookData>` and libvirt's `<networkstatus>`
+    /// state file: the first `<network>` element wins.
+    public static func network(fromXML text: String) throws -> NetworkDefinition {
+        let root: XMLElement
+        do {
+            root = try XMLTree.parse(text)
+        } catch {
+            throw InputProblem(.network("?"), field: "xml", value: String(text.prefix(40)), reason: error.description)
+        }
+        guard let network = root.first(where: { $0.name == "network" && $0.namespaceURI == nil }) else {
+            throw InputProblem(.network("?"), field: "xml", value: root.name, reason: "no <network> element")
+        }
+        return try parseNetwork(network)
+    }
+
+    static func parseNetwork(_ element: XMLElement) throws -> NetworkDefinition {
+        let name = element.child("name")?.text.trimmingWhitespace() ?? ""
+        let subject = InputProblem.Subject.network(name)
+        guard Names.isSafeObjectName(name) else {
+            throw InputProblem(subject, field: "name", value: name, reason: "not a usable network name")
+        }
+        var bridge: String?
+        if let value = element.child("bridge")?["name"] {
+            guard Names.isValidInterfaceName(value) else {
+                throw InputProblem(subject, field: "bridge name", value: value, reason: "not a valid interface name")
+            }
+            bridge = value
+        }
+        let mode: NetworkDefinition.ForwardMode
+        if let forward = element.child("forward") {
+            switch forward["mode"] ?? "nat" {
+            case "nat": mode = .nat
+            case "route": mode = .route
+            case "open": mode = .open
+            case let other: mode = .other(other)
+            }
+        } else {
+            mode = .isolated
+        }
+        var subnets: [NetworkDefinition.Subnet] = []
+        var reservations: [MACAddress: IPv4Address] = [:]
+        for ip in element.children("ip") {
+            // IPv6 subnets are ignored here: this backend renders IPv4 rules only.
+            guard (ip["family"] ?? "ipv4") == "ipv4", let addressText = ip["address"] else { continue }
+            guard let address = IPv4Address(addressText) else {
+                throw InputProblem(subject, field: "ip address", value: addressText, reason: "not an IPv4 address")
+            }
+            let prefix: Int
+            if let text = ip["prefix"] {
+                guard let value = Int(text), (0...32).contains(value) else {
+                    throw InputProblem(subject, field: "ip prefix", value: text, reason: "not a prefix length 0-32")
+                }
+                prefix = value
+            } else if let text = ip["netmask"] {
+                guard let mask = IPv4Address(text), let value = IPv4Network.prefix(ofNetmask: mask) else {
+                    throw InputProblem(subject, field: "ip netmask", value: text, reason: "not a contiguous netmask")
+                }
+                prefix = value
+            } else {
+                prefix = address.classfulPrefix
+            }
+            subnets.append(.init(gateway: address, network: IPv4Network(address: address, prefix: prefix)))
+            for host in ip.child("dhcp")?.children("host") ?? [] {
+                guard let macText = host["mac"], let ipText = host["ip"] else { continue }
+                guard let mac = MACAddress(macText) else {
+                    throw InputProblem(subject, field: "dhcp host mac", value: macText, reason: "not a MAC address")
+                }
+                guard let reserved = IPv4Address(ipText) else {
+                    throw InputProblem(subject, field: "dhcp host ip", value: ipText, reason: "not an IPv4 address")
+                }
+                reservations[mac] = reserved
+            }
+        }
+        return NetworkDefinition(name: name, bridge: bridge, mode: mode, subnets: subnets, reservations: reservations)
+    }
+
+    // MARK: Domains
+
+    /// Parses a domain's XML. Problems in the whole document (not XML, no name) throw; problems in
+    /// single forwards are collected in `problems` so that policy decides what happens to them.
+    public static func guest(fromXML text: String, name expectedName: String? = nil) throws -> GuestDefinition {
+        let fallback = expectedName ?? "?"
+        let root: XMLElement
+        do {
+            root = try XMLTree.parse(text)
+        } catch {
+            throw InputProblem(.guest(fallback), field: "xml", value: String(text.prefix(40)), reason: error.description)
+        }
+        guard root.name == "domain", root.namespaceURI == nil else {
+            throw InputProblem(.guest(fallback), field: "xml", value: root.name, reason: "root element is not <domain>")
+        }
+        let name = root.child("name")?.text.trimmingWhitespace() ?? expectedName ?? ""
+        let subject = InputProblem.Subject.guest(name)
+        guard Names.isSafeObjectName(name) else {
+            throw InputProblem(subject, field: "name", value: name, reason: "not a usable guest name")
+        }
+        if let expectedName, expectedName != name {
+            throw InputProblem(subject, field: "name", value: expectedName, reason: "hook argument does not match <name>")
+        }
+
+        var interfaces: [GuestInterface] = []
+        for nic in root.child("devices")?.children("interface") ?? [] {
+            let type = nic["type"] ?? ""
+            guard type == "network" || type == "bridge",
+                  let macText = nic.child("mac")?["address"], let mac = MACAddress(macText) else { continue }
+            let source = nic.child("source")
+            var bridge = source?["bridge"]
+            if let value = bridge, !Names.isValidInterfaceName(value) {
+                throw InputProblem(subject, field: "interface bridge", value: value, reason: "not a valid interface name")
+            }
+            if bridge?.isEmpty == true { bridge = nil }
+            let tap = nic.child("target")?["dev"].flatMap { Names.isValidInterfaceName($0) ? $0 : nil }
+            interfaces.append(GuestInterface(mac: mac, network: type == "network" ? source?["network"] : nil,
+                                             bridge: bridge, tap: tap))
+        }
+
+        var forwards: [ForwardSpec] = []
+        var problems: [InputProblem] = []
+        let container = root.child("metadata")?.children.first {
+            $0.name == "forwards" && $0.namespaceURI == metadataNamespace
+        }
+        for (index, element) in (container?.children ?? []).enumerated() {
+            guard element.namespaceURI == metadataNamespace, element.name == "forward" else {
+                problems.append(InputProblem(subject, field: "forward #\(index + 1) element", value: element.name,
+                                             reason: "expected <forward>"))
+                continue
+            }
+            switch ForwardSpec.parse(attributes: element.attributes, subject: subject, position: index + 1) {
+            case .success(let forward): forwards.append(forward)
+            case .failure(let problem): problems.append(problem)
+            }
+        }
+        return GuestDefinition(name: name, interfaces: interfaces, forwards: forwards, problems: problems)
+    }
+}
+
+extension IPv4Address {
+    /// libvirt's default when an `<ip>` has neither prefix nor netmask.
+    var classfulPrefix: Int {
+        switch value >> 24 {
+        case 0..<128: 8
+        case 128..<192: 16
+        default: 24
+        }
+    }
+}
+
+extension ForwardSpec {
+    static let attributeNames: Set<String> = [
+        "proto", "host-port", "guest-port", "host-address", "source", "guest-address", "mac",
+    ]
+
+    /// Validates one `<forward>` element's attributes. Unknown attributes are errors: a typo such as
+    /// `hostport` must not silently turn into a different forward.
+    public static func parse(attributes: [String: String], subject: InputProblem.Subject,
+                             position: Int) -> Result<ForwardSpec, InputProblem> {
+        func problem(_ field: String, _ value: String, _ reason: String) -> Result<ForwardSpec, InputProblem> {
+            .failure(InputProblem(subject, field: "forward #\(position) \(field)", value: value, reason: reason))
+        }
+        if let unknown = attributes.keys.sorted().first(where: { !attributeNames.contains($0) }) {
+            return problem(unknown, attributes[unknown] ?? "", "unknown attribute")
+        }
+        var proto = TransportProtocol.tcp
+        if let text = attributes["proto"] {
+            guard let value = TransportProtocol(rawValue: text) else {
+                return problem("proto", text, "expected tcp, udp or sctp")
+            }
+            proto = value
+        }
+        guard let hostText = attributes["host-port"] else { return problem("host-port", "", "missing") }
+        let hostPorts: PortRange
+        switch PortRange.parse(hostText) {
+        case .success(let range): hostPorts = range
+        case .failure(let error): return problem("host-port", hostText, error.reason)
+        }
+        var guestPorts = hostPorts
+        if let text = attributes["guest-port"] {
+            switch PortRange.parse(text) {
+            case .success(let range): guestPorts = range
+            case .failure(let error): return problem("guest-port", text, error.reason)
+            }
+            guard guestPorts.count == hostPorts.count else {
+                return problem("guest-port", text, "range length differs from host-port \(hostPorts)")
+            }
+        }
+        var hostAddress: IPv4Address?
+        if let text = attributes["host-address"] {
+            guard let value = IPv4Address(text) else { return problem("host-address", text, "not an IPv4 address") }
+            hostAddress = value
+        }
+        var sources: [IPv4Network] = []
+        if let text = attributes["source"] {
+            let entries = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+            guard !entries.isEmpty else { return problem("source", text, "empty allow-list") }
+            for entry in entries {
+                guard let network = IPv4Network(parsing: entry) else {
+                    return problem("source", String(entry), "not an IPv4 CIDR with zero host bits")
+                }
+                if !sources.contains(network) { sources.append(network) }
+            }
+        }
+        var guestAddress: IPv4Address?
+        if let text = attributes["guest-address"] {
+            guard let value = IPv4Address(text) else { return problem("guest-address", text, "not an IPv4 address") }
+            guestAddress = value
+        }
+        var mac: MACAddress?
+        if let text = attributes["mac"] {
+            guard let value = MACAddress(text) else { return problem("mac", text, "not a MAC address") }
+            mac = value
+        }
+        var forward = ForwardSpec(proto: proto, hostPorts: hostPorts, guestPorts: guestPorts,
+                                  hostAddress: hostAddress, sources: sources, guestAddress: guestAddress, mac: mac)
+        forward.position = position
+        return .success(forward)
+    }
+}
+
+extension PortRange.ParseError {
+    var reason: String {
+        switch self {
+        case .notANumber: "expected a port N or a range N-M"
+        case .outOfRange: "port out of range 1-65535"
+        case .reversed: "range is reversed"
+        }
+    }
+}

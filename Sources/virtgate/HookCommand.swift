@@ -1,0 +1,96 @@
+import ArgumentParser
+import VirtGateCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension VirtGate {
+    struct Hook: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Handle a libvirt hook event, exactly as libvirt runs hooks (XML on standard input).",
+            discussion: """
+            Example: virtgate hook qemu web start begin - < web.xml
+            The same happens when the binary is invoked as /etc/libvirt/hooks/qemu or …/network.
+            """
+        )
+
+        @Flag(help: "Print the iptables-restore input instead of applying it.")
+        var dryRun = false
+
+        @Argument(help: "qemu or network.")
+        var driver: String
+
+        @Argument(parsing: .allUnrecognized, help: "libvirt's four arguments: object, operation, sub-operation, extra.")
+        var arguments: [String] = []
+
+        func run() async throws {
+            guard let driver = HookDriver(rawValue: driver) else {
+                throw ValidationError("unknown hook driver \(InputProblem.quoted(driver)): expected qemu or network")
+            }
+            throw ExitCode(await HookEntry.run(driver: driver, arguments: arguments, dryRun: dryRun))
+        }
+    }
+}
+
+enum HookEntry {
+    static func run(driver: HookDriver, arguments: [String], dryRun flag: Bool) async -> Int32 {
+        let environment = ProcessEnvironment.current()
+        let settings: Settings
+        do {
+            settings = try await Settings.load(environment: environment)
+        } catch {
+            Log(syslog: true).error("\(error)")
+            // A broken config must not kill a running guest on reconnect, nor block stop events.
+            return arguments.count > 1 && ["start", "prepare", "started"].contains(arguments[1]) ? 1 : 0
+        }
+        let log = Log(syslog: settings.syslog)
+        guard let invocation = HookInvocation(driver: driver, arguments: arguments) else {
+            log.error("hook \(driver.rawValue): expected 4 arguments (object operation sub-operation extra), got \(arguments.count)")
+            return 2
+        }
+        let dryRun = flag || settings.dryRun
+        let stdin = readStandardInput()
+        guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
+            log.error("\(invocation.summary): cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+            return invocation.operation == "reconnect" ? 0 : (settings.onInvalid == .refuse ? 1 : 0)
+        }
+        let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
+        // From libvirt (config DRY_RUN), stdout is not read: the transaction goes to the log instead.
+        let toLog = settings.dryRun && !flag
+        let handler = HookHandler(settings: settings, firewall: firewall, log: log, dryRun: dryRun) { text in
+            if toLog && !text.hasPrefix("<") {
+                log.info("dry-run \(invocation.summary):\n\(text)")
+            } else {
+                writeAll(1, text)
+            }
+        }
+        return await handler.handle(invocation, stdin: stdin)
+    }
+
+    static func readStandardInput() -> String {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(0, &buffer, buffer.count)
+            if count > 0 { bytes += buffer[0..<count]; continue }
+            if count < 0 && errno == EINTR { continue }
+            break
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+enum ProcessEnvironment {
+    static func current() -> [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+}
