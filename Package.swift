@@ -41,7 +41,7 @@ let package = Package(
         .testTarget(
             name: "VirtGateCoreTests",
             dependencies: ["VirtGateCore"],
-            resources: [.copy("Fixtures"), .copy("Golden")]
+            exclude: ["Fixtures", "Golden"]
         ),
     ]
 )

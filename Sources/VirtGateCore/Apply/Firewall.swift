@@ -18,6 +18,21 @@ public struct Firewall: Sendable {
 
     /// `changes` replace each owner's chains (an empty chain list removes the owner).
     public func apply(_ changes: [(Owner, [OwnedChain])], dryRun: Bool) async throws -> Outcome {
+        try await apply(dryRun: dryRun) { snapshot in
+            var desired = snapshot.ownerChains
+            for (owner, chains) in changes {
+                desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
+            }
+            return desired
+        }
+    }
+
+    /// Makes virtgate's chains exactly `desired`, removing every owner not in it.
+    public func replaceAll(with desired: DesiredChains, dryRun: Bool) async throws -> Outcome {
+        try await apply(dryRun: dryRun) { _ in desired }
+    }
+
+    func apply(dryRun: Bool, desired: (IptablesSnapshot) -> DesiredChains) async throws -> Outcome {
         if dryRun {
             let snapshot: IptablesSnapshot
             do {
@@ -27,13 +42,13 @@ public struct Firewall: Sendable {
                 log.warning("dry-run: \(error); showing changes against an empty ruleset")
                 snapshot = IptablesSnapshot()
             }
-            return Outcome(transaction: transaction(snapshot, changes), applied: false)
+            return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: desired(snapshot)), applied: false)
         }
         // Someone else (libvirt, ufw, an admin) may change a built-in chain between our read and our
         // write; the transaction then fails as a whole table and a second round sees their change.
         for attempt in 1...2 {
             let snapshot = try await backend.snapshot()
-            let text = transaction(snapshot, changes)
+            let text = IptablesTransaction.render(from: snapshot, to: desired(snapshot))
             if text.isEmpty { return Outcome(transaction: "", applied: false) }
             do {
                 try await backend.restore(text)
@@ -45,14 +60,6 @@ public struct Firewall: Sendable {
             }
         }
         fatalError("unreachable")
-    }
-
-    func transaction(_ snapshot: IptablesSnapshot, _ changes: [(Owner, [OwnedChain])]) -> String {
-        var desired = snapshot.ownerChains
-        for (owner, chains) in changes {
-            desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
-        }
-        return IptablesTransaction.render(from: snapshot, to: desired)
     }
 
     /// Puts virtgate's chains back as they were in `snapshot` (tables committed before the failure).

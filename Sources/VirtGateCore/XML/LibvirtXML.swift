@@ -86,12 +86,14 @@ public enum LibvirtXML {
     /// single forwards are collected in `problems` so that policy decides what happens to them.
     public static func guest(fromXML text: String, name expectedName: String? = nil) throws -> GuestDefinition {
         let fallback = expectedName ?? "?"
-        let root: XMLElement
+        var root: XMLElement
         do {
             root = try XMLTree.parse(text)
         } catch {
             throw InputProblem(.guest(fallback), field: "xml", value: String(text.prefix(40)), reason: error.description)
         }
+        // libvirt's state file for a running guest (/run/libvirt/qemu/NAME.xml) wraps the domain.
+        if root.name == "domstatus", let domain = root.child("domain") { root = domain }
         guard root.name == "domain", root.namespaceURI == nil else {
             throw InputProblem(.guest(fallback), field: "xml", value: root.name, reason: "root element is not <domain>")
         }

@@ -1,0 +1,53 @@
+import Testing
+@testable import VirtGateCore
+
+@Suite("Addresses and ports")
+struct AddressTests {
+    @Test("IPv4 addresses parse strictly", arguments: [
+        ("10.0.0.1", true), ("255.255.255.255", true), ("0.0.0.0", true),
+        ("256.0.0.1", false), ("10.0.0", false), ("10.0.0.1.2", false), ("010.0.0.1", false),
+        ("", false), ("a.b.c.d", false), ("10.0.0.-1", false), ("1e1.0.0.1", false), ("::1", false),
+        ("10.0.0.1 ", false), ("١٠.0.0.1", false),
+    ])
+    func ipv4(text: String, valid: Bool) {
+        #expect((IPv4Address(text) != nil) == valid)
+        if valid { #expect(IPv4Address(text)!.description == text) }
+    }
+
+    @Test("CIDRs need zero host bits and a prefix 0-32", arguments: [
+        ("203.0.113.0/24", "203.0.113.0/24"), ("198.51.100.7", "198.51.100.7/32"), ("0.0.0.0/0", "0.0.0.0/0"),
+        ("10.0.0.1/8", nil), ("10.0.0.0/33", nil), ("10.0.0.0/", nil), ("10.0.0.0/-1", nil), ("10.0.0.0/8/8", nil),
+    ] as [(String, String?)])
+    func cidr(text: String, expected: String?) {
+        #expect(IPv4Network(parsing: text)?.description == expected)
+    }
+
+    @Test func netmaskToPrefix() {
+        #expect(IPv4Network.prefix(ofNetmask: ip("255.255.255.0")) == 24)
+        #expect(IPv4Network.prefix(ofNetmask: ip("255.255.0.0")) == 16)
+        #expect(IPv4Network.prefix(ofNetmask: ip("255.0.255.0")) == nil)
+    }
+
+    @Test("Port ranges", arguments: [
+        ("22", PortRange.ParseError?.none, "22"), ("8000-8009", nil, "8000-8009"), ("65535", nil, "65535"),
+        ("0", .outOfRange, ""), ("70000", .outOfRange, ""), ("9000-8000", .reversed, ""),
+        ("", .notANumber, ""), ("a", .notANumber, ""), ("1-2-3", .notANumber, ""), ("-5", .notANumber, ""),
+        ("+5", .notANumber, ""), ("99999999999999999999", .notANumber, ""),
+    ])
+    func ports(text: String, error: PortRange.ParseError?, printed: String) {
+        switch PortRange.parse(text) {
+        case .success(let range):
+            #expect(error == nil)
+            #expect(range.description == printed)
+        case .failure(let failure):
+            #expect(failure == error)
+        }
+    }
+
+    @Test func macNormalisesCase() {
+        #expect(MACAddress("52:54:00:AA:bb:0C")?.description == "52:54:00:aa:bb:0c")
+        #expect(MACAddress("52:54:00:aa:bb") == nil)
+        #expect(MACAddress("52-54-00-aa-bb-cc") == nil)
+        #expect(MACAddress("52:54:00:aa:bb:cg") == nil)
+    }
+}

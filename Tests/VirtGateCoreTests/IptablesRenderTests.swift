@@ -1,0 +1,83 @@
+import FoundationEssentials
+import Testing
+@testable import VirtGateCore
+
+/// Every fixture rendered from an empty ruleset and compared with its golden file, one rule per
+/// line. Regenerate with VIRTGATE_UPDATE_GOLDEN=1 after an intended change, and review the diff.
+@Suite("iptables rendering (golden files)")
+struct IptablesRenderTests {
+    struct Case: CustomTestStringConvertible, Sendable {
+        var golden: String
+        var networks: [String]
+        var domain: String?
+        var masqueradeRouted = false
+        var testDescription: String { golden }
+    }
+
+    static let cases: [Case] = [
+        Case(golden: "web-on-default.rules", networks: ["network-default.xml"], domain: "domain-web-start.xml"),
+        Case(golden: "default-network.rules", networks: ["network-default.xml"]),
+        Case(golden: "routed-masquerade.rules", networks: ["network-routed.xml"], masqueradeRouted: true),
+        Case(golden: "routed.rules", networks: ["network-routed.xml"]),
+        Case(golden: "isolated.rules", networks: ["network-isolated.xml"]),
+        Case(golden: "bad-guest.rules", networks: ["network-default.xml"], domain: "domain-bad.xml"),
+        Case(golden: "long-name-guest.rules", networks: ["network-default.xml"], domain: "domain-long-name.xml"),
+    ]
+
+    @Test(arguments: cases)
+    func golden(_ testCase: Case) throws {
+        let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
+        let settings = PlannerSettings(masqueradeRoutedNetworks: testCase.masqueradeRouted)
+        var desired = DesiredChains()
+        for network in networks {
+            desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
+                                                  with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
+        }
+        if let domain = testCase.domain {
+            let guest = try LibvirtXML.guest(fromXML: Files.fixture(domain))
+            let plan = Planner.plan(guest: guest, addresses: MemoryAddressBook(networks: networks))
+            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        let rendered = IptablesTransaction.render(from: IptablesSnapshot(), to: desired)
+        let url = Files.goldenURL("iptables/\(testCase.golden)")
+        if ProcessInfo.processInfo.environment["VIRTGATE_UPDATE_GOLDEN"] == "1" {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try Data(rendered.utf8).write(to: url)
+        }
+        let expected = try String(decoding: Data(contentsOf: url), as: UTF8.self)
+        #expect(rendered == expected)
+    }
+
+    @Test func shiftedRangeUsesBaseSyntax() {
+        let forward = BoundForward(proto: .tcp, hostAddress: nil, hostPorts: PortRange(5000, 5009), sources: [],
+                                   guestAddress: ip("10.0.0.5"), guestPorts: PortRange(6000, 6009), bridge: "b", subnets: [])
+        #expect(IptablesRules.destination(forward) == "10.0.0.5:6000-6009/5000")
+        var same = forward
+        same.guestPorts = same.hostPorts
+        #expect(IptablesRules.destination(same) == "10.0.0.5")
+        var single = forward
+        single.hostPorts = PortRange(2222, 2222)
+        single.guestPorts = PortRange(22, 22)
+        #expect(IptablesRules.destination(single) == "10.0.0.5:22")
+    }
+
+    @Test("Chain ids fit iptables and never collide", arguments: [
+        "web", "a-very-long-guest-name-that-goes-on-and-on", "a-very-long-guest-name-that-goes-on-and-on-2",
+        "guest with spaces", "gäst", "x+0000000", String(repeating: "z", count: 24), String(repeating: "z", count: 25),
+    ])
+    func chainIds(name: String) {
+        for chain in ChainNames.chains(of: .guest(name)) + ChainNames.chains(of: .network(name)) {
+            #expect(chain.name.utf8.count <= ChainNames.maximumLength)
+            #expect(!chain.name.contains(" "))
+            #expect(chain.name.unicodeScalars.allSatisfy { $0.isASCII })
+        }
+    }
+
+    @Test func distinctNamesGiveDistinctIds() {
+        let names = ["web", "Web", "a-very-long-guest-name-that-goes-on-and-on", "a-very-long-guest-name-that-goes-on-and-on-2",
+                     "guest with spaces", "guest_with_spaces", "gäst", "g_st", String(repeating: "z", count: 24),
+                     String(repeating: "z", count: 25)]
+        #expect(Set(names.map(ChainNames.id(for:))).count == names.count)
+        #expect(ChainNames.id(for: "web") == "web")
+    }
+}

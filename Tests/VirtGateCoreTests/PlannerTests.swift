@@ -1,0 +1,126 @@
+import Testing
+@testable import VirtGateCore
+
+@Suite("Binding forwards to guests")
+struct PlannerTests {
+    let network = NetworkDefinition(
+        name: "default", bridge: "virbr0", mode: .nat,
+        subnets: [.init(gateway: ip("192.168.122.1"), network: IPv4Network(parsing: "192.168.122.0/24")!)],
+        reservations: [mac("52:54:00:00:00:01"): ip("192.168.122.10")])
+
+    func guest(_ forwards: [ForwardSpec], nics: [GuestInterface]? = nil) -> GuestDefinition {
+        GuestDefinition(
+            name: "web",
+            interfaces: nics ?? [GuestInterface(mac: mac("52:54:00:00:00:01"), network: "default", bridge: "virbr0", tap: "vnet0")],
+            forwards: forwards.enumerated().map { var f = $0.element; f.position = $0.offset + 1; return f },
+            problems: [])
+    }
+
+    func forward(_ host: String, _ guestPorts: String? = nil) -> ForwardSpec {
+        let hostPorts = try! PortRange.parse(host).get()
+        return ForwardSpec(hostPorts: hostPorts, guestPorts: guestPorts.map { try! PortRange.parse($0).get() })
+    }
+
+    func boundAddresses(_ plan: GuestPlan) -> [IPv4Address] {
+        plan.plan.intents.compactMap { if case .dnat(let f) = $0 { f.guestAddress } else { nil } }
+    }
+
+    @Test func reservationWins() {
+        let plan = Planner.plan(guest: guest([forward("2222", "22")]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(boundAddresses(plan) == [ip("192.168.122.10")])
+        #expect(plan.networks == ["default"])
+        #expect(plan.pending.isEmpty && plan.problems.isEmpty)
+        #expect(plan.plan.intents.count == 3)
+    }
+
+    @Test func explicitGuestAddressOverridesReservation() {
+        var spec = forward("2222", "22")
+        spec.guestAddress = ip("192.168.122.77")
+        let plan = Planner.plan(guest: guest([spec]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(boundAddresses(plan) == [ip("192.168.122.77")])
+    }
+
+    @Test func leaseIsUsedWithoutReservation() {
+        var net = network
+        net.reservations = [:]
+        let book = MemoryAddressBook(networks: [net], leases: ["virbr0": [mac("52:54:00:00:00:01"): ip("192.168.122.99")]])
+        #expect(boundAddresses(Planner.plan(guest: guest([forward("80")]), addresses: book)) == [ip("192.168.122.99")])
+    }
+
+    @Test func noAddressMeansPending() {
+        var net = network
+        net.reservations = [:]
+        let plan = Planner.plan(guest: guest([forward("80")]), addresses: MemoryAddressBook(networks: [net]))
+        #expect(plan.plan.intents.isEmpty)
+        #expect(plan.pending.count == 1)
+        #expect(plan.pending[0].reason.contains("52:54:00:00:00:01"))
+    }
+
+    @Test func bridgeComesFromNetworkWhenXMLLacksIt() {
+        let nic = GuestInterface(mac: mac("52:54:00:00:00:01"), network: "default", bridge: nil, tap: nil)
+        let plan = Planner.plan(guest: guest([forward("80")], nics: [nic]), addresses: MemoryAddressBook(networks: [network]))
+        guard case .dnat(let bound) = plan.plan.intents.first else { Issue.record("no dnat"); return }
+        #expect(bound.bridge == "virbr0")
+    }
+
+    @Test func macSelectsTheInterface() {
+        let nics = [
+            GuestInterface(mac: mac("52:54:00:00:00:01"), network: "default", bridge: "virbr0", tap: "vnet0"),
+            GuestInterface(mac: mac("52:54:00:00:00:02"), network: "default", bridge: "virbr0", tap: "vnet1"),
+        ]
+        var net = network
+        net.reservations[mac("52:54:00:00:00:02")] = ip("192.168.122.20")
+        var spec = forward("80")
+        spec.mac = mac("52:54:00:00:00:02")
+        var unknown = forward("81")
+        unknown.mac = mac("52:54:00:00:00:09")
+        let plan = Planner.plan(guest: guest([spec, unknown], nics: nics), addresses: MemoryAddressBook(networks: [net]))
+        #expect(boundAddresses(plan) == [ip("192.168.122.20")])
+        #expect(plan.problems.map(\.field) == ["forward #2 mac"])
+    }
+
+    @Test("Overlapping forwards: the first keeps the port", arguments: [
+        ("80", "80", true), ("8000-8009", "8005", true), ("8000-8009", "8010", false),
+    ])
+    func overlaps(first: String, second: String, conflict: Bool) {
+        let plan = Planner.plan(guest: guest([forward(first), forward(second)]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(plan.problems.count == (conflict ? 1 : 0))
+        if conflict { #expect(plan.problems[0].reason == "overlaps forward #1") }
+    }
+
+    @Test func differentHostAddressesOrSourcesDoNotOverlap() {
+        var a = forward("80"), b = forward("80")
+        a.hostAddress = ip("198.51.100.1")
+        b.hostAddress = ip("198.51.100.2")
+        var c = forward("81"), d = forward("81")
+        c.sources = [IPv4Network(parsing: "10.1.0.0/16")!]
+        d.sources = [IPv4Network(parsing: "10.2.0.0/16")!]
+        var e = forward("81")
+        e.sources = [IPv4Network(parsing: "10.1.2.0/24")!]
+        let plan = Planner.plan(guest: guest([a, b, c, d, e]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(plan.problems.map(\.field) == ["forward #5 host-port"])
+    }
+
+    @Test func forwardsOnANonRoutedNetworkAreRefused() {
+        var bridged = network
+        bridged.mode = .other("bridge")
+        let plan = Planner.plan(guest: guest([forward("80")]), addresses: MemoryAddressBook(networks: [bridged]))
+        #expect(plan.plan.intents.isEmpty)
+        #expect(plan.problems.map(\.field) == ["forward #1 network"])
+    }
+
+    @Test func networkIntentsByMode() {
+        let settings = PlannerSettings(masqueradeRoutedNetworks: true)
+        #expect(Planner.plan(network: network, settings: settings).intents.count == 3)
+        var routed = network
+        routed.mode = .route
+        #expect(Planner.plan(network: routed, settings: settings).intents.count == 4)
+        #expect(Planner.plan(network: routed, settings: PlannerSettings()).intents.count == 3)
+        var isolated = network
+        isolated.mode = .isolated
+        #expect(Planner.plan(network: isolated, settings: settings).intents == [.allowIntraBridge(bridge: "virbr0")])
+        var bridged = network
+        bridged.mode = .other("bridge")
+        #expect(Planner.plan(network: bridged, settings: settings).intents.isEmpty)
+    }
+}
