@@ -24,8 +24,8 @@ struct IptablesRenderTests {
         Case(golden: "long-name-guest.rules", networks: ["network-default.xml"], domain: "domain-long-name.xml"),
     ]
 
-    @Test(arguments: cases)
-    func golden(_ testCase: Case) throws {
+    /// The chains a case wants, as the hook would compute them.
+    static func desired(_ testCase: Case) throws -> DesiredChains {
         let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
         let settings = PlannerSettings(masqueradeRoutedNetworks: testCase.masqueradeRouted)
         var desired = DesiredChains()
@@ -38,6 +38,12 @@ struct IptablesRenderTests {
             let plan = Planner.plan(guest: guest, addresses: MemoryAddressBook(networks: networks))
             desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         }
+        return desired
+    }
+
+    @Test(arguments: cases)
+    func golden(_ testCase: Case) throws {
+        let desired = try Self.desired(testCase)
         let rendered = IptablesTransaction.render(from: IptablesSnapshot(), to: desired)
         let url = Files.goldenURL("iptables/\(testCase.golden)")
         if ProcessInfo.processInfo.environment["VIRTGATE_UPDATE_GOLDEN"] == "1" {
