@@ -1,0 +1,166 @@
+import FoundationEssentials
+import Synchronization
+import Testing
+@testable import VirtGateCore
+
+/// A stand-in for iptables-save/-restore: serves a fixed ruleset and records what was written.
+/// Only for the dispatch logic; real iptables is exercised by the root and namespace tests.
+final class RecordingRunner: CommandRunner {
+    struct State {
+        var calls: [(String, [String], String?)] = []
+        var ruleset = ""
+    }
+
+    let state = Mutex(State())
+    let failing: Bool
+
+    init(failing: Bool = false) { self.failing = failing }
+
+    func run(_ executable: String, _ arguments: [String], input: String?) async throws -> CommandResult {
+        state.withLock { $0.calls.append((executable, arguments, input)) }
+        if failing { return CommandResult(status: 4, output: "", error: "iptables: Permission denied (you must be root)") }
+        return CommandResult(status: 0, output: state.withLock { $0.ruleset }, error: "")
+    }
+
+    var restores: [String] { state.withLock { $0.calls.filter { $0.0.hasSuffix("restore") }.compactMap(\.2) } }
+    var callCount: Int { state.withLock { $0.calls.count } }
+}
+
+final class OutputCollector: Sendable {
+    let text = Mutex("")
+    func append(_ more: String) { text.withLock { $0 += more } }
+    var value: String { text.withLock { $0 } }
+}
+
+@Suite("Hook events → actions and exit statuses")
+struct HookHandlerTests {
+    let stateDirectory = "/tmp/vgt-unit-\(UInt32.random(in: 0...UInt32.max))"
+
+    func handler(_ runner: RecordingRunner, policy: Settings.InvalidPolicy = .warn, dryRun: Bool = false,
+                 output: OutputCollector = OutputCollector()) -> HookHandler {
+        var settings = Settings()
+        settings.onInvalid = policy
+        settings.stateDirectory = stateDirectory
+        settings.networkRunDirectory = "/nonexistent"
+        settings.networkConfigDirectory = "/nonexistent"
+        settings.dnsmasqDirectory = "/nonexistent"
+        let log = Log(syslog: false, stderr: false)
+        return HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+                           log: log, dryRun: dryRun) { output.append($0) }
+    }
+
+    func qemu(_ operation: String, _ name: String = "web", sub: String = "begin") -> HookInvocation {
+        HookInvocation(driver: .qemu, arguments: [name, operation, sub, "-"])!
+    }
+
+    func cleanUp() { try? FileManager.default.removeItem(atPath: stateDirectory) }
+
+    @Test("migrate and restore hand the XML back unchanged", arguments: ["migrate", "restore"])
+    func filters(operation: String) async throws {
+        let runner = RecordingRunner(failing: true)
+        let output = OutputCollector()
+        let xml = try Files.fixture("domain-web-start.xml")
+        #expect(await handler(runner, output: output).handle(qemu(operation), stdin: xml) == 0)
+        #expect(output.value == xml)
+        #expect(runner.callCount == 0)
+    }
+
+    @Test("reconnect never fails: a failure would kill the running guest")
+    func reconnectAlwaysSucceeds() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner(failing: true)
+        let xml = try Files.fixture("domain-web-start.xml")
+        #expect(await handler(runner, policy: .refuse).handle(qemu("reconnect"), stdin: xml) == 0)
+        #expect(await handler(runner, policy: .refuse).handle(qemu("reconnect"), stdin: "garbage") == 0)
+        #expect(runner.callCount > 0)
+    }
+
+    @Test("Bad metadata: warn starts the guest, refuse stops it, and nothing is written either way",
+          arguments: [(Settings.InvalidPolicy.warn, Int32(0)), (.refuse, 1)])
+    func invalidMetadata(policy: Settings.InvalidPolicy, status: Int32) async throws {
+        defer { cleanUp() }
+        let xml = try Files.fixture("domain-bad.xml")
+        let prepare = RecordingRunner()
+        #expect(await handler(prepare, policy: policy).handle(qemu("prepare", "bad"), stdin: xml) == status)
+        #expect(prepare.callCount == 0)
+        let start = RecordingRunner()
+        #expect(await handler(start, policy: policy).handle(qemu("start", "bad"), stdin: xml) == status)
+        if policy == .refuse {
+            #expect(start.callCount == 0)
+        }
+    }
+
+    @Test("A firewall failure at start follows the policy", arguments: [(Settings.InvalidPolicy.warn, Int32(0)), (.refuse, 1)])
+    func failingFirewall(policy: Settings.InvalidPolicy, status: Int32) async throws {
+        defer { cleanUp() }
+        let xml = try Files.fixture("domain-web-start.xml")
+        #expect(await handler(RecordingRunner(failing: true), policy: policy).handle(qemu("start"), stdin: xml) == status)
+    }
+
+    @Test func startWritesOneTransactionAndRemembersTheGuest() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner()
+        let network = try Files.fixture("network-default.xml")
+        #expect(await handler(runner).handle(HookInvocation(driver: .network, arguments: ["default", "started", "begin", "-"])!, stdin: network) == 0)
+        #expect(runner.restores.count == 1)
+        #expect(await handler(runner).handle(qemu("start"), stdin: try Files.fixture("domain-web-start.xml")) == 0)
+        #expect(runner.restores.count == 2)
+        // The reservation came from the network XML remembered by the network hook.
+        #expect(runner.restores[1].contains("--to-destination 192.168.122.10:22"))
+        #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/guests/web.xml"))
+        #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/networks/default.xml"))
+    }
+
+    @Test func stopRemovesByNameWhateverTheMetadataSays() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner()
+        runner.state.withLock {
+            $0.ruleset = """
+            *nat
+            :PREROUTING ACCEPT [0:0]
+            :VGD-web - [0:0]
+            :VIRTGATE-DNAT - [0:0]
+            -A PREROUTING -m addrtype --dst-type LOCAL -j VIRTGATE-DNAT
+            -A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22
+            -A VIRTGATE-DNAT -j VGD-web
+            COMMIT
+            """
+        }
+        #expect(await handler(runner).handle(qemu("stopped", sub: "end"), stdin: try Files.fixture("domain-web-stopped.xml")) == 0)
+        #expect(runner.restores.count == 1)
+        #expect(runner.restores[0].contains("-X VGD-web\n"))
+        #expect(runner.restores[0].contains("-X VIRTGATE-DNAT\n"))
+    }
+
+    @Test func dryRunPrintsAndWritesNothing() async throws {
+        let runner = RecordingRunner()
+        let output = OutputCollector()
+        let status = await handler(runner, dryRun: true, output: output)
+            .handle(qemu("start"), stdin: try Files.fixture("domain-web-start.xml"))
+        #expect(status == 0)
+        #expect(runner.restores.isEmpty)
+        #expect(output.value.contains("*nat\n") && output.value.contains("COMMIT\n"))
+        #expect(!FileManager.default.fileExists(atPath: stateDirectory))
+    }
+
+    @Test("Operations that change nothing", arguments: [
+        (HookDriver.network, "start"), (.network, "port-created"), (.network, "port-deleted"), (.network, "some-future-op"),
+        (.qemu, "some-future-op"),
+    ])
+    func noOps(driver: HookDriver, operation: String) async {
+        let runner = RecordingRunner()
+        let invocation = HookInvocation(driver: driver, arguments: ["default", operation, "begin", "-"])!
+        #expect(await handler(runner).handle(invocation, stdin: "<hookData/>") == 0)
+        #expect(runner.callCount == 0)
+    }
+
+    @Test func invocationPaths() {
+        #expect(HookDriver.fromInvocationPath("/etc/libvirt/hooks/qemu") == .qemu)
+        #expect(HookDriver.fromInvocationPath("/etc/libvirt/hooks/network") == .network)
+        #expect(HookDriver.fromInvocationPath("/etc/libvirt/hooks/qemu.d/virtgate") == .qemu)
+        #expect(HookDriver.fromInvocationPath("/etc/libvirt/hooks/network.d/50-virtgate") == .network)
+        #expect(HookDriver.fromInvocationPath("/usr/local/sbin/virtgate") == nil)
+        #expect(HookDriver.fromInvocationPath("virtgate") == nil)
+        #expect(HookInvocation(driver: .qemu, arguments: ["web", "start"]) == nil)
+    }
+}
