@@ -55,13 +55,14 @@ enum HookEntry {
             return invocation.operation == "reconnect" ? 0 : (settings.onInvalid == .refuse ? 1 : 0)
         }
         let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
-        // From libvirt (config DRY_RUN), stdout is not read: the transaction goes to the log instead.
-        let toLog = settings.dryRun && !flag
+        // libvirt does not read a hook's stdout (but for the migrate/restore XML): when the config
+        // file asks for dry-run, which is how it reaches hooks run by libvirt, the transaction is
+        // also logged, so the admin can read what would have been applied.
+        let alsoLog = settings.dryRun && !flag && environment["VIRTGATE_DRY_RUN"] == nil
         let handler = HookHandler(settings: settings, firewall: firewall, log: log, dryRun: dryRun) { text in
-            if toLog && !text.hasPrefix("<") {
-                log.info("dry-run \(invocation.summary):\n\(text)")
-            } else {
-                writeAll(1, text)
+            writeAll(1, text)
+            if alsoLog && !text.hasPrefix("<") {
+                log.info("dry-run \(invocation.summary): \(text)")
             }
         }
         return await handler.handle(invocation, stdin: stdin)

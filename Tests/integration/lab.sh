@@ -1,0 +1,530 @@
+# shellcheck shell=bash
+# lab.sh: helpers for the virtgate network-namespace integration test.
+#
+# Sourced by netns-test.sh. Everything here works only inside network namespaces named vgt-*: the machine's own
+# network namespace, firewall and files are never changed (UFW runs on private copies of its files, bind-mounted in
+# a private mount namespace; see lab_mount_private_ufw).
+#
+# Topology (all addresses are test ranges; nothing leaves the namespaces):
+#
+#   vgt-g1 (eth0 10.213.0.11) --vgt-g1h--+
+#                                        +-- vgt-br0 10.213.0.1/24 [vgt-host] vgt-hw 198.18.0.1/30 + 198.18.0.5/32
+#   vgt-g2 (eth0 10.213.0.12) --vgt-g2h--+                                |
+#                                                                   vgt-wh 198.18.0.2/30 [vgt-wan]
+#
+# vgt-host plays the libvirt host: ip_forward=1, libvirt 9-style iptables rules for a NAT network on vgt-br0, and a
+# real UFW (FORWARD policy DROP). vgt-wan is "the internet"; it also routes 10.213.0.0/24 straight at vgt-host, so
+# we can prove that routed (non-forwarded) access to the guests stays blocked.
+
+LAB_NS_HOST=vgt-host
+LAB_NS_WAN=vgt-wan
+LAB_NS_G1=vgt-g1
+LAB_NS_G2=vgt-g2
+LAB_NAMESPACES="$LAB_NS_HOST $LAB_NS_WAN $LAB_NS_G1 $LAB_NS_G2"
+
+LAB_BRIDGE=vgt-br0
+LAB_SUBNET=10.213.0.0/24
+LAB_GW=10.213.0.1
+LAB_G1_IP=10.213.0.11
+LAB_G2_IP=10.213.0.12
+LAB_G1_MAC=52:54:00:00:00:11
+LAB_G2_MAC=52:54:00:00:00:12
+LAB_HOST_WAN_IP=198.18.0.1     # the host's "public" address
+LAB_HOST_ALT_IP=198.18.0.5     # a second host address, for host-address="" restricted forwards
+LAB_WAN_IP=198.18.0.2          # the outside client
+
+# Tools the lab needs. A missing one is a failure, never a skip.
+LAB_TOOLS="ip iptables iptables-save iptables-restore ufw socat ss unshare mount timeout flock sha256sum sysctl diff"
+
+# PIDs of the background processes this run started (services). Only these are killed by lab_stop_services.
+LAB_PIDS=""
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results and output. Every check appends one line to $LAB_RESULTS (shared by the outer script and the inner one
+# that runs in the private mount namespace), so the final summary counts both.
+
+lab_ok() {
+    echo "ok - $*"
+    echo "ok" >>"$LAB_RESULTS"
+}
+
+lab_not_ok() {
+    echo "not ok - $*"
+    echo "not ok" >>"$LAB_RESULTS"
+}
+
+# Informational lines are not checks: they document behaviour we do not require (e.g. br_netfilter on).
+lab_info() {
+    echo "# info: $*"
+}
+
+# Print a file (or stdin) as diagnostic comment lines.
+lab_diag() {
+    sed 's/^/#   /' "$@"
+}
+
+lab_count() {
+    # $1 = "ok" or "not ok"; exact whole-line match
+    if [ -f "$LAB_RESULTS" ]; then
+        grep -cx "$1" "$LAB_RESULTS"
+    else
+        echo 0
+    fi
+}
+
+lab_summary() {
+    echo "$(lab_count ok) passed, $(lab_count 'not ok') failed"
+}
+
+# check DESCRIPTION COMMAND...: ok if the command succeeds.
+check() {
+    local desc=$1
+    shift
+    if "$@"; then
+        lab_ok "$desc"
+    else
+        lab_not_ok "$desc"
+    fi
+}
+
+# check_eq DESCRIPTION EXPECTED ACTUAL
+check_eq() {
+    if [ "$2" = "$3" ]; then
+        lab_ok "$1"
+    else
+        lab_not_ok "$1"
+        echo "#   expected: '$2'"
+        echo "#   observed: '$3'"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prerequisites
+
+lab_require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        lab_not_ok "prerequisite: must run as root (network namespaces, iptables)"
+        return 1
+    fi
+    return 0
+}
+
+lab_require_tools() {
+    local t missing=""
+    for t in $LAB_TOOLS; do
+        command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
+    done
+    if [ -n "$missing" ]; then
+        lab_not_ok "prerequisite: missing tools:$missing"
+        return 1
+    fi
+    # UFW's state directory: /usr/lib/ufw (with /lib -> usr/lib) or /lib/ufw.
+    if [ ! -d /usr/lib/ufw ] && [ ! -d /lib/ufw ]; then
+        lab_not_ok "prerequisite: UFW's /usr/lib/ufw not found"
+        return 1
+    fi
+    return 0
+}
+
+# A checksum of UFW's real files: the test must leave them untouched.
+lab_ufw_checksum() {
+    find /etc/ufw /etc/default/ufw /usr/lib/ufw /lib/ufw -type f -print0 2>/dev/null | sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+# The root namespace's ruleset (read only, counters stripped): the test must leave it untouched.
+lab_root_ruleset() {
+    iptables-save 2>/dev/null | sed -e 's/\[[0-9]*:[0-9]*\]//' | grep -v '^#'
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Namespaces (run in the machine's mount namespace, so that /run/netns/vgt-* stay visible to a later run that has
+# to clean up after a killed one).
+
+# Kill every process in one of our namespaces (by PID, from `ip netns pids`) and delete it.
+lab_delete_namespace() {
+    local ns=$1 pid
+    ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$ns" || return 0
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+        kill "$pid" 2>/dev/null
+    done
+    sleep 0.2
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+        kill -9 "$pid" 2>/dev/null
+    done
+    ip netns del "$ns" 2>/dev/null
+}
+
+lab_delete_namespaces() {
+    local ns
+    for ns in $LAB_NAMESPACES; do
+        lab_delete_namespace "$ns"
+    done
+}
+
+lab_namespaces_left() {
+    ip netns list 2>/dev/null | awk '{print $1}' | grep '^vgt-' || true
+}
+
+# Build the topology described at the top of this file. Returns non-zero on any error.
+lab_create_topology() {
+    local ns
+    for ns in $LAB_NAMESPACES; do
+        ip netns add "$ns" || return 1
+        ip -n "$ns" link set lo up || return 1
+    done
+
+    # host <-> wan link; a second host address for host-address restricted forwards
+    ip -n "$LAB_NS_HOST" link add vgt-hw type veth peer name vgt-wh netns "$LAB_NS_WAN" || return 1
+    ip -n "$LAB_NS_HOST" addr add "$LAB_HOST_WAN_IP/30" dev vgt-hw || return 1
+    ip -n "$LAB_NS_HOST" addr add "$LAB_HOST_ALT_IP/32" dev vgt-hw || return 1
+    ip -n "$LAB_NS_HOST" link set vgt-hw up || return 1
+    ip -n "$LAB_NS_WAN" addr add "$LAB_WAN_IP/30" dev vgt-wh || return 1
+    ip -n "$LAB_NS_WAN" link set vgt-wh up || return 1
+    ip -n "$LAB_NS_HOST" route add default via "$LAB_WAN_IP" || return 1
+    # wan reaches the second host address, and routes the guest subnet straight at the host (the "no blanket
+    # accept" checks need a path to the guests that does not go through a forward)
+    ip -n "$LAB_NS_WAN" route add "$LAB_HOST_ALT_IP/32" via "$LAB_HOST_WAN_IP" || return 1
+    ip -n "$LAB_NS_WAN" route add "$LAB_SUBNET" via "$LAB_HOST_WAN_IP" || return 1
+
+    # the guest bridge, like libvirt's virbr0
+    ip -n "$LAB_NS_HOST" link add "$LAB_BRIDGE" type bridge stp_state 0 forward_delay 0 || return 1
+    ip -n "$LAB_NS_HOST" addr add "$LAB_GW/24" dev "$LAB_BRIDGE" || return 1
+    ip -n "$LAB_NS_HOST" link set "$LAB_BRIDGE" up || return 1
+
+    # two "guests": a veth whose host end (vgt-g1h, like vnet0) is a bridge port
+    lab_add_guest "$LAB_NS_G1" vgt-g1h "$LAB_G1_IP" "$LAB_G1_MAC" || return 1
+    lab_add_guest "$LAB_NS_G2" vgt-g2h "$LAB_G2_IP" "$LAB_G2_MAC" || return 1
+
+    # routing in the host namespace only (sysctls under /proc/sys/net are per network namespace)
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.ipv4.ip_forward=1 || return 1
+    return 0
+}
+
+# lab_add_guest NS HOST_SIDE_IFNAME IP MAC
+lab_add_guest() {
+    local ns=$1 port=$2 ip=$3 mac=$4
+    ip -n "$LAB_NS_HOST" link add "$port" type veth peer name eth0 netns "$ns" || return 1
+    ip -n "$LAB_NS_HOST" link set "$port" master "$LAB_BRIDGE" || return 1
+    ip -n "$LAB_NS_HOST" link set "$port" up || return 1
+    ip -n "$ns" link set eth0 address "$mac" || return 1
+    ip -n "$ns" addr add "$ip/24" dev eth0 || return 1
+    ip -n "$ns" link set eth0 up || return 1
+    ip -n "$ns" route add default via "$LAB_GW" || return 1
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# UFW, in the private mount namespace only (netns-test.sh re-executes itself under
+# `unshare --mount --propagation private`). Bind mounts made here vanish with that mount namespace.
+
+lab_mount_private_ufw() {
+    local d=$LAB_TMP/ufw f
+    mkdir -p "$d/etc" "$d/default" "$d/lib" || return 1
+    cp -a /etc/ufw/. "$d/etc/" || return 1
+    # Start from the package's pristine rules, init hooks and ENABLED=no, so whatever is customised on this machine
+    # (user rules, a before.init/after.init hook) does not leak into the lab.
+    for f in before.rules before6.rules after.rules after6.rules before.init after.init user.rules user6.rules \
+        ufw.conf; do
+        if [ -e "/usr/share/ufw/$f" ]; then
+            cp -L "/usr/share/ufw/$f" "$d/etc/$f" || return 1
+        fi
+    done
+    chmod 640 "$d/etc/"*.rules || return 1
+    cp /etc/default/ufw "$d/default/ufw" || return 1
+    # What the lab relies on, whatever this machine's defaults are: FORWARD DROP, UFW leaves foreign chains alone.
+    sed -i -e 's/^DEFAULT_FORWARD_POLICY=.*/DEFAULT_FORWARD_POLICY="DROP"/' \
+        -e 's/^MANAGE_BUILTINS=.*/MANAGE_BUILTINS=no/' "$d/default/ufw" || return 1
+    cp -a /usr/lib/ufw/. "$d/lib/" || return 1
+
+    mount --bind "$d/etc" /etc/ufw || return 1
+    mount --bind "$d/default/ufw" /etc/default/ufw || return 1
+    mount --bind "$d/lib" /usr/lib/ufw || return 1
+    return 0
+}
+
+# ufw inside vgt-host. TESTSTATE=1 keeps ufw's lock file in its (private) state directory instead of /run.
+lab_ufw() {
+    ip netns exec "$LAB_NS_HOST" env TESTSTATE=1 ufw "$@"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# libvirt 9.0's own rules for a NAT network (iptables backend), as `virsh net-start` creates them: libvirt inserts
+# its chain jumps at position 1 of the built-in chains (so they sit above UFW's appended jumps) and fills its chains
+# with -I as well (so the order below is the final order).
+lab_add_libvirt_rules() {
+    local br=$LAB_BRIDGE net=$LAB_SUBNET
+    ip netns exec "$LAB_NS_HOST" iptables-restore -w --noflush <<RULES
+*filter
+:LIBVIRT_INP - [0:0]
+:LIBVIRT_OUT - [0:0]
+:LIBVIRT_FWO - [0:0]
+:LIBVIRT_FWI - [0:0]
+:LIBVIRT_FWX - [0:0]
+-I INPUT 1 -j LIBVIRT_INP
+-I FORWARD 1 -j LIBVIRT_FWO
+-I FORWARD 1 -j LIBVIRT_FWI
+-I FORWARD 1 -j LIBVIRT_FWX
+-I OUTPUT 1 -j LIBVIRT_OUT
+-A LIBVIRT_INP -i $br -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i $br -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i $br -p udp -m udp --dport 67 -j ACCEPT
+-A LIBVIRT_INP -i $br -p tcp -m tcp --dport 67 -j ACCEPT
+-A LIBVIRT_OUT -o $br -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o $br -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o $br -p udp -m udp --dport 68 -j ACCEPT
+-A LIBVIRT_OUT -o $br -p tcp -m tcp --dport 68 -j ACCEPT
+-A LIBVIRT_FWI -d $net -o $br -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A LIBVIRT_FWI -o $br -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWO -s $net -i $br -j ACCEPT
+-A LIBVIRT_FWO -i $br -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWX -i $br -o $br -j ACCEPT
+COMMIT
+*nat
+:LIBVIRT_PRT - [0:0]
+-I POSTROUTING 1 -j LIBVIRT_PRT
+-A LIBVIRT_PRT -s $net -d 224.0.0.0/24 -j RETURN
+-A LIBVIRT_PRT -s $net -d 255.255.255.255/32 -j RETURN
+-A LIBVIRT_PRT -s $net ! -d $net -p tcp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s $net ! -d $net -p udp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s $net ! -d $net -j MASQUERADE
+COMMIT
+*mangle
+:LIBVIRT_PRT - [0:0]
+-I POSTROUTING 1 -j LIBVIRT_PRT
+-A LIBVIRT_PRT -o $br -p udp -m udp --dport 68 -j CHECKSUM --checksum-fill
+COMMIT
+RULES
+}
+
+# The host namespace's ruleset, counters and comments stripped: what "identical" and "baseline" compare.
+lab_ruleset() {
+    ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle' |
+        sed -e 's/\[[0-9]*:[0-9]*\]//' | grep -v '^#'
+}
+
+# check_ruleset DESCRIPTION EXPECTED_FILE: the current ruleset must equal the saved one exactly.
+check_ruleset() {
+    local desc=$1 expected=$2 now=$LAB_TMP/ruleset.now
+    lab_ruleset >"$now"
+    if diff -u "$expected" "$now" >"$LAB_TMP/ruleset.diff"; then
+        lab_ok "$desc"
+    else
+        lab_not_ok "$desc"
+        echo "#   diff expected -> observed (first 80 lines):"
+        head -n 80 "$LAB_TMP/ruleset.diff" | lab_diag
+    fi
+}
+
+# First rule of a built-in chain (line 2 of `iptables -S`, line 1 being the policy).
+lab_first_rule() {
+    local table=$1 chain=$2
+    ip netns exec "$LAB_NS_HOST" iptables -w -t "$table" -S "$chain" | sed -n 2p
+}
+
+lab_chain_exists() {
+    local table=$1 chain=$2
+    ip netns exec "$LAB_NS_HOST" iptables -w -t "$table" -S "$chain" >/dev/null 2>&1
+}
+
+lab_chain_absent() {
+    ! lab_chain_exists "$@"
+}
+
+lab_ipt() {
+    ip netns exec "$LAB_NS_HOST" iptables -w "$@"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Services: socat listeners that answer with "LABEL PEER-ADDRESS" and close, so a client learns which service it
+# reached and which source address the service saw (SNAT or not).
+
+# lab_serve NS PROTO PORT LABEL (LABEL without ":" or ",": socat would parse them as address syntax)
+lab_serve() {
+    local ns=$1 proto=$2 port=$3 label=$4
+    if [ "$proto" = tcp ]; then
+        ip netns exec "$ns" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+            </dev/null >/dev/null 2>&1 &
+    else
+        ip netns exec "$ns" socat "UDP-RECVFROM:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+            </dev/null >/dev/null 2>&1 &
+    fi
+    # `ip netns exec` execs socat, so $! is socat's own PID
+    LAB_PIDS="$LAB_PIDS $!"
+    lab_wait_listen "$ns" "$proto" "$port"
+}
+
+lab_wait_listen() {
+    local ns=$1 proto=$2 port=$3 i flag=-Hltn
+    [ "$proto" = udp ] && flag=-Hlun
+    for i in $(seq 50); do
+        if ip netns exec "$ns" ss $flag "sport = :$port" | grep -q .; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "# lab: $proto listener on port $port in $ns did not start" >&2
+    return 1
+}
+
+lab_stop_services() {
+    local pid
+    for pid in $LAB_PIDS; do
+        kill "$pid" 2>/dev/null
+    done
+    LAB_PIDS=""
+}
+
+# lab_probe NS PROTO ADDR PORT: print the first line the service answered, nothing if no answer. Every client has a
+# connect timeout, an idle timeout and an overall timeout.
+lab_probe() {
+    local ns=$1 proto=$2 addr=$3 port=$4
+    if [ "$proto" = tcp ]; then
+        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP:$addr:$port,connect-timeout=2" - 2>/dev/null | head -n1
+    else
+        echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP:$addr:$port" 2>/dev/null | head -n1
+    fi
+}
+
+# expect_reply DESCRIPTION NS PROTO ADDR PORT PATTERN: the answer must match the glob PATTERN.
+expect_reply() {
+    local desc=$1 ns=$2 proto=$3 addr=$4 port=$5 pattern=$6 reply
+    reply=$(lab_probe "$ns" "$proto" "$addr" "$port")
+    # shellcheck disable=SC2053  # PATTERN is a glob on purpose
+    if [ -n "$reply" ] && [[ $reply == $pattern ]]; then
+        lab_ok "$desc (got '$reply')"
+    else
+        lab_not_ok "$desc"
+        echo "#   $ns -> $proto $addr:$port: expected '$pattern', observed '$reply'"
+    fi
+}
+
+# expect_no_reply DESCRIPTION NS PROTO ADDR PORT: no service may answer.
+expect_no_reply() {
+    local desc=$1 ns=$2 proto=$3 addr=$4 port=$5 reply
+    reply=$(lab_probe "$ns" "$proto" "$addr" "$port")
+    if [ -z "$reply" ]; then
+        lab_ok "$desc"
+    else
+        lab_not_ok "$desc"
+        echo "#   $ns -> $proto $addr:$port: expected no answer, observed '$reply'"
+    fi
+}
+
+# info_reply DESCRIPTION NS PROTO ADDR PORT: report what happens, without a verdict.
+info_reply() {
+    local desc=$1 ns=$2 proto=$3 addr=$4 port=$5 reply
+    reply=$(lab_probe "$ns" "$proto" "$addr" "$port")
+    lab_info "$desc: ${reply:-no answer}"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Domain XML shapes. Fixtures hold the XML as libvirt passes it at qemu `start` (NIC resolved: bridge=, portid=,
+# <target dev>). lab_shape_unresolved derives the shape libvirt 9.0 passes at `prepare` (NIC not yet resolved) and
+# at `stopped`/`release` (no bridge=, no portid=, no <target dev>; at stopped/release there is no id= either).
+# lab_shape_unresolved IN OUT [keep-id]
+lab_shape_unresolved() {
+    local in=$1 out=$2 keep_id=${3:-}
+    if [ -n "$keep_id" ]; then
+        sed -e "s/ portid='[^']*'//" -e "s/ bridge='[^']*'//" -e "/<target dev=/d" "$in" >"$out"
+    else
+        sed -e "s/^<domain type='qemu' id='[0-9]*'>/<domain type='qemu'>/" \
+            -e "s/ portid='[^']*'//" -e "s/ bridge='[^']*'//" -e "/<target dev=/d" "$in" >"$out"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driving virtgate exactly as libvirt does: argv `hook <driver> <object> <op> <subop> <extra>`, XML on stdin, a
+# scrubbed environment (libvirt passes only LC_ALL, PATH, HOME, USER, LOGNAME), run inside the host namespace. The
+# VIRTGATE_* overrides keep virtgate away from the machine's /run, /etc and /var.
+
+VG_EXTRA_ENV=()   # extra environment for one call, e.g. (VIRTGATE_DRY_RUN=1)
+
+lab_prepare_virtgate_env() {
+    VG_STATE=$LAB_TMP/state
+    VG_NET_RUN=$LAB_TMP/network-run
+    VG_NET_ETC=$LAB_TMP/network-etc
+    VG_DNSMASQ=$LAB_TMP/dnsmasq
+    VG_HOOKS=$LAB_TMP/hooks
+    VG_XML=$LAB_TMP/xml
+    mkdir -p "$VG_STATE" "$VG_NET_RUN" "$VG_NET_ETC" "$VG_DNSMASQ" "$VG_HOOKS/qemu.d" "$VG_HOOKS/network.d" \
+        "$VG_XML" || return 1
+
+    VG_CONF_WARN=$LAB_TMP/virtgate-warn.conf
+    VG_CONF_REFUSE=$LAB_TMP/virtgate-refuse.conf
+    echo "ON_INVALID=warn" >"$VG_CONF_WARN"
+    echo "ON_INVALID=refuse" >"$VG_CONF_REFUSE"
+    VG_CONFIG=$VG_CONF_WARN
+
+    # g1's address comes from the network's <dhcp><host> reservation; g2 has none: its address comes from the
+    # dnsmasq lease file, as libvirt's dnsmasq writes it.
+    cat >"$VG_DNSMASQ/$LAB_BRIDGE.status" <<LEASES
+[
+  {
+    "ip-address": "$LAB_G2_IP",
+    "mac-address": "$LAB_G2_MAC",
+    "hostname": "vgt-g2",
+    "expiry-time": $(($(date +%s) + 3600))
+  }
+]
+LEASES
+
+    # The binary installed the ways libvirt finds hooks: /etc/libvirt/hooks/{qemu,network} and the .d directories.
+    ln -s "$VIRTGATE" "$VG_HOOKS/qemu" || return 1
+    ln -s "$VIRTGATE" "$VG_HOOKS/network" || return 1
+    ln -s "$VIRTGATE" "$VG_HOOKS/qemu.d/virtgate" || return 1
+    ln -s "$VIRTGATE" "$VG_HOOKS/network.d/virtgate" || return 1
+
+    # The unresolved XML shapes (prepare; stopped/release), derived from the fixtures.
+    local g
+    for g in vgt-g1 vgt-g2 vgt-bad; do
+        lab_shape_unresolved "$LAB_FIXTURES/domain-$g.xml" "$VG_XML/$g-prepare.xml" keep-id || return 1
+        lab_shape_unresolved "$LAB_FIXTURES/domain-$g.xml" "$VG_XML/$g-stopped.xml" || return 1
+    done
+    lab_shape_unresolved "$LAB_FIXTURES/domain-vgt-g1-edited.xml" "$VG_XML/vgt-g1-edited-stopped.xml" || return 1
+    return 0
+}
+
+# vg_exec PROGRAM STDIN_FILE ARGS...: run PROGRAM (virtgate or a hook symlink to it) like libvirt. Sets VG_RC;
+# stdout and stderr go to $VG_OUT and $VG_ERR.
+vg_exec() {
+    local prog=$1 stdin=$2
+    shift 2
+    ip netns exec "$LAB_NS_HOST" timeout 30 env -i \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root USER=root LOGNAME=root \
+        VIRTGATE_CONFIG="$VG_CONFIG" VIRTGATE_STATE_DIR="$VG_STATE" VIRTGATE_NETWORK_RUN_DIR="$VG_NET_RUN" \
+        VIRTGATE_NETWORK_ETC_DIR="$VG_NET_ETC" VIRTGATE_DNSMASQ_DIR="$VG_DNSMASQ" VIRTGATE_SYSLOG=0 \
+        "${VG_EXTRA_ENV[@]}" "$prog" "$@" <"$stdin" >"$VG_OUT" 2>"$VG_ERR"
+    VG_RC=$?
+}
+VG_OUT=/dev/null
+VG_ERR=/dev/null
+
+# vg_hook STDIN_FILE HOOK-ARGS...: `virtgate hook HOOK-ARGS`, checked to exit 0.
+vg_hook() {
+    local stdin=$1
+    shift
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$VIRTGATE" "$stdin" hook "$@"
+    if [ "$VG_RC" -eq 0 ]; then
+        lab_ok "virtgate hook $* exits 0"
+    else
+        lab_not_ok "virtgate hook $* exits 0 (exit $VG_RC)"
+        lab_diag "$VG_ERR"
+    fi
+}
+
+# vg_hook_via PROGRAM STDIN_FILE ARGS...: the same through a hook path (argv[0] dispatch), checked to exit 0.
+vg_hook_via() {
+    local prog=$1 stdin=$2
+    shift 2
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$prog" "$stdin" "$@"
+    if [ "$VG_RC" -eq 0 ]; then
+        lab_ok "${prog#"$LAB_TMP/"} $* exits 0"
+    else
+        lab_not_ok "${prog#"$LAB_TMP/"} $* exits 0 (exit $VG_RC)"
+        lab_diag "$VG_ERR"
+    fi
+}

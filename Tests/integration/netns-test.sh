@@ -1,0 +1,652 @@
+#!/bin/bash
+# netns-test.sh: root-only integration test of virtgate against real iptables, real UFW and real traffic, confined
+# to network namespaces named vgt-* (see lab.sh for the topology).
+#
+# Usage (as root):
+#   bash Tests/integration/netns-test.sh              # the whole suite against $VIRTGATE
+#   bash Tests/integration/netns-test.sh --lab-only   # only prove the lab (UFW, libvirt-style rules, traffic)
+#   VIRTGATE=/path/to/virtgate bash Tests/integration/netns-test.sh
+#
+# Output: one `ok - ...` / `not ok - ...` line per check, `# ...` diagnostics, and as the last line
+# `N passed, M failed`. Exit status 0 only if nothing failed. Not root or a tool missing: a failure, not a skip.
+#
+# How it runs: the outer part (this file, in the machine's mount namespace) creates and finally deletes the network
+# namespaces, and checks afterwards that UFW's real files and the root namespace's ruleset are unchanged. The inner
+# part (this file again, with --inner, under `unshare --mount --propagation private`) bind-mounts private copies of
+# UFW's files, enables UFW inside vgt-host, adds libvirt's rules, starts the services and runs the scenarios.
+#
+# Scenarios (in run order): 0 the lab alone (UFW active, libvirt rules, egress works, routed access blocked);
+# 1 baseline ruleset; 2 network start/started, g1 and g2 prepare/port-created/start/started; 3 inbound from wan
+# (forwards, ranges, udp, source=, host-address=, no SNAT, routed access stays blocked); 4 hairpin and host-local
+# (br_netfilter off; "on" reported as info); 5 guest egress under UFW; 6 idempotence, jump positions, foreign rules
+# at position 1, ufw reload; 7 ten concurrent hook runs; 8 invalid metadata (warn and refuse); 10 dry run (needs the
+# applied state, so it runs before 9); 9 stopped/release and network stopped back to the exact baseline; 11 network
+# known only from libvirt's status file. Fixtures (hookData, domain XML) are in fixtures/.
+
+set -u
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LAB_FIXTURES=$LAB_DIR/fixtures
+# shellcheck source=lab.sh
+. "$LAB_DIR/lab.sh"
+
+VIRTGATE=${VIRTGATE:-$(cd "$LAB_DIR/../.." && pwd)/.build/debug/virtgate}
+export VIRTGATE
+
+# =================================================================================================================
+# Outer part
+
+LAB_CREATED=no
+LAB_SUMMARY_DONE=no
+
+outer_exit() {
+    # the EXIT trap: teardown, summary as the last line, exit status from the results (also after a failure or
+    # an interrupt)
+    local status=0
+    if [ "$LAB_CREATED" = yes ]; then
+        lab_delete_namespaces
+        LAB_CREATED=no
+    fi
+    if [ "$(lab_count 'not ok')" -ne 0 ] || [ "$(lab_count ok)" -eq 0 ]; then
+        status=1
+    fi
+    if [ "$LAB_SUMMARY_DONE" = no ]; then
+        LAB_SUMMARY_DONE=yes
+        lab_summary
+    fi
+    rm -rf "$LAB_TMP"
+    exit "$status"
+}
+
+LAB_INNER_PID=""
+
+outer_interrupt() {
+    echo "# interrupted"
+    if [ -n "$LAB_INNER_PID" ]; then
+        kill "$LAB_INNER_PID" 2>/dev/null   # its own trap stops the services it started
+        wait "$LAB_INNER_PID"
+    fi
+    lab_not_ok "run interrupted"
+    exit 1
+}
+
+main_outer() {
+    local mode=${1:-full}
+    LAB_TMP=$(mktemp -d /tmp/vgt-lab.XXXXXX) || exit 1
+    LAB_RESULTS=$LAB_TMP/results
+    : >"$LAB_RESULTS"
+    export LAB_TMP LAB_RESULTS
+    trap outer_exit EXIT
+    trap outer_interrupt INT TERM
+
+    lab_require_root || exit 1
+    lab_require_tools || exit 1
+    if [ "$mode" != --lab-only ]; then
+        if [ ! -x "$VIRTGATE" ]; then
+            lab_not_ok "prerequisite: virtgate binary $VIRTGATE exists and is executable"
+            exit 1
+        fi
+        # Test a private copy: the binary may be rebuilt while the suite runs, and one run must test one build.
+        echo "# virtgate under test: $VIRTGATE ($(stat -c '%y' "$VIRTGATE"), sha256 $(sha256sum <"$VIRTGATE" | cut -c1-16))"
+        cp "$VIRTGATE" "$LAB_TMP/virtgate" || exit 1
+        VIRTGATE=$LAB_TMP/virtgate
+    fi
+
+    # One run at a time: the namespace names are fixed.
+    exec 9>/tmp/vgt-lab.lock
+    if ! flock -n 9; then
+        lab_not_ok "prerequisite: no other vgt lab run in progress (/tmp/vgt-lab.lock is held)"
+        exit 1
+    fi
+
+    local ufw_sum_before root_rules_before root_forward_before
+    ufw_sum_before=$(lab_ufw_checksum)
+    root_rules_before=$(lab_root_ruleset)
+    root_forward_before=$(sysctl -n net.ipv4.ip_forward)
+
+    # Leftovers of a killed earlier run: only our own vgt-* namespaces and the processes inside them.
+    lab_delete_namespaces
+
+    LAB_CREATED=yes
+    if ! lab_create_topology; then
+        lab_not_ok "lab: create namespaces, links and addresses"
+        exit 1
+    fi
+    lab_ok "lab: namespaces $LAB_NAMESPACES created"
+
+    # In the background so that an INT/TERM trap of ours runs at once and can stop the inner part by its PID
+    # (unshare execs bash, so $! is the inner bash itself).
+    unshare --mount --propagation private -- bash "$LAB_DIR/netns-test.sh" --inner "$mode" 9>&- &
+    LAB_INNER_PID=$!
+    wait "$LAB_INNER_PID"
+    local inner_rc=$?
+    LAB_INNER_PID=""
+    if [ "$inner_rc" -ne 0 ] && [ "$(lab_count 'not ok')" -eq 0 ]; then
+        lab_not_ok "inner test run ended with status $inner_rc before recording a failure"
+    fi
+
+    lab_delete_namespaces
+    LAB_CREATED=no
+
+    # Things the test must never change on the machine itself.
+    check_eq "machine: no vgt- namespaces left" "" "$(lab_namespaces_left)"
+    check_eq "machine: UFW's real files (/etc/ufw, /etc/default/ufw, /usr/lib/ufw) unchanged" \
+        "$ufw_sum_before" "$(lab_ufw_checksum)"
+    check_eq "machine: root namespace ip_forward unchanged" "$root_forward_before" "$(sysctl -n net.ipv4.ip_forward)"
+    if [ "$root_rules_before" = "$(lab_root_ruleset)" ]; then
+        lab_ok "machine: root namespace iptables ruleset unchanged"
+    else
+        lab_not_ok "machine: root namespace iptables ruleset unchanged"
+        diff <(echo "$root_rules_before") <(lab_root_ruleset) | lab_diag
+    fi
+    exit 0   # the EXIT trap prints the summary and sets the status
+}
+
+# =================================================================================================================
+# Inner part: private mount namespace; UFW, libvirt rules, services, scenarios.
+
+inner_cleanup() {
+    lab_stop_services
+}
+
+lab_setup_inner() {
+    if lab_mount_private_ufw; then
+        lab_ok "lab: private copies of UFW's files mounted"
+    else
+        lab_not_ok "lab: private copies of UFW's files mounted"
+        return 1
+    fi
+    # UFW first (at boot), then libvirt inserts its jumps above UFW's, as on a real host.
+    if lab_ufw --force enable >"$LAB_TMP/ufw.out" 2>&1; then
+        lab_ok "lab: ufw --force enable in $LAB_NS_HOST"
+    else
+        lab_not_ok "lab: ufw --force enable in $LAB_NS_HOST"
+        lab_diag "$LAB_TMP/ufw.out"
+        return 1
+    fi
+    if lab_add_libvirt_rules; then
+        lab_ok "lab: libvirt 9 style rules (LIBVIRT_FWX/FWI/FWO/INP/OUT/PRT) added"
+    else
+        lab_not_ok "lab: libvirt 9 style rules (LIBVIRT_FWX/FWI/FWO/INP/OUT/PRT) added"
+        return 1
+    fi
+    # br_netfilter is built in here and on by default in every new namespace. The main checks run with it off (the
+    # common case of a host without Docker); scenario 4 reports the "on" case.
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+
+    local ok=yes
+    lab_serve "$LAB_NS_G1" tcp 22 g1-22 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 80 g1-80 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 443 g1-443 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 9000 g1-9000 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 9001 g1-9001 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 9002 g1-9002 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 6000 g1-6000 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 3306 g1-3306 || ok=no   # never forwarded: must stay closed from outside
+    lab_serve "$LAB_NS_G1" udp 53 g1-53-udp || ok=no
+    lab_serve "$LAB_NS_G2" tcp 22 g2-22 || ok=no
+    lab_serve "$LAB_NS_WAN" tcp 7000 wan-7000 || ok=no
+    if [ "$ok" = yes ]; then
+        lab_ok "lab: socat services listening in $LAB_NS_G1, $LAB_NS_G2, $LAB_NS_WAN"
+    else
+        lab_not_ok "lab: socat services listening in $LAB_NS_G1, $LAB_NS_G2, $LAB_NS_WAN"
+        return 1
+    fi
+    return 0
+}
+
+# Scenario 0: the lab itself, before virtgate runs. These prove the later virtgate checks can fail.
+scenario_lab() {
+    echo "# --- 0. the lab without virtgate"
+    check "lab: ufw status is active in $LAB_NS_HOST" \
+        sh -c "ip netns exec $LAB_NS_HOST env TESTSTATE=1 ufw status | grep -q 'Status: active'"
+    check_eq "lab: FORWARD policy is DROP (UFW)" "-P FORWARD DROP" \
+        "$(lab_ipt -S FORWARD | sed -n 1p)"
+    check_eq "lab: libvirt's LIBVIRT_FWX jump is first in FORWARD" "-A FORWARD -j LIBVIRT_FWX" \
+        "$(lab_first_rule filter FORWARD)"
+    check "lab: UFW's ufw-before-forward jump is in FORWARD" \
+        sh -c "ip netns exec $LAB_NS_HOST iptables -S FORWARD | grep -q -- '-j ufw-before-forward'"
+    expect_reply "lab: g1 egress to wan 198.18.0.2:7000 works (libvirt FWO + masquerade)" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP" 7000 "wan-7000 $LAB_HOST_WAN_IP"
+    expect_reply "lab: g2 -> g1-22 directly on the bridge works, un-NATed" \
+        "$LAB_NS_G2" tcp "$LAB_G1_IP" 22 "g1-22 $LAB_G2_IP"
+    expect_reply "lab: host -> g1-22 directly works" "$LAB_NS_HOST" tcp "$LAB_G1_IP" 22 "g1-22 $LAB_GW"
+    expect_no_reply "lab: wan routed straight to g1 10.213.0.11:22 is blocked (LIBVIRT_FWI REJECT)" \
+        "$LAB_NS_WAN" tcp "$LAB_G1_IP" 22
+    expect_no_reply "lab: wan -> 198.18.0.1:2222 gets nothing before virtgate runs" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    expect_no_reply "lab: wan -> 198.18.0.1:5353/udp gets nothing before virtgate runs" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 5353
+}
+
+# Scenario 1
+scenario_baseline() {
+    echo "# --- 1. baseline ruleset"
+    lab_ruleset >"$LAB_TMP/baseline.rules"
+    check "baseline: ruleset of $LAB_NS_HOST saved (filter, nat, mangle; counters stripped)" \
+        grep -q LIBVIRT_FWI "$LAB_TMP/baseline.rules"
+}
+
+# Scenario 2: the events of `virsh net-start` and two `virsh start`, in libvirt 9.0's order.
+scenario_apply() {
+    echo "# --- 2. network started, guests g1 and g2 started"
+    local net=$LAB_FIXTURES/network-vgtnet.xml g
+    vg_hook "$net" network vgtnet start begin -
+    vg_hook "$net" network vgtnet started begin -
+    check "apply: VIRTGATE-FWD chain exists after network started" lab_chain_exists filter VIRTGATE-FWD
+    check "apply: VGN-vgtnet chain exists after network started" lab_chain_exists filter VGN-vgtnet
+
+    for g in vgt-g1 vgt-g2; do
+        vg_hook "$VG_XML/$g-prepare.xml" qemu "$g" prepare begin -
+        vg_hook "$LAB_FIXTURES/port-$g.xml" network vgtnet port-created begin -
+        vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" start begin -
+        vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" started begin -
+        check "apply: nat VGD-$g exists" lab_chain_exists nat "VGD-$g"
+        check "apply: filter VGF-$g exists" lab_chain_exists filter "VGF-$g"
+        check "apply: nat VGS-$g exists" lab_chain_exists nat "VGS-$g"
+    done
+    check_jump_positions "apply"
+    lab_ruleset >"$LAB_TMP/applied.rules"
+    echo "# ruleset with network + g1 + g2 applied:"
+    grep -E 'VIRTGATE|VG[NDFS]-' "$LAB_TMP/applied.rules" | lab_diag
+}
+
+# Our four jumps must be the first rule of their built-in chains.
+check_jump_positions() {
+    local tag=$1 rule
+    check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
+        "$(lab_first_rule filter FORWARD)"
+    rule=$(lab_first_rule nat PREROUTING)
+    check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT for --dst-type LOCAL ('$rule')" \
+        sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
+    rule=$(lab_first_rule nat OUTPUT)
+    check "$tag: first rule of nat OUTPUT jumps to VIRTGATE-DNAT, not for 127.0.0.0/8 ('$rule')" \
+        sh -c "echo '$rule' | grep -q -- '! -d 127.0.0.0/8' && echo '$rule' | grep -q -- '--dst-type LOCAL' &&
+               echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
+    check_eq "$tag: first rule of nat POSTROUTING is the VIRTGATE-POST jump" "-A POSTROUTING -j VIRTGATE-POST" \
+        "$(lab_first_rule nat POSTROUTING)"
+}
+
+# Scenario 3: inbound from wan.
+scenario_inbound() {
+    echo "# --- 3. inbound from wan"
+    local p
+    expect_reply "inbound: wan -> 198.18.0.1:2222 reaches g1-22, source unchanged" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    for p in 0 1 2; do
+        expect_reply "inbound: wan -> 198.18.0.1:500$p (range) reaches g1-900$p, source unchanged" \
+            "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" "500$p" "g1-900$p $LAB_WAN_IP"
+    done
+    expect_reply "inbound: wan -> 198.18.0.1:5353/udp reaches g1-53-udp, source unchanged" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 5353 "g1-53-udp $LAB_WAN_IP"
+    expect_reply "inbound: wan -> 198.18.0.1:2223 reaches g2-22 (address from the lease file)" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+    expect_reply "source: wan (198.18.0.2, in source=) -> 198.18.0.1:8080 reaches g1-80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080 "g1-80 $LAB_WAN_IP"
+    expect_no_reply "source: wan (not in source=192.0.2.0/24) -> 198.18.0.1:8443 is refused" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8443
+    expect_reply "host-address: wan -> 198.18.0.5:6000 (host-address=198.18.0.5) reaches g1-6000" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_ALT_IP" 6000 "g1-6000 $LAB_WAN_IP"
+    expect_no_reply "host-address: wan -> 198.18.0.1:6000 (other host address) is refused" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6000
+    expect_no_reply "inbound: wan -> 198.18.0.1:3306 (not forwarded) is refused" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 3306
+    expect_no_reply "inbound: wan -> 198.18.0.1:22 (guest port, not a host port) is refused" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 22
+    # wan routes 10.213.0.0/24 straight at the host: only DNAT'ed connections may pass, no blanket accept.
+    expect_no_reply "routed: wan -> 10.213.0.11:22 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 22
+    expect_no_reply "routed: wan -> 10.213.0.11:9000 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 9000
+    expect_no_reply "routed: wan -> 10.213.0.11:3306 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 3306
+    expect_no_reply "routed: wan -> 10.213.0.11:53/udp directly stays blocked" "$LAB_NS_WAN" udp "$LAB_G1_IP" 53
+    expect_no_reply "routed: wan -> 10.213.0.12:22 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G2_IP" 22
+}
+
+# Scenario 4: hairpin and host-local access.
+scenario_hairpin() {
+    echo "# --- 4. hairpin and host-local (bridge-nf-call-iptables=0 in $LAB_NS_HOST)"
+    expect_reply "hairpin: g2 -> 198.18.0.1:2222 reaches g1-22" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
+    expect_reply "hairpin: g1 -> its own forward 198.18.0.1:2222 reaches g1-22" \
+        "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
+    expect_reply "hairpin: g1 -> 198.18.0.1:2223 reaches g2-22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
+    expect_reply "hairpin: g2 -> 10.213.0.1:2222 (bridge gateway) reaches g1-22" \
+        "$LAB_NS_G2" tcp "$LAB_GW" 2222 "g1-22 *"
+    expect_reply "direct: g2 -> 10.213.0.11:22 stays un-NATed" "$LAB_NS_G2" tcp "$LAB_G1_IP" 22 "g1-22 $LAB_G2_IP"
+    expect_reply "host-local: host -> 198.18.0.1:2222 reaches g1-22" "$LAB_NS_HOST" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
+    expect_reply "host-local: host -> 10.213.0.1:2222 reaches g1-22" "$LAB_NS_HOST" tcp "$LAB_GW" 2222 "g1-22 *"
+    expect_reply "host-local: host -> 198.18.0.1:5353/udp reaches g1-53-udp" \
+        "$LAB_NS_HOST" udp "$LAB_HOST_WAN_IP" 5353 "g1-53-udp *"
+    expect_no_reply "host-local: host -> 127.0.0.1:2222 is not forwarded (no route_localnet)" \
+        "$LAB_NS_HOST" tcp 127.0.0.1 2222
+
+    echo "# --- 4b. the same with bridge-nf-call-iptables=1 (information only)"
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=1
+    info_reply "br_netfilter on: g2 -> 198.18.0.1:2222 (neighbour hairpin)" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 2222
+    info_reply "br_netfilter on: g1 -> 198.18.0.1:2222 (own forward)" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2222
+    info_reply "br_netfilter on: wan -> 198.18.0.1:2222" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    info_reply "br_netfilter on: g2 -> 10.213.0.11:22 direct" "$LAB_NS_G2" tcp "$LAB_G1_IP" 22
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+}
+
+# Scenario 5
+scenario_egress() {
+    echo "# --- 5. guest egress under UFW's FORWARD DROP"
+    expect_reply "egress: g1 -> wan 198.18.0.2:7000 works" "$LAB_NS_G1" tcp "$LAB_WAN_IP" 7000 "wan-7000 *"
+    expect_reply "egress: g2 -> wan 198.18.0.2:7000 works" "$LAB_NS_G2" tcp "$LAB_WAN_IP" 7000 "wan-7000 *"
+}
+
+# Scenario 6
+scenario_idempotence() {
+    echo "# --- 6. idempotence, jump positions, foreign rules, ufw reload"
+    local applied=$LAB_TMP/applied.rules
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 start begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 start begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 started begin -
+    check_ruleset "idempotence: g1 start twice + started leaves the ruleset identical" "$applied"
+    vg_hook "$LAB_FIXTURES/network-vgtnet.xml" network vgtnet started begin -
+    check_ruleset "idempotence: network started again leaves the ruleset identical" "$applied"
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 reconnect begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g2.xml" qemu vgt-g2 reconnect begin -
+    check_ruleset "idempotence: reconnect of g1 and g2 leaves the ruleset identical" "$applied"
+    check_jump_positions "positions"
+
+    # libvirt re-inserts its own jumps at position 1 when it reloads its firewall (libvirtd restart).
+    lab_ipt -I FORWARD 1 -j LIBVIRT_FWX
+    check_eq "foreign: a LIBVIRT_FWX jump now sits at position 1 of FORWARD" "-A FORWARD -j LIBVIRT_FWX" \
+        "$(lab_first_rule filter FORWARD)"
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 started begin -
+    check_eq "foreign: after started, VIRTGATE-FWD is back at position 1 of FORWARD" "-A FORWARD -j VIRTGATE-FWD" \
+        "$(lab_first_rule filter FORWARD)"
+    check_eq "foreign: exactly one VIRTGATE-FWD jump in FORWARD" 1 \
+        "$(lab_ipt -S FORWARD | grep -c -- '-j VIRTGATE-FWD$')"
+    lab_ipt -D FORWARD -j LIBVIRT_FWX   # remove the duplicate we added
+    check_ruleset "foreign: with our foreign rule removed again, the ruleset is identical" "$applied"
+
+    lab_ipt -t nat -I POSTROUTING 1 -j LIBVIRT_PRT
+    lab_ipt -t nat -I PREROUTING 1 -p tcp --dport 1 -j RETURN
+    lab_ipt -t nat -I OUTPUT 1 -p tcp --dport 1 -j RETURN
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 reconnect begin -
+    check_jump_positions "foreign nat"
+    lab_ipt -t nat -D POSTROUTING -j LIBVIRT_PRT
+    lab_ipt -t nat -D PREROUTING -p tcp --dport 1 -j RETURN
+    lab_ipt -t nat -D OUTPUT -p tcp --dport 1 -j RETURN
+    check_ruleset "foreign nat: with our foreign rules removed again, the ruleset is identical" "$applied"
+
+    # UFW reload (MANAGE_BUILTINS=no) must not disturb our chains or jumps.
+    if lab_ufw reload >"$LAB_TMP/ufw.out" 2>&1; then
+        lab_ok "ufw reload in $LAB_NS_HOST"
+    else
+        lab_not_ok "ufw reload in $LAB_NS_HOST"
+        lab_diag "$LAB_TMP/ufw.out"
+    fi
+    check_jump_positions "after ufw reload"
+    check_ruleset "after ufw reload: ruleset identical" "$applied"
+    expect_reply "after ufw reload: wan -> 198.18.0.1:2222 still reaches g1-22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+}
+
+# Scenario 7: libvirt takes no lock around hooks; virtgate must serialise itself.
+scenario_concurrency() {
+    echo "# --- 7. 10 concurrent hook runs"
+    local i pids="" pid rc failed=0 jobs
+    # guest operation pairs: 3x start g1, 3x start g2, 2x started g1, reconnect g1, reconnect g2
+    jobs="vgt-g1:start vgt-g1:start vgt-g1:start vgt-g2:start vgt-g2:start vgt-g2:start vgt-g1:started vgt-g1:started
+          vgt-g1:reconnect vgt-g2:reconnect"
+    i=0
+    for job in $jobs; do
+        i=$((i + 1))
+        (
+            VG_OUT=$LAB_TMP/conc.$i.out
+            VG_ERR=$LAB_TMP/conc.$i.err
+            vg_exec "$VIRTGATE" "$LAB_FIXTURES/domain-${job%%:*}.xml" hook qemu "${job%%:*}" "${job#*:}" begin -
+            echo "$VG_RC" >"$LAB_TMP/conc.$i.rc"
+        ) &
+        pids="$pids $!"
+    done
+    for pid in $pids; do
+        wait "$pid"
+    done
+    for i in $(seq 10); do
+        rc=$(cat "$LAB_TMP/conc.$i.rc" 2>/dev/null || echo missing)
+        if [ "$rc" != 0 ]; then
+            failed=$((failed + 1))
+            echo "#   concurrent run $i exited $rc:"
+            lab_diag "$LAB_TMP/conc.$i.err"
+        fi
+    done
+    check_eq "concurrency: all 10 concurrent hook runs exit 0" 0 "$failed"
+    lab_ruleset >"$LAB_TMP/conc.rules"
+    check_eq "concurrency: no duplicate virtgate rule lines" "" \
+        "$(grep -E '^-A .*(VIRTGATE|VG[NDFS]-)' "$LAB_TMP/conc.rules" | sort | uniq -d)"
+    check_ruleset "concurrency: ruleset identical to the sequential one" "$LAB_TMP/applied.rules"
+}
+
+# Scenario 8
+scenario_bad_metadata() {
+    echo "# --- 8. invalid metadata"
+    local before=$LAB_TMP/before-bad.rules
+    lab_ruleset >"$before"
+
+    # ON_INVALID=warn: exit 0, one-line error naming guest, field and value, good forwards applied.
+    VG_CONFIG=$VG_CONF_WARN
+    vg_hook "$VG_XML/vgt-bad-prepare.xml" qemu vgt-bad prepare begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-bad.xml" qemu vgt-bad start begin -
+    if grep 'vgt-bad' "$VG_ERR" | grep 'host-port' | grep -q '70000'; then
+        lab_ok "warn: stderr names guest vgt-bad, field host-port, value 70000"
+    else
+        lab_not_ok "warn: stderr names guest vgt-bad, field host-port, value 70000"
+        lab_diag "$VG_ERR"
+    fi
+    check_eq "warn: exactly one error line on stderr about 70000" 1 "$(grep -c 70000 "$VG_ERR")"
+    vg_hook "$LAB_FIXTURES/domain-vgt-bad.xml" qemu vgt-bad started begin -
+    expect_reply "warn: the good forward 198.18.0.1:2224 -> 10.213.0.12:22 (guest-address=) works" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2224 "g2-22 $LAB_WAN_IP"
+    check "warn: no rule mentions 70000" sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -q 70000"
+    vg_hook "$VG_XML/vgt-bad-stopped.xml" qemu vgt-bad stopped end -
+    vg_hook "$VG_XML/vgt-bad-stopped.xml" qemu vgt-bad release end -
+    check_ruleset "warn: after vgt-bad stopped+release the ruleset is as before it" "$before"
+
+    # ON_INVALID=refuse: prepare/start exit non-zero, nothing applied. One case per kind of invalid value.
+    VG_CONFIG=$VG_CONF_REFUSE
+    local cases name forward value field xml
+    # name|forward element|field|value expected in the error
+    cases='port-70000|<vg:forward proto="tcp" host-port="70000" guest-port="22"/>|host-port|70000
+port-0|<vg:forward proto="tcp" host-port="0" guest-port="22"/>|host-port|0
+reversed-range|<vg:forward proto="tcp" host-port="9010-9000" guest-port="22"/>|host-port|9010-9000
+range-lengths|<vg:forward proto="tcp" host-port="5000-5002" guest-port="9000-9001"/>|guest-port|9000-9001
+bad-cidr|<vg:forward proto="tcp" host-port="2225" guest-port="22" source="10.0.0.0/33"/>|source|10.0.0.0/33
+bad-proto|<vg:forward proto="foo" host-port="2225" guest-port="22"/>|proto|foo'
+    while IFS='|' read -r name forward field value; do
+        xml=$VG_XML/vgt-bad-$name.xml
+        # the template's @FORWARD@ line becomes the invalid forward; guest-address keeps the good one resolvable
+        sed "s|@FORWARD@|$forward|" "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$xml"
+        lab_shape_unresolved "$xml" "$xml.prepare" keep-id
+        VG_OUT=$LAB_TMP/vg.out
+        VG_ERR=$LAB_TMP/vg.err
+        vg_exec "$VIRTGATE" "$xml.prepare" hook qemu vgt-bad prepare begin -
+        if [ "$VG_RC" -ne 0 ]; then
+            lab_ok "refuse $name: prepare exits non-zero ($VG_RC)"
+        else
+            lab_not_ok "refuse $name: prepare exits non-zero"
+        fi
+        vg_exec "$VIRTGATE" "$xml" hook qemu vgt-bad start begin -
+        if [ "$VG_RC" -ne 0 ]; then
+            lab_ok "refuse $name: start exits non-zero ($VG_RC)"
+        else
+            lab_not_ok "refuse $name: start exits non-zero"
+        fi
+        if grep 'vgt-bad' "$VG_ERR" | grep "$field" | grep -qF -- "$value"; then
+            lab_ok "refuse $name: stderr names guest vgt-bad, field $field, value $value"
+        else
+            lab_not_ok "refuse $name: stderr names guest vgt-bad, field $field, value $value"
+            lab_diag "$VG_ERR"
+        fi
+        check_ruleset "refuse $name: ruleset unchanged" "$before"
+        # libvirt runs stopped+release after a failed start, too
+        vg_exec "$VIRTGATE" "$VG_XML/vgt-bad-stopped.xml" hook qemu vgt-bad stopped end -
+        vg_exec "$VIRTGATE" "$VG_XML/vgt-bad-stopped.xml" hook qemu vgt-bad release end -
+    done <<<"$cases"
+    check_ruleset "refuse: after all invalid cases the ruleset is as before them" "$before"
+    VG_CONFIG=$VG_CONF_WARN
+}
+
+# state directory content, without the lock file, to prove a dry run writes nothing
+state_digest() {
+    find "$VG_STATE" -type f ! -name '*lock*' -print0 | sort -z | xargs -0 -r sha256sum
+}
+
+# check_output DESCRIPTION LINE...: each LINE must be a whole line of the last run's stdout.
+check_output() {
+    local desc=$1 line missing=""
+    shift
+    for line in "$@"; do
+        grep -qxF -- "$line" "$VG_OUT" || missing="$missing '$line'"
+    done
+    if [ -z "$missing" ]; then
+        lab_ok "$desc"
+    else
+        lab_not_ok "$desc"
+        echo "#   missing line(s):$missing; stdout was:"
+        head -n 40 "$VG_OUT" | lab_diag
+        echo "#   stderr was:"
+        head -n 20 "$VG_ERR" | lab_diag
+    fi
+}
+
+# Scenario 10: a dry run prints the iptables-restore input and changes neither the ruleset nor the state.
+scenario_dry_run() {
+    echo "# --- 10. dry run"
+    local applied=$LAB_TMP/applied.rules state_before
+    state_before=$(state_digest)
+
+    # a guest not applied yet: there is something to add
+    sed 's|@FORWARD@||' "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$VG_XML/vgt-new.xml"
+    vg_hook "$VG_XML/vgt-new.xml" --dry-run qemu vgt-bad start begin -
+    check_output "dry-run: --dry-run start of a new guest prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    check "dry-run: the printed input has the DNAT to 10.213.0.12:22" \
+        grep -q -- '--to-destination 10.213.0.12:22' "$VG_OUT"
+    check_ruleset "dry-run: --dry-run start of a new guest changed nothing" "$applied"
+    expect_no_reply "dry-run: wan -> 198.18.0.1:2224 stays closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2224
+
+    # an applied guest: there is something to remove
+    vg_hook "$VG_XML/vgt-g1-stopped.xml" --dry-run qemu vgt-g1 stopped end -
+    check_output "dry-run: --dry-run stopped of g1 prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    check_ruleset "dry-run: --dry-run stopped of g1 changed nothing" "$applied"
+
+    # an applied guest started again: nothing to do, nothing changed
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" --dry-run qemu vgt-g1 start begin -
+    check_ruleset "dry-run: --dry-run start of the applied g1 changed nothing" "$applied"
+
+    # the environment switch, through the hook paths libvirt uses (argv[0] dispatch)
+    VG_EXTRA_ENV=(VIRTGATE_DRY_RUN=1)
+    vg_hook_via "$VG_HOOKS/qemu" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 stopped end -
+    # Called by libvirt, stdout is not read (and is the migrate/restore filter output): virtgate logs the
+    # transaction instead, on stderr with VIRTGATE_SYSLOG=0. Accept it on either stream.
+    check "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 via hooks/qemu prints the transaction (stdout or log)" \
+        grep -q 'COMMIT' "$VG_OUT" "$VG_ERR"
+    check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 changed nothing" "$applied"
+    vg_hook_via "$VG_HOOKS/qemu.d/virtgate" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 release end -
+    check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 release of g2 via hooks/qemu.d/virtgate changed nothing" "$applied"
+    vg_hook_via "$VG_HOOKS/network.d/virtgate" "$LAB_FIXTURES/network-vgtnet.xml" vgtnet stopped end -
+    check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 network stopped via hooks/network.d/virtgate changed nothing" "$applied"
+    VG_EXTRA_ENV=()
+    check_eq "dry-run: state directory unchanged" "$state_before" "$(state_digest)"
+    expect_reply "dry-run: wan -> 198.18.0.1:2222 still reaches g1-22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+}
+
+# Scenario 9: teardown to zero residue. g1 the plain way, g2 and the network through the hook paths (argv[0]).
+scenario_teardown() {
+    echo "# --- 9. stopped/release, network stopped: back to the baseline"
+    # g1's metadata was edited while it ran: removal must follow what was applied, not the new metadata.
+    vg_hook "$VG_XML/vgt-g1-edited-stopped.xml" qemu vgt-g1 stopped end -
+    vg_hook "$LAB_FIXTURES/port-vgt-g1.xml" network vgtnet port-deleted begin -
+    vg_hook "$VG_XML/vgt-g1-edited-stopped.xml" qemu vgt-g1 release end -
+    check "teardown g1: nat VGD-vgt-g1 removed" lab_chain_absent nat VGD-vgt-g1
+    check "teardown g1: filter VGF-vgt-g1 removed" lab_chain_absent filter VGF-vgt-g1
+    check "teardown g1: nat VGS-vgt-g1 removed" lab_chain_absent nat VGS-vgt-g1
+    check "teardown g1: no rule mentions 10.213.0.11" \
+        sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -q '10\.213\.0\.11'"
+    expect_no_reply "teardown g1: wan -> 198.18.0.1:2222 is closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    expect_no_reply "teardown g1: wan -> 198.18.0.1:5353/udp is closed again" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 5353
+    expect_reply "teardown g1: g2's forward 198.18.0.1:2223 still works" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+
+    vg_hook_via "$VG_HOOKS/qemu" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 stopped end -
+    vg_hook_via "$VG_HOOKS/network.d/virtgate" "$LAB_FIXTURES/port-vgt-g2.xml" vgtnet port-deleted begin -
+    vg_hook_via "$VG_HOOKS/qemu.d/virtgate" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 release end -
+    check "teardown g2 (via hooks/qemu): nat VGD-vgt-g2 removed" lab_chain_absent nat VGD-vgt-g2
+    check "teardown g2: filter VGF-vgt-g2 removed" lab_chain_absent filter VGF-vgt-g2
+    expect_no_reply "teardown g2: wan -> 198.18.0.1:2223 is closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223
+
+    vg_hook_via "$VG_HOOKS/network" "$LAB_FIXTURES/network-vgtnet.xml" vgtnet stopped end -
+    check "teardown: no VIRTGATE-* or VG*- chain left" \
+        sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -qE 'VIRTGATE|VG[NDFS]-'"
+    check_ruleset "teardown: ruleset equals the baseline exactly (zero residue)" "$LAB_TMP/baseline.rules"
+    expect_reply "teardown: g1 egress still works (libvirt + UFW intact)" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP" 7000 "wan-7000 *"
+    expect_no_reply "teardown: wan -> 10.213.0.11:22 directly still blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 22
+    lab_info "state directory after teardown: $(cd "$VG_STATE" && find . -type f | tr '\n' ' ')"
+}
+
+# Scenario 11: virtgate installed while the network was already running, so it never saw the network hook: the
+# network is read from libvirt's status file (/run/libvirt/network/<name>.xml, a <networkstatus> document).
+scenario_network_from_run_dir() {
+    echo "# --- 11. network known only from libvirt's run directory"
+    {
+        echo "<networkstatus>"
+        echo "  <class_id bitmap='0-2'/>"
+        echo "  <floor sum='0'/>"
+        sed -e '/hookData>/d' "$LAB_FIXTURES/network-vgtnet.xml"
+        echo "</networkstatus>"
+    } >"$VG_NET_RUN/vgtnet.xml"
+    vg_hook "$VG_XML/vgt-g1-prepare.xml" qemu vgt-g1 prepare begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 start begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 started begin -
+    expect_reply "run dir: wan -> 198.18.0.1:2222 reaches g1-22 (reservation read from the status file)" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "run dir: g1 egress still works" "$LAB_NS_G1" tcp "$LAB_WAN_IP" 7000 "wan-7000 *"
+    check_jump_positions "run dir"
+    vg_hook "$VG_XML/vgt-g1-stopped.xml" qemu vgt-g1 stopped end -
+    vg_hook "$VG_XML/vgt-g1-stopped.xml" qemu vgt-g1 release end -
+    vg_hook "$LAB_FIXTURES/network-vgtnet.xml" network vgtnet stopped end -
+    rm -f "$VG_NET_RUN/vgtnet.xml"
+    check_ruleset "run dir: after g1 stopped+release and network stopped, ruleset equals the baseline" \
+        "$LAB_TMP/baseline.rules"
+}
+
+main_inner() {
+    local mode=${1:-full}
+    trap inner_cleanup EXIT
+    trap 'exit 1' INT TERM
+    if ! lab_setup_inner; then
+        exit 1
+    fi
+    scenario_lab
+    if [ "$mode" = --lab-only ]; then
+        exit 0
+    fi
+    if ! lab_prepare_virtgate_env; then
+        lab_not_ok "lab: virtgate directories, config, lease file, hook symlinks"
+        exit 1
+    fi
+    scenario_baseline
+    scenario_apply
+    scenario_inbound
+    scenario_hairpin
+    scenario_egress
+    scenario_idempotence
+    scenario_concurrency
+    scenario_bad_metadata
+    scenario_dry_run
+    scenario_teardown
+    scenario_network_from_run_dir
+    exit 0
+}
+
+if [ "${1:-}" = --inner ]; then
+    shift
+    main_inner "$@"
+else
+    main_outer "$@"
+fi
