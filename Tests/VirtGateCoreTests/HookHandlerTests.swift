@@ -111,6 +111,24 @@ struct HookHandlerTests {
         #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/networks/default.xml"))
     }
 
+    @Test("network updated re-binds running guests to a changed reservation")
+    func updatedRebindsGuests() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner()
+        let network = try Files.fixture("network-default.xml")
+        let started = HookInvocation(driver: .network, arguments: ["default", "started", "begin", "-"])!
+        #expect(await handler(runner).handle(started, stdin: network) == 0)
+        #expect(await handler(runner).handle(qemu("start"), stdin: try Files.fixture("domain-web-start.xml")) == 0)
+        #expect(runner.restores.last?.contains("192.168.122.10:22") == true)
+
+        let moved = network.replacing("ip='192.168.122.10'", with: "ip='192.168.122.33'")
+        let updated = HookInvocation(driver: .network, arguments: ["default", "updated", "begin", "-"])!
+        #expect(await handler(runner).handle(updated, stdin: moved) == 0)
+        let last = try #require(runner.restores.last)
+        #expect(last.contains("--to-destination 192.168.122.33:22"))
+        #expect(!last.contains("192.168.122.10:22"))
+    }
+
     @Test func stopRemovesByNameWhateverTheMetadataSays() async throws {
         defer { cleanUp() }
         let runner = RecordingRunner()
