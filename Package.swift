@@ -46,5 +46,11 @@ let package = Package(
             dependencies: ["VirtGateCore"],
             exclude: ["Fixtures", "Golden"]
         ),
+        // The libvirt wrapper against libvirt's real test:/// driver, loaded from a state file.
+        .testTarget(
+            name: "LibvirtTests",
+            dependencies: ["Libvirt"],
+            exclude: ["Fixtures"]
+        ),
     ]
 )
