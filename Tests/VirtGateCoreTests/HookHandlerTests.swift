@@ -182,3 +182,54 @@ struct HookHandlerTests {
         #expect(HookInvocation(driver: .qemu, arguments: ["web", "start"]) == nil)
     }
 }
+
+@Suite("Conflicts at hook time")
+struct HookConflictTests {
+    @Test("A guest whose forward another running guest holds gets it refused, naming both")
+    func conflictAtStart() async throws {
+        let directory = "/tmp/vgt-unit-conflict-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let runner = RecordingRunner()
+        runner.state.withLock {
+            $0.ruleset = """
+            *nat
+            :PREROUTING ACCEPT [0:0]
+            :VGD-web - [0:0]
+            :VIRTGATE-DNAT - [0:0]
+            -A PREROUTING -m addrtype --dst-type LOCAL -j VIRTGATE-DNAT
+            -A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22
+            -A VIRTGATE-DNAT -j VGD-web
+            COMMIT
+            """
+        }
+        var settings = Settings()
+        settings.stateDirectory = directory
+        settings.networkRunDirectory = "/nonexistent"
+        settings.networkConfigDirectory = "/nonexistent"
+        settings.dnsmasqDirectory = "/nonexistent"
+        let log = Log(syslog: false, stderr: false)
+        let xml = """
+        <domain><name>db</name><metadata><forwards xmlns="urn:virtgate:forwards:1">
+        <forward host-port="2222" guest-port="22" guest-address="192.168.122.11"/>
+        <forward host-port="5432" guest-address="192.168.122.11"/>
+        </forwards></metadata><devices><interface type='network'><mac address='52:54:00:00:00:02'/>
+        <source network='default' bridge='virbr0'/></interface></devices></domain>
+        """
+        for policy in [Settings.InvalidPolicy.warn, .refuse] {
+            settings.onInvalid = policy
+            let handler = HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+                                      log: log, dryRun: false) { _ in }
+            let before = runner.restores.count
+            let status = await handler.handle(HookInvocation(driver: .qemu, arguments: ["db", "start", "begin", "-"])!, stdin: xml)
+            if policy == .warn {
+                #expect(status == 0)
+                let written = try #require(runner.restores.last)
+                #expect(written.contains("--dport 5432"))
+                #expect(!written.contains("-A VGD-db -p tcp -m tcp --dport 2222"))
+            } else {
+                #expect(status == 1)
+                #expect(runner.restores.count == before)
+            }
+        }
+    }
+}

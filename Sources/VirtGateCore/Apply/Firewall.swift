@@ -32,7 +32,8 @@ public struct Firewall: Sendable {
         try await apply(dryRun: dryRun) { _ in desired }
     }
 
-    func apply(dryRun: Bool, desired: (IptablesSnapshot) -> DesiredChains) async throws -> Outcome {
+    /// `desired` maps the kernel's rules to what virtgate wants; nil means write nothing at all.
+    public func apply(dryRun: Bool, desired: (IptablesSnapshot) -> DesiredChains?) async throws -> Outcome {
         if dryRun {
             let snapshot: IptablesSnapshot
             do {
@@ -42,13 +43,15 @@ public struct Firewall: Sendable {
                 log.warning("dry-run: \(error); showing changes against an empty ruleset")
                 snapshot = IptablesSnapshot()
             }
-            return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: desired(snapshot)), applied: false)
+            guard let target = desired(snapshot) else { return Outcome(transaction: "", applied: false) }
+            return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: target), applied: false)
         }
         // Someone else (libvirt, ufw, an admin) may change a built-in chain between our read and our
         // write; the transaction then fails as a whole table and a second round sees their change.
         for attempt in 1...2 {
             let snapshot = try await backend.snapshot()
-            let text = IptablesTransaction.render(from: snapshot, to: desired(snapshot))
+            guard let target = desired(snapshot) else { return Outcome(transaction: "", applied: false) }
+            let text = IptablesTransaction.render(from: snapshot, to: target)
             if text.isEmpty { return Outcome(transaction: "", applied: false) }
             do {
                 try await backend.restore(text)

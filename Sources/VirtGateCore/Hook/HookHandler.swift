@@ -47,7 +47,7 @@ public struct HookHandler: Sendable {
                 log.error(InputProblem(.guest(name), field: "name", value: name, reason: "not a usable guest name").description)
                 return 0
             }
-            let done = await apply([(.guest(name), [])], event: invocation)
+            let done = await apply([(.guest(name), [])], event: "\(invocation: invocation)")
             if done && !dryRun { store.forgetGuest(name) }
             return 0
         case .other(let operation):
@@ -78,12 +78,9 @@ public struct HookHandler: Sendable {
 
     func assertGuest(_ name: String, stdin: String, failureStatus: Int32) async -> Int32 {
         guard let guest = parseGuest(name, stdin) else { return failureStatus }
-        let addresses = FileAddressBook(store: store, settings: settings)
-        let guestPlan = Planner.plan(guest: guest, addresses: addresses)
-        for problem in addresses.problems { log.warning(problem) }
-        guard report(guest.problems + guestPlan.problems) else { return failureStatus }
-        for pending in guestPlan.pending {
-            log.info("guest \(InputProblem.quoted(name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
+        if settings.onInvalid == .refuse && !guest.problems.isEmpty {
+            _ = report(guest.problems)
+            return failureStatus
         }
         if !dryRun {
             do {
@@ -93,16 +90,37 @@ public struct HookHandler: Sendable {
                 log.warning("cannot remember guest \(InputProblem.quoted(name)) in \(store.directory): \(error)")
             }
         }
-        // The networks the guest uses get their rules in the same transaction: a network that was
-        // running before virtgate was installed has none yet, and re-asserting is free otherwise.
-        var changes: [(Owner, [OwnedChain])] = guestPlan.networks.compactMap { network in
-            addresses.network(named: network).map {
-                (.network($0.name), IptablesRules.chains(for: Planner.plan(network: $0, settings: settings.planner)))
+        let addresses = FileAddressBook(store: store, settings: settings)
+        var names: [String: String] = [:]
+        for remembered in store.guests() { names[ChainNames.id(for: remembered.name)] = remembered.name }
+        var guestPlan: GuestPlan?
+        var refused = false
+        // Planned under the lock, against the kernel's rules: other guests' forwards there decide
+        // conflicts (the first guest keeps the port).
+        let applied = await apply(event: "qemu \(InputProblem.quoted(name))") { snapshot in
+            let plan = Planner.plan(guest: guest, addresses: addresses, taken: snapshot.forwardClaims(names: names))
+            guestPlan = plan
+            var desired = snapshot.ownerChains
+            if settings.onInvalid == .refuse && !plan.problems.isEmpty {
+                refused = true
+                return nil
+            }
+            // The networks the guest uses get their rules in the same transaction: a network that
+            // was running before virtgate was installed has none yet; re-asserting is free otherwise.
+            for network in plan.networks.compactMap({ addresses.network(named: $0) }) {
+                desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
+                    with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner)))
+            }
+            return IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        for problem in addresses.problems { log.warning(problem) }
+        if let guestPlan {
+            _ = report(guest.problems + guestPlan.problems)
+            for pending in guestPlan.pending {
+                log.info("guest \(InputProblem.quoted(name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
             }
         }
-        changes.append((guestPlan.plan.owner, IptablesRules.chains(for: guestPlan.plan)))
-        let event = "qemu \(InputProblem.quoted(name))"
-        return await apply(changes, event: event) ? 0 : failureStatus
+        return applied && !refused ? 0 : failureStatus
     }
 
     // MARK: network
@@ -161,32 +179,51 @@ public struct HookHandler: Sendable {
 
     // MARK: applying
 
-    /// One locked transaction. Returns false (after logging) when it could not be applied.
-    func apply(_ changes: [(Owner, [OwnedChain])], event: HookInvocation) async -> Bool {
-        await apply(changes, event: "\(invocation: event)")
+    /// One locked transaction replacing whole owners. Returns false (after logging) when it could not be applied.
+    func apply(_ changes: [(Owner, [OwnedChain])], event: String) async -> Bool {
+        await apply(event: event) { snapshot in
+            var desired = snapshot.ownerChains
+            for (owner, chains) in changes {
+                desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
+            }
+            return desired
+        }
     }
 
-    func apply(_ changes: [(Owner, [OwnedChain])], event: String) async -> Bool {
+    /// One locked transaction: `desired` maps the kernel's current rules to what virtgate wants.
+    func apply(event: String, desired: (IptablesSnapshot) -> DesiredChains?) async -> Bool {
         do {
             var lock: FileLock?
             if !dryRun {
                 try store.prepare()
                 lock = try FileLock(path: store.lockPath)
             }
-            let outcome = try await firewall.apply(changes, dryRun: dryRun)
+            let outcome = try await firewall.apply(dryRun: dryRun, desired: desired)
             withExtendedLifetime(lock) {}
             if dryRun {
                 output(outcome.transaction.isEmpty ? "# \(event): no changes\n" : outcome.transaction)
             } else if outcome.applied {
-                let owners = changes.map { $0.1.contains { !$0.rules.isEmpty } ? "\($0.0)" : "\($0.0) removed" }
-                let lines = outcome.transaction.split(separator: "\n").count
-                log.info("\(event): applied \(owners.joined(separator: ", ")) (\(lines) lines)")
+                log.info("\(event): applied \(Self.summary(of: outcome.transaction))")
             }
             return true
         } catch {
             log.error("\(event): \(error); no rules changed")
             return false
         }
+    }
+
+    /// "+3 -1 rules in VGD-web, VGF-web" style summary of a transaction, for the one log line.
+    static func summary(of transaction: String) -> String {
+        var added = 0, removed = 0
+        var chains: [String] = []
+        for line in transaction.split(separator: "\n") {
+            if line.hasPrefix("-A ") || line.hasPrefix("-I ") { added += 1 }
+            if line.hasPrefix("-D ") { removed += 1 }
+            if line.hasPrefix(":") { chains.append(String(line.dropFirst().prefix { $0 != " " })) }
+            if line.hasPrefix("-X ") { removed += 1 }
+        }
+        let touched = chains.filter { TopChain(rawValue: $0) == nil }
+        return "\(added) rules written, \(removed) removed" + (touched.isEmpty ? "" : " (\(touched.joined(separator: ", ")))")
     }
 }
 

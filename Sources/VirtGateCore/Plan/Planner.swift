@@ -38,7 +38,9 @@ public enum Planner {
     }
 
     /// Binds each valid forward to the guest's NIC, bridge and address, in metadata order.
-    public static func plan(guest: GuestDefinition, addresses: some AddressBook) -> GuestPlan {
+    /// `taken` are the forwards other guests already hold: an overlapping forward of this guest is
+    /// refused with a problem naming the holder (the first guest keeps the port).
+    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: [ForwardClaim] = []) -> GuestPlan {
         let subject = InputProblem.Subject.guest(guest.name)
         var intents: [Intent] = []
         var pending: [PendingForward] = []
@@ -84,10 +86,16 @@ public enum Planner {
                 proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
                 sources: forward.sources, guestAddress: address, guestPorts: forward.guestPorts, bridge: bridge,
                 subnets: network?.subnets.map(\.network) ?? [])
-            if let (earlier, _) = bound.first(where: { $0.1.overlaps(candidate) }) {
+            if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
                 problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                              value: forward.hostPorts.description,
                                              reason: "overlaps forward #\(earlier.position)"))
+                continue
+            }
+            if let holder = taken.first(where: { $0.guest != guest.name && $0.overlaps(candidate.claim(by: guest.name)) }) {
+                problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
+                                             value: forward.hostPorts.description,
+                                             reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
                 continue
             }
             bound.append((forward, candidate))
@@ -101,10 +109,27 @@ public enum Planner {
     }
 }
 
-extension BoundForward {
-    /// Two forwards compete for the same packets: same protocol, overlapping host ports, a common
+/// A host address/port range/protocol that a guest's forward receives, as far as other forwards
+/// are concerned (the guest side does not matter for conflicts).
+public struct ForwardClaim: Hashable, Sendable {
+    public var guest: String
+    public var proto: TransportProtocol
+    public var hostAddress: IPv4Address?
+    public var hostPorts: PortRange
+    public var sources: [IPv4Network]
+
+    public init(guest: String, proto: TransportProtocol, hostAddress: IPv4Address?, hostPorts: PortRange,
+                sources: [IPv4Network]) {
+        self.guest = guest
+        self.proto = proto
+        self.hostAddress = hostAddress
+        self.hostPorts = hostPorts
+        self.sources = sources
+    }
+
+    /// Two claims compete for the same packets: same protocol, overlapping host ports, a common
     /// host address and a common source.
-    func overlaps(_ other: BoundForward) -> Bool {
+    public func overlaps(_ other: ForwardClaim) -> Bool {
         guard proto == other.proto, hostPorts.lower <= other.hostPorts.upper,
               other.hostPorts.lower <= hostPorts.upper else { return false }
         if let mine = hostAddress, let theirs = other.hostAddress, mine != theirs { return false }
@@ -112,5 +137,23 @@ extension BoundForward {
         return sources.contains { mine in
             other.sources.contains { mine.contains($0.address) || $0.contains(mine.address) }
         }
+    }
+
+    public var summary: String {
+        "\(proto.rawValue) \(hostAddress.map { "\($0):" } ?? "")\(hostPorts)"
+    }
+}
+
+extension BoundForward {
+    func claim(by guest: String) -> ForwardClaim {
+        ForwardClaim(guest: guest, proto: proto, hostAddress: hostAddress, hostPorts: hostPorts, sources: sources)
+    }
+}
+
+extension GuestPlan {
+    /// What this plan's forwards hold, for conflict checks of guests planned after it.
+    public var claims: [ForwardClaim] {
+        guard case .guest(let name) = plan.owner else { return [] }
+        return plan.intents.compactMap { if case .dnat(let forward) = $0 { forward.claim(by: name) } else { nil } }
     }
 }

@@ -1,0 +1,31 @@
+extension IptablesSnapshot {
+    /// The forwards guests hold in the kernel, read back from virtgate's own DNAT chains (which it
+    /// renders in a fixed form). The kernel, not a state file, decides who was first: it is what
+    /// actually receives the packets. `names` maps chain ids to guest names; unknown ids stand for
+    /// themselves.
+    public func forwardClaims(names: [String: String] = [:]) -> [ForwardClaim] {
+        guard let nat = tables[.nat] else { return [] }
+        var claims: [ForwardClaim] = []
+        for chain in nat.chains where chain.hasPrefix("VGD-") {
+            let id = String(chain.dropFirst(4))
+            let guest = names[id] ?? id
+            for rule in nat.rules[chain] ?? [] {
+                let tokens = rule.split(separator: " ").map(String.init)
+                func value(after flag: String) -> String? {
+                    guard let index = tokens.firstIndex(of: flag), index + 1 < tokens.count,
+                          index == 0 || tokens[index - 1] != "!" else { return nil }
+                    return tokens[index + 1]
+                }
+                guard let protoText = value(after: "-p"), let proto = TransportProtocol(rawValue: protoText),
+                      let portText = value(after: "--dport"),
+                      case .success(let ports) = PortRange.parse(portText.replacing(":", with: "-")) else { continue }
+                let hostAddress = value(after: "-d").flatMap { IPv4Network(parsing: $0) }.map(\.address)
+                let source = value(after: "-s").flatMap { IPv4Network(parsing: $0) }
+                let claim = ForwardClaim(guest: guest, proto: proto, hostAddress: hostAddress, hostPorts: ports,
+                                         sources: source.map { [$0] } ?? [])
+                claims.append(claim)
+            }
+        }
+        return claims
+    }
+}

@@ -1,0 +1,53 @@
+import Testing
+@testable import VirtGateCore
+
+@Suite("Conflicts between guests")
+struct ConflictTests {
+    static let network = NetworkDefinition(
+        name: "default", bridge: "virbr0", mode: .nat,
+        subnets: [.init(gateway: IPv4Address("192.168.122.1")!, network: IPv4Network(parsing: "192.168.122.0/24")!)],
+        reservations: [MACAddress("52:54:00:00:00:01")!: IPv4Address("192.168.122.10")!,
+                       MACAddress("52:54:00:00:00:02")!: IPv4Address("192.168.122.11")!])
+
+    static func guest(_ name: String, mac: String, _ forwards: [String]) -> GuestDefinition {
+        let specs = forwards.enumerated().map { index, text in
+            var spec = try! ForwardMetadata.parseShorthand(text, guest: name).get()
+            spec.position = index + 1
+            return spec
+        }
+        return GuestDefinition(name: name, interfaces: [GuestInterface(mac: MACAddress(mac)!, network: "default",
+                                                                       bridge: "virbr0", tap: nil)],
+                               forwards: specs, problems: [])
+    }
+
+    @Test func secondGuestIsRefusedWithBothNamed() {
+        let book = MemoryAddressBook(networks: [Self.network])
+        let web = Planner.plan(guest: Self.guest("web", mac: "52:54:00:00:00:01", ["8080:80", "2222:22"]), addresses: book)
+        let db = Planner.plan(guest: Self.guest("db", mac: "52:54:00:00:00:02", ["8080:8080", "5432"]), addresses: book,
+                              taken: web.claims)
+        #expect(db.problems.map(\.description) == [
+            #"guest "db": forward #1 host-port="8080": conflicts with guest "web", which holds tcp 8080"#,
+        ])
+        #expect(db.claims.map(\.summary) == ["tcp 5432"])
+        // A guest never conflicts with itself (a re-assert of the holder).
+        let again = Planner.plan(guest: Self.guest("web", mac: "52:54:00:00:00:01", ["8080:80"]), addresses: book, taken: web.claims)
+        #expect(again.problems.isEmpty)
+    }
+
+    @Test("Claims are read back from the kernel's DNAT chains")
+    func claimsFromKernel() {
+        let book = MemoryAddressBook(networks: [Self.network])
+        let spec = ["8080:80", "198.51.100.10:53/udp", "5000-5009:6000-6009"]
+        var web = Self.guest("web", mac: "52:54:00:00:00:01", spec)
+        web.forwards[2].sources = [IPv4Network(parsing: "203.0.113.0/24")!]
+        let plan = Planner.plan(guest: web, addresses: book)
+        let desired = IptablesTransaction.desired([:], replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        var text = "*nat\n"
+        for (chain, rules) in IptablesTransaction.fullChains(desired, table: .nat) {
+            text += ":\(chain) - [0:0]\n" + rules.map { $0 + "\n" }.joined()
+        }
+        let claims = IptablesSnapshot(parsing: text + "COMMIT\n").forwardClaims(names: ["web": "web"])
+        #expect(Set(claims) == Set(plan.claims))
+        #expect(claims.count == 3)
+    }
+}
