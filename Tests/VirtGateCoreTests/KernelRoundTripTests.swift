@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Testing
 @testable import VirtGateCore
 #if canImport(Glibc)
@@ -17,6 +18,17 @@ enum Root {
 @Suite("Rules round-trip through the kernel", .enabled(if: Root.isRoot || Root.required), .serialized)
 struct KernelRoundTripTests {
     let runner = ProcessRunner()
+
+    init() {
+        // A run killed before its defer ran leaves its namespace: remove those of dead test processes.
+        guard Root.isRoot, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run/netns") else { return }
+        for entry in entries where entry.hasPrefix("vgt-rt-") {
+            let pid = entry.split(separator: "-")[2]
+            if let value = Int32(pid), value != getpid(), kill(value, 0) != 0 {
+                _ = system("ip netns del \(entry) 2>/dev/null")
+            }
+        }
+    }
 
     func sh(_ arguments: [String], input: String? = nil) async throws -> CommandResult {
         try await runner.run("/usr/bin/env", arguments, input: input)
