@@ -1,7 +1,4 @@
 import CLibvirt
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The only Swift code that sees libvirt's C API. Admin commands use it; hooks never do (libvirt
 /// waits for the hook, so a call back into it deadlocks).
@@ -18,44 +15,22 @@ public enum Libvirt {
 public struct LibvirtError: Error, CustomStringConvertible, Sendable {
     public let code: Int32
     public let description: String
+
+    /// The same error naming `subject`, for libvirt messages that leave it out (virDomainLookupByName
+    /// says only "Domain not found").
+    func naming(_ subject: String) -> LibvirtError {
+        description.contains(subject) ? self : LibvirtError(code: code, description: "\(description): \(subject)")
+    }
 }
 
-/// libvirt's shared library, opened on first use with the function types of libvirt-dev's header.
-/// Each entry point is resolved once; a missing one is an error naming it, not a crash.
-final class LibvirtLibrary: Sendable {
-    static let soname = "libvirt.so.0"
-
-    static let shared: Result<LibvirtLibrary, LibvirtError> = Result { () throws(LibvirtError) in
-        try LibvirtLibrary()
-    }
-
-    typealias GetVersion = @convention(c) (UnsafeMutablePointer<UInt>?, UnsafePointer<CChar>?, UnsafeMutablePointer<UInt>?) -> Int32
-    typealias GetLastError = @convention(c) () -> virErrorPtr?
-
-    let getVersion: GetVersion
-    let getLastError: GetLastError
-
-    private init() throws(LibvirtError) {
-        guard let handle = dlopen(Self.soname, RTLD_NOW | RTLD_LOCAL) else {
-            let reason = dlerror().map { String(cString: $0) } ?? "not found"
-            throw LibvirtError(code: -1, description: "cannot load \(Self.soname) (install libvirt0): \(reason)")
-        }
-        func resolve<T>(_ name: String, as type: T.Type) throws(LibvirtError) -> T {
-            guard let symbol = dlsym(handle, name) else {
-                throw LibvirtError(code: -1, description: "\(Self.soname) has no \(name)")
-            }
-            return unsafeBitCast(symbol, to: type)
-        }
-        getVersion = try resolve("virGetVersion", as: GetVersion.self)
-        getLastError = try resolve("virGetLastError", as: GetLastError.self)
-    }
-
-    /// libvirt's last error on this thread; it can be absent, so there is a fallback message.
-    func lastError() -> LibvirtError {
-        guard let error = getLastError() else {
-            return LibvirtError(code: -1, description: "libvirt reported an unknown error")
-        }
-        let message = error.pointee.message.map { String(cString: $0) } ?? "libvirt error \(error.pointee.code)"
-        return LibvirtError(code: error.pointee.code, description: message)
+extension LibvirtError {
+    /// libvirt's numbers (virErrorNumber) for the errors callers tell apart.
+    public enum Code {
+        /// The driver behind the connection does not implement the call.
+        public static let noSupport = Int32(VIR_ERR_NO_SUPPORT.rawValue)
+        public static let noDomain = Int32(VIR_ERR_NO_DOMAIN.rawValue)
+        public static let noNetwork = Int32(VIR_ERR_NO_NETWORK.rawValue)
+        /// Not valid in the object's state, e.g. live data of a domain that is shut off.
+        public static let operationInvalid = Int32(VIR_ERR_OPERATION_INVALID.rawValue)
     }
 }

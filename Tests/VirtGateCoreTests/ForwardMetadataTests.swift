@@ -63,5 +63,9 @@ struct ForwardMetadataTests {
         #expect(back.forwards.map(\.summary) == original.map(\.summary))
         #expect(back.forwards.map(\.sources) == original.map(\.sources))
         #expect(back.forwards.map(\.mac) == original.map(\.mac))
+        // virDomainGetMetadata hands the element back bare, as it was written.
+        let bare = try ForwardMetadata.forwards(fromElement: element, guest: "web")
+        #expect(bare.forwards.map(\.summary) == original.map(\.summary))
+        #expect(throws: InputProblem.self) { try ForwardMetadata.forwards(fromElement: "<other/>", guest: "web") }
     }
 }

@@ -23,6 +23,8 @@ public struct BoundForward: Hashable, Sendable {
     public var bridge: String
     /// Subnets of the guest's network on that bridge, for the hairpin masquerade.
     public var subnets: [IPv4Network]
+    /// The forward's position in the metadata, to report its state.
+    public var position: Int = 0
 }
 
 public enum Intent: Hashable, Sendable {

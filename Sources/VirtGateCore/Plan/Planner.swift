@@ -85,7 +85,7 @@ public enum Planner {
             let candidate = BoundForward(
                 proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
                 sources: forward.sources, guestAddress: address, guestPorts: forward.guestPorts, bridge: bridge,
-                subnets: network?.subnets.map(\.network) ?? [])
+                subnets: network?.subnets.map(\.network) ?? [], position: forward.position)
             if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
                 problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                              value: forward.hostPorts.description,

@@ -76,10 +76,32 @@ public enum ForwardMetadata {
         return out
     }
 
-    /// Forwards read back from the element libvirt returns for virtgate's namespace.
+    /// Forwards read back from the element libvirt returns for virtgate's namespace: bare
+    /// (`<forwards>`) from virDomainGetMetadata, or namespaced as in the domain XML.
     public static func forwards(fromElement xml: String, guest: String) throws -> (forwards: [ForwardSpec], problems: [InputProblem]) {
-        let wrapped = "<domain><name>\(escape(guest))</name><metadata>\(xml)</metadata></domain>"
-        let definition = try LibvirtXML.guest(fromXML: wrapped)
-        return (definition.forwards, definition.problems)
+        let subject = InputProblem.Subject.guest(guest)
+        let root: XMLElement
+        do {
+            root = try XMLTree.parse(xml)
+        } catch {
+            throw InputProblem(subject, field: "metadata", value: String(xml.prefix(40)), reason: error.description)
+        }
+        guard root.name == "forwards", root.namespaceURI == nil || root.namespaceURI == LibvirtXML.metadataNamespace else {
+            throw InputProblem(subject, field: "metadata", value: root.name, reason: "expected <forwards>")
+        }
+        var forwards: [ForwardSpec] = []
+        var problems: [InputProblem] = []
+        for (index, element) in root.children.enumerated() {
+            guard element.name == "forward" else {
+                problems.append(InputProblem(subject, field: "forward #\(index + 1) element", value: element.name,
+                                             reason: "expected <forward>"))
+                continue
+            }
+            switch ForwardSpec.parse(attributes: element.attributes, subject: subject, position: index + 1) {
+            case .success(let forward): forwards.append(forward)
+            case .failure(let problem): problems.append(problem)
+            }
+        }
+        return (forwards, problems)
     }
 }

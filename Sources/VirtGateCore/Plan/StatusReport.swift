@@ -1,0 +1,152 @@
+/// What `virtgate status` shows: for every guest with forwards, each forward and its state; for
+/// every active network, whether its rules are in place; and virtgate rules nobody owns any more.
+/// Field names are the stable JSON of `status --json`.
+public struct StatusReport: Codable, Sendable, Equatable {
+    public struct Forward: Codable, Sendable, Equatable {
+        public var position: Int
+        public var proto: String?
+        public var hostAddress: String?
+        public var hostPorts: String?
+        public var guestAddress: String?
+        public var guestPorts: String?
+        public var sources: [String]
+        /// active, pending, conflict, invalid or drift.
+        public var state: String
+        public var detail: String?
+        public var warnings: [String]
+    }
+
+    public struct Guest: Codable, Sendable, Equatable {
+        public var name: String
+        public var forwards: [Forward]
+    }
+
+    public struct Network: Codable, Sendable, Equatable {
+        public var name: String
+        public var bridge: String?
+        public var mode: String
+        public var subnets: [String]
+        /// in-place, missing, drift or not-needed.
+        public var rules: String
+    }
+
+    public var backend: String
+    public var networks: [Network]
+    public var guests: [Guest]
+    /// virtgate chains whose network or guest is not running: removed by the next `sync`.
+    public var orphans: [String]
+    /// false when a jump into virtgate's chains is missing or not first.
+    public var jumpsInPlace: Bool
+}
+
+extension StatusReport {
+    /// Compares what `sync` would make with what the kernel has. `listening` holds `proto/port` of
+    /// host sockets, to warn that a forward hides a local service.
+    public static func build(sync: SyncResult, snapshot: IptablesSnapshot, backend: String,
+                             listening: Set<String> = []) -> StatusReport {
+        func kernelRules(_ table: IptablesTable, _ chain: String) -> [String]? {
+            guard let dump = snapshot.tables[table], dump.chains.contains(chain) else { return nil }
+            return dump.rules[chain] ?? []
+        }
+        var networks: [Network] = []
+        for (network, plan) in sync.networkPlans {
+            let chains = IptablesRules.chains(for: plan).filter { !$0.rules.isEmpty }
+            let state: String
+            if chains.isEmpty {
+                state = "not-needed"
+            } else if chains.allSatisfy({ kernelRules($0.table, $0.name) == $0.rules }) {
+                state = "in-place"
+            } else if chains.allSatisfy({ kernelRules($0.table, $0.name) == nil }) {
+                state = "missing"
+            } else {
+                state = "drift"
+            }
+            networks.append(Network(name: network.name, bridge: network.bridge, mode: network.mode.name,
+                                    subnets: network.subnets.map(\.network.description), rules: state))
+        }
+
+        var guests: [Guest] = []
+        for (guest, plan) in sync.guestPlans.sorted(by: { $0.guest.name < $1.guest.name }) {
+            var forwards: [Forward] = []
+            for problem in guest.problems {
+                forwards.append(Forward(position: problem.position ?? 0, sources: [], state: "invalid",
+                                        detail: problem.description, warnings: []))
+            }
+            for spec in guest.forwards {
+                var entry = Forward(position: spec.position, proto: spec.proto.rawValue,
+                                    hostAddress: spec.hostAddress?.description, hostPorts: spec.hostPorts.description,
+                                    guestAddress: spec.guestAddress?.description, guestPorts: spec.guestPorts.description,
+                                    sources: spec.sources.map(\.description), state: "active", detail: nil, warnings: [])
+                for port in spec.hostPorts.lower...spec.hostPorts.upper where listening.contains("\(spec.proto.rawValue)/\(port)") {
+                    entry.warnings.append("a host process listens on \(spec.proto.rawValue) port \(port); the forward hides it")
+                }
+                if let problem = plan.problems.first(where: { $0.position == spec.position }) {
+                    entry.state = problem.reason.hasPrefix("conflicts with") ? "conflict" : "invalid"
+                    entry.detail = problem.reason
+                } else if let pending = plan.pending.first(where: { $0.forward.position == spec.position }) {
+                    entry.state = "pending"
+                    entry.detail = pending.reason
+                } else {
+                    let intents = plan.plan.intents.filter { $0.forward?.position == spec.position }
+                    entry.guestAddress = intents.first?.forward?.guestAddress.description
+                    let wanted = IptablesRules.chains(for: OwnerPlan(owner: plan.plan.owner, intents: intents))
+                    let missing = wanted.flatMap { chain in
+                        chain.rules.filter { !(kernelRules(chain.table, chain.name) ?? []).contains($0) }
+                    }
+                    if !missing.isEmpty {
+                        entry.state = "drift"
+                        entry.detail = "\(missing.count) rule(s) missing from the kernel; run virtgate sync"
+                    }
+                }
+                forwards.append(entry)
+            }
+            // Rules in the guest's chains that no forward explains (edited by hand, stale).
+            let wanted = IptablesRules.chains(for: plan.plan)
+            let extra = wanted.flatMap { chain in (kernelRules(chain.table, chain.name) ?? []).filter { !chain.rules.contains($0) } }
+            if !extra.isEmpty {
+                forwards.append(Forward(position: 0, sources: [], state: "drift",
+                                        detail: "\(extra.count) rule(s) in the kernel that no forward declares; run virtgate sync",
+                                        warnings: []))
+            }
+            if !forwards.isEmpty {
+                guests.append(Guest(name: guest.name, forwards: forwards.sorted { $0.position < $1.position }))
+            }
+        }
+
+        let owned = Set(snapshot.ownerChains.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
+        let wanted = Set(sync.desired.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
+        let orphans = owned.subtracting(wanted).sorted()
+        let jumpsInPlace = IptablesTransaction.render(from: snapshot, to: snapshot.ownerChains).isEmpty
+        return StatusReport(backend: backend, networks: networks, guests: guests, orphans: orphans, jumpsInPlace: jumpsInPlace)
+    }
+}
+
+extension Intent {
+    /// The forward a guest intent serves.
+    var forward: BoundForward? {
+        switch self {
+        case .dnat(let forward), .allowForwarded(let forward), .hairpinMasquerade(let forward): forward
+        default: nil
+        }
+    }
+}
+
+extension NetworkDefinition.ForwardMode {
+    public var name: String {
+        switch self {
+        case .nat: "nat"
+        case .route: "route"
+        case .open: "open"
+        case .isolated: "isolated"
+        case .other(let mode): mode
+        }
+    }
+}
+
+extension InputProblem {
+    /// The metadata position named in the field (`forward #3 host-port` → 3).
+    var position: Int? {
+        guard field.hasPrefix("forward #") else { return nil }
+        return Int(field.dropFirst("forward #".count).prefix { $0.isNumber })
+    }
+}

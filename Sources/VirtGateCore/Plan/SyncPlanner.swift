@@ -1,0 +1,57 @@
+/// The whole desired state from libvirt's current state: every active network, every running
+/// guest. Used by `sync` (apply it) and `status` (compare it with the kernel). Guests are planned
+/// one by one, incumbents first: a guest whose forwards the kernel already carries keeps its ports,
+/// exactly as the sequence of hook events would have decided.
+public struct SyncInput: Sendable {
+    public var networks: [NetworkDefinition]
+    public var guests: [GuestDefinition]
+    /// DHCP leases by bridge, as libvirt reports them.
+    public var leases: [String: [MACAddress: IPv4Address]]
+
+    public init(networks: [NetworkDefinition], guests: [GuestDefinition], leases: [String: [MACAddress: IPv4Address]]) {
+        self.networks = networks
+        self.guests = guests
+        self.leases = leases
+    }
+}
+
+public struct SyncResult: Sendable {
+    public var desired: DesiredChains
+    public var networkPlans: [(network: NetworkDefinition, plan: OwnerPlan)]
+    /// In planning order.
+    public var guestPlans: [(guest: GuestDefinition, plan: GuestPlan)]
+}
+
+struct SyncAddressBook: AddressBook {
+    let input: SyncInput
+
+    func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
+    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { input.leases[bridge]?[mac] }
+}
+
+public enum SyncPlanner {
+    /// `incumbents` are the claims the kernel carries now (`IptablesSnapshot.forwardClaims`).
+    public static func plan(_ input: SyncInput, settings: PlannerSettings, incumbents: [ForwardClaim] = []) -> SyncResult {
+        let book = SyncAddressBook(input: input)
+        var desired = DesiredChains()
+        var networkPlans: [(NetworkDefinition, OwnerPlan)] = []
+        for network in input.networks.sorted(by: { $0.name < $1.name }) {
+            let plan = Planner.plan(network: network, settings: settings)
+            networkPlans.append((network, plan))
+            desired = IptablesTransaction.desired(desired, replacing: plan.owner, with: IptablesRules.chains(for: plan))
+        }
+        let holders = Set(incumbents.map(\.guest))
+        let ordered = input.guests.sorted {
+            (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name)
+        }
+        var taken: [ForwardClaim] = []
+        var guestPlans: [(GuestDefinition, GuestPlan)] = []
+        for guest in ordered {
+            let plan = Planner.plan(guest: guest, addresses: book, taken: taken)
+            taken += plan.claims
+            guestPlans.append((guest, plan))
+            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        return SyncResult(desired: desired, networkPlans: networkPlans, guestPlans: guestPlans)
+    }
+}
