@@ -33,10 +33,13 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
+        // Admin commands' logic (sync, status, forward editing) over libvirt's API. Hooks never get here.
+        .target(name: "VirtGateAdmin", dependencies: ["VirtGateCore", "Libvirt"]),
         .executableTarget(
             name: "virtgate",
             dependencies: [
                 "VirtGateCore",
+                "VirtGateAdmin",
                 "Libvirt",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -45,6 +48,12 @@ let package = Package(
             name: "VirtGateCoreTests",
             dependencies: ["VirtGateCore"],
             exclude: ["Fixtures", "Golden"]
+        ),
+        // Admin logic against libvirt's real test:/// driver.
+        .testTarget(
+            name: "AdminTests",
+            dependencies: ["VirtGateAdmin", "VirtGateCore", "Libvirt"],
+            exclude: ["Fixtures"]
         ),
         // The libvirt wrapper against libvirt's real test:/// driver, loaded from a state file.
         .testTarget(

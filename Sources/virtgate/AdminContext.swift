@@ -1,5 +1,6 @@
 import ArgumentParser
 import Libvirt
+import VirtGateAdmin
 import VirtGateCore
 
 struct ConnectionOptions: ParsableArguments {
@@ -27,41 +28,11 @@ struct AdminContext {
         connection = try LibvirtConnection(uri: uri)
     }
 
-    /// Every active network and running guest, with leases, as libvirt reports them now. XML that
-    /// cannot be used is reported and left out rather than stopping the whole run.
-    func loadState() throws -> (input: SyncInput, networkXML: [String: String], guestXML: [String: String]) {
-        var networks: [NetworkDefinition] = []
-        var networkXML: [String: String] = [:]
-        var leases: [String: [MACAddress: IPv4Address]] = [:]
-        for network in try connection.activeNetworks() {
-            let xml = try network.xml()
-            do {
-                let definition = try LibvirtXML.network(fromXML: xml)
-                networks.append(definition)
-                networkXML[definition.name] = xml
-                if let bridge = definition.bridge {
-                    for lease in (try? network.dhcpLeases()) ?? [] {
-                        if let mac = MACAddress(lease.mac), let address = IPv4Address(lease.ipAddress) {
-                            leases[bridge, default: [:]][mac] = address
-                        }
-                    }
-                }
-            } catch {
-                log.error("\(error); network left out")
-            }
-        }
-        var guests: [GuestDefinition] = []
-        var guestXML: [String: String] = [:]
-        for domain in try connection.runningDomains() {
-            let xml = try domain.xml()
-            do {
-                guests.append(try LibvirtXML.guest(fromXML: xml, name: domain.name))
-                guestXML[domain.name] = xml
-            } catch {
-                log.error("\(error); guest left out")
-            }
-        }
-        return (SyncInput(networks: networks, guests: guests, leases: leases), networkXML, guestXML)
+    /// libvirt's current state; XML that cannot be used is logged and left out.
+    func loadState() throws -> LibvirtState {
+        let state = try LibvirtState.load(connection)
+        for problem in state.problems { log.error(problem) }
+        return state
     }
 
     /// Runs `body` holding virtgate's lock (not for dry-runs, which change nothing).
@@ -73,11 +44,6 @@ struct AdminContext {
         }
         defer { withExtendedLifetime(lock) {} }
         return try await body()
-    }
-
-    /// Chain id → guest name for the guests given, so claims read from the kernel carry names.
-    static func names(_ guests: [GuestDefinition]) -> [String: String] {
-        Dictionary(guests.map { (ChainNames.id(for: $0.name), $0.name) }, uniquingKeysWith: { first, _ in first })
     }
 
     func report(_ result: SyncResult) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import VirtGateAdmin
 import VirtGateCore
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -21,7 +22,7 @@ extension VirtGate {
             let state = try context.loadState()
             let snapshot = try await context.firewall.backend.snapshot()
             let result = SyncPlanner.plan(state.input, settings: context.settings.planner,
-                                          incumbents: snapshot.forwardClaims(names: AdminContext.names(state.input.guests)))
+                                          incumbents: snapshot.forwardClaims(names: state.chainNames))
             let report = StatusReport.build(sync: result, snapshot: snapshot,
                                             backend: "iptables (\(context.firewall.backend.variant.rawValue))",
                                             listening: ListeningSockets.current())

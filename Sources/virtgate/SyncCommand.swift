@@ -1,4 +1,5 @@
 import ArgumentParser
+import VirtGateAdmin
 import VirtGateCore
 
 extension VirtGate {
@@ -23,7 +24,7 @@ extension VirtGate {
             let outcome = try await context.locked(dryRun: dryRun) {
                 try await context.firewall.apply(dryRun: dryRun) { snapshot in
                     let planned = SyncPlanner.plan(state.input, settings: context.settings.planner,
-                                                   incumbents: snapshot.forwardClaims(names: AdminContext.names(state.input.guests)))
+                                                   incumbents: snapshot.forwardClaims(names: state.chainNames))
                     result = planned
                     return planned.desired
                 }
@@ -42,7 +43,7 @@ extension VirtGate {
         }
 
         /// Hooks work from what virtgate remembers; after a sync that is exactly libvirt's state.
-        func rememberState(_ context: AdminContext, _ state: (input: SyncInput, networkXML: [String: String], guestXML: [String: String])) {
+        func rememberState(_ context: AdminContext, _ state: LibvirtState) {
             do {
                 try context.store.prepare()
                 for (name, xml) in state.networkXML { try context.store.rememberNetwork(name, xml: xml) }

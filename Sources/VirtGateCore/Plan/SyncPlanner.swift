@@ -22,11 +22,14 @@ public struct SyncResult: Sendable {
     public var guestPlans: [(guest: GuestDefinition, plan: GuestPlan)]
 }
 
-struct SyncAddressBook: AddressBook {
-    let input: SyncInput
+/// Networks and leases as libvirt reported them, for planning outside hooks.
+public struct SyncAddressBook: AddressBook {
+    public let input: SyncInput
 
-    func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { input.leases[bridge]?[mac] }
+    public init(input: SyncInput) { self.input = input }
+
+    public func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
+    public func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { input.leases[bridge]?[mac] }
 }
 
 public enum SyncPlanner {

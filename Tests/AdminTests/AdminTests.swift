@@ -1,0 +1,133 @@
+import FoundationEssentials
+import Libvirt
+import Testing
+@testable import VirtGateAdmin
+@testable import VirtGateCore
+
+/// A fresh in-memory libvirt per connection, from our own state file (networks with reservations,
+/// guests with and without metadata, one shut off).
+func testConnection() throws -> LibvirtConnection {
+    let path = URL(filePath: #filePath).deletingLastPathComponent().appending(path: "Fixtures/test-node.xml").path
+    return try LibvirtConnection(uri: "test://\(path)")
+}
+
+@Suite("Admin logic on libvirt's test:/// driver")
+struct AdminTests {
+    @Test func stateIsReadThroughTheAPI() throws {
+        let state = try LibvirtState.load(try testConnection())
+        #expect(state.input.networks.map(\.name).sorted() == ["default", "isolated"])
+        #expect(state.input.guests.map(\.name).sorted() == ["db", "web"])
+        #expect(state.problems.isEmpty)
+        let web = try #require(state.input.guests.first { $0.name == "web" })
+        #expect(web.forwards.map(\.summary) == ["tcp 2222 -> 22"])
+        // The test driver has no network leases; the guest's own lease addresses fill in.
+        #expect(state.input.leases["virbr0"]?[MACAddress("52:54:00:aa:00:01")!] == IPv4Address("192.168.122.101"))
+    }
+
+    @Test func syncPlansEveryRunningGuestAndActiveNetwork() throws {
+        let state = try LibvirtState.load(try testConnection())
+        let result = SyncPlanner.plan(state.input, settings: PlannerSettings())
+        // The reservation wins over the lease.
+        #expect(result.desired[.nat]?["VGD-web"] == ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"])
+        #expect(result.desired[.filter]?.keys.sorted() == ["VGF-web", "VGN-default", "VGN-isolated"])
+        // db has no forwards: no guest chains.
+        #expect(result.desired[.nat]?["VGD-db"] == nil)
+    }
+
+    @Test("Sync equals the sequence of hook events over the same state")
+    func syncEqualsHookSequence() throws {
+        let state = try LibvirtState.load(try testConnection())
+        let book = SyncAddressBook(input: state.input)
+        var sequence = DesiredChains()
+        for guest in state.input.guests.reversed() {
+            for network in Planner.plan(guest: guest, addresses: book).networks.compactMap(book.network(named:)) {
+                sequence = IptablesTransaction.desired(sequence, replacing: .network(network.name),
+                                                       with: IptablesRules.chains(for: Planner.plan(network: network, settings: PlannerSettings())))
+            }
+            let plan = Planner.plan(guest: guest, addresses: book)
+            sequence = IptablesTransaction.desired(sequence, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        for network in state.input.networks {
+            sequence = IptablesTransaction.desired(sequence, replacing: .network(network.name),
+                                                   with: IptablesRules.chains(for: Planner.plan(network: network, settings: PlannerSettings())))
+        }
+        #expect(SyncPlanner.plan(state.input, settings: PlannerSettings()).desired == sequence)
+    }
+
+    @Test func forwardAddWritesMetadataLiveAndConfig() throws {
+        let connection = try testConnection()
+        let editor = ForwardEditor(connection: connection)
+        let spec = try ForwardMetadata.parseShorthand("8080:80/tcp", sources: ["203.0.113.0/24"], guest: "web").get()
+        let updated = try editor.add(spec, to: "web", others: [])
+        #expect(updated.map(\.summary) == ["tcp 2222 -> 22", "tcp 8080 -> 80"])
+        let web = try connection.domain(named: "web")
+        for inactive in [false, true] {
+            let element = try #require(try web.metadata(namespaceURI: LibvirtXML.metadataNamespace, inactive: inactive))
+            let back = try ForwardMetadata.forwards(fromElement: element, guest: "web")
+            #expect(back.forwards.map(\.summary) == ["tcp 2222 -> 22", "tcp 8080 -> 80"])
+            #expect(back.forwards[1].sources.map(\.description) == ["203.0.113.0/24"])
+        }
+        // The live XML, which hooks and sync read, carries it too.
+        let guest = try LibvirtXML.guest(fromXML: try web.xml())
+        #expect(guest.forwards.count == 2)
+    }
+
+    @Test func forwardAddToAGuestThatIsShutOff() throws {
+        let connection = try testConnection()
+        let spec = try ForwardMetadata.parseShorthand("5432", guest: "parked").get()
+        _ = try ForwardEditor(connection: connection).add(spec, to: "parked", others: [])
+        let listing = try ForwardEditor(connection: connection).list(guest: "parked")
+        #expect(listing.first?.running == false)
+        #expect(listing.first?.forwards.map(\.summary) == ["tcp 5432 -> 5432"])
+    }
+
+    @Test("Conflicts and overlaps are refused, naming both, and nothing is written")
+    func refusals() throws {
+        let connection = try testConnection()
+        let state = try LibvirtState.load(connection)
+        let editor = ForwardEditor(connection: connection)
+        let taken = try ForwardMetadata.parseShorthand("2222/tcp", guest: "db").get()
+        #expect {
+            _ = try editor.add(taken, to: "db", others: state.claims(except: "db"))
+        } throws: { error in
+            "\(error)".contains(#"guest "db""#) && "\(error)".contains(#"guest "web""#) && "\(error)".contains("nothing written")
+        }
+        #expect(try connection.domain(named: "db").metadata(namespaceURI: LibvirtXML.metadataNamespace) == nil)
+
+        let overlap = try ForwardMetadata.parseShorthand("2000-2300:3000-3300", guest: "web").get()
+        #expect(throws: EditError.self) { _ = try editor.add(overlap, to: "web", others: []) }
+        #expect(try editor.list(guest: "web").first?.forwards.count == 1)
+    }
+
+    @Test func forwardRemove() throws {
+        let connection = try testConnection()
+        let editor = ForwardEditor(connection: connection)
+        let spec = try ForwardMetadata.parseShorthand("2222", guest: "web").get()
+        #expect(try editor.remove(spec, from: "web").isEmpty)
+        #expect(try connection.domain(named: "web").metadata(namespaceURI: LibvirtXML.metadataNamespace) == nil)
+        #expect(throws: EditError.self) { _ = try editor.remove(spec, from: "web") }
+    }
+
+    @Test func invalidExistingMetadataIsNeverOverwritten() throws {
+        let connection = try testConnection()
+        let web = try connection.domain(named: "web")
+        try web.setMetadata("<forwards><forward host-port=\"70000\"/></forwards>", key: "vg", namespaceURI: LibvirtXML.metadataNamespace)
+        let spec = try ForwardMetadata.parseShorthand("8080", guest: "web").get()
+        #expect(throws: EditError.self) { _ = try ForwardEditor(connection: connection).add(spec, to: "web", others: []) }
+        #expect(try web.metadata(namespaceURI: LibvirtXML.metadataNamespace)?.contains("70000") == true)
+    }
+
+    @Test func unknownGuestIsAnError() throws {
+        let spec = try ForwardMetadata.parseShorthand("8080", guest: "nope").get()
+        #expect(throws: LibvirtError.self) { _ = try ForwardEditor(connection: try testConnection()).add(spec, to: "nope", others: []) }
+    }
+
+    @Test func statusOfAFreshHostShowsMissingRules() throws {
+        let state = try LibvirtState.load(try testConnection())
+        let result = SyncPlanner.plan(state.input, settings: PlannerSettings())
+        let empty = StatusReport.build(sync: result, snapshot: IptablesSnapshot(), backend: "test", listening: ["tcp/2222"])
+        #expect(empty.networks.map(\.rules) == ["missing", "missing"])
+        #expect(empty.guests.first?.forwards.first?.state == "drift")
+        #expect(empty.guests.first?.forwards.first?.warnings.count == 1)
+    }
+}
