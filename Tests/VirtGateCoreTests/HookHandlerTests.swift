@@ -233,3 +233,49 @@ struct HookConflictTests {
         }
     }
 }
+
+@Suite("Late binding from lease files")
+struct RebindTests {
+    @Test("A pending forward binds once a lease appears, and follows it when it moves")
+    func rebind() async throws {
+        let directory = "/tmp/vgt-unit-rebind-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory + "/dnsmasq", withIntermediateDirectories: true)
+        var settings = Settings()
+        settings.stateDirectory = directory + "/state"
+        settings.networkRunDirectory = "/nonexistent"
+        settings.networkConfigDirectory = "/nonexistent"
+        settings.dnsmasqDirectory = directory + "/dnsmasq"
+        let log = Log(syslog: false, stderr: false)
+        let runner = RecordingRunner()
+        let handler = HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+                                  log: log, dryRun: false) { _ in }
+        let network = """
+        <hookData><network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+        <ip address='192.168.122.1' prefix='24'/></network></hookData>
+        """
+        #expect(await handler.handle(HookInvocation(driver: .network, arguments: ["default", "started", "begin", "-"])!, stdin: network) == 0)
+        let domain = """
+        <domain><name>web</name><metadata><forwards xmlns="urn:virtgate:forwards:1"><forward host-port="2222" guest-port="22"/>
+        </forwards></metadata><devices><interface type='network'><mac address='52:54:00:00:00:07'/>
+        <source network='default' bridge='virbr0'/></interface></devices></domain>
+        """
+        #expect(await handler.handle(HookInvocation(driver: .qemu, arguments: ["web", "start", "begin", "-"])!, stdin: domain) == 0)
+        #expect(!(runner.restores.last ?? "").contains("DNAT"), "no address yet: pending")
+
+        func lease(_ ip: String) throws {
+            let json = #"[{"ip-address":"\#(ip)","mac-address":"52:54:00:00:00:07","hostname":"web","expiry-time":1900000000}]"#
+            try Data(json.utf8).write(to: URL(filePath: directory + "/dnsmasq/virbr0.status"))
+        }
+        try lease("192.168.122.77")
+        #expect(await handler.rebindAll())
+        #expect(runner.restores.last?.contains("--to-destination 192.168.122.77:22") == true)
+
+        // The fake kernel now holds that rule; the lease moves.
+        runner.state.withLock { $0.ruleset = "*nat\n:VGD-web - [0:0]\n-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.77:22\nCOMMIT\n" }
+        try lease("192.168.122.78")
+        #expect(await handler.rebindAll())
+        let last = try #require(runner.restores.last)
+        #expect(last.contains("--to-destination 192.168.122.78:22") && !last.contains("192.168.122.77"))
+    }
+}

@@ -177,6 +177,49 @@ public struct HookHandler: Sendable {
         }
     }
 
+    // MARK: late binding
+
+    /// Re-binds every remembered running guest to its current address (reservations, lease files)
+    /// in one transaction. Run when dnsmasq's lease files change, so that guests without a
+    /// reservation get their forwards once they have a lease, and keep them when it moves. Works
+    /// from files only, like the hooks.
+    public func rebindAll() async -> Bool {
+        let addresses = FileAddressBook(store: store, settings: settings)
+        var guests: [GuestDefinition] = []
+        var names: [String: String] = [:]
+        for (name, xml) in store.guests() {
+            do {
+                let guest = try LibvirtXML.guest(fromXML: xml, name: name)
+                guests.append(guest)
+                names[ChainNames.id(for: name)] = name
+            } catch {
+                log.warning("remembered XML of guest \(InputProblem.quoted(name)) unusable: \(error)")
+            }
+        }
+        var plans: [GuestPlan] = []
+        let done = await apply(event: "rebind") { snapshot in
+            let incumbents = snapshot.forwardClaims(names: names)
+            let holders = Set(incumbents.map(\.guest))
+            var desired = snapshot.ownerChains
+            var taken: [ForwardClaim] = []
+            plans = []
+            for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {
+                let plan = Planner.plan(guest: guest, addresses: addresses, taken: taken)
+                taken += plan.claims
+                plans.append(plan)
+                desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+            }
+            return desired
+        }
+        for plan in plans {
+            for problem in plan.problems { log.warning("\(problem); forward skipped") }
+            for pending in plan.pending {
+                log.info("\(plan.plan.owner): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
+            }
+        }
+        return done
+    }
+
     // MARK: applying
 
     /// One locked transaction replacing whole owners. Returns false (after logging) when it could not be applied.
