@@ -268,13 +268,13 @@ struct RebindTests {
             try Data(json.utf8).write(to: URL(filePath: directory + "/dnsmasq/virbr0.status"))
         }
         try lease("192.168.122.77")
-        #expect(await handler.rebindAll())
+        #expect(await handler.reapplyAll())
         #expect(runner.restores.last?.contains("--to-destination 192.168.122.77:22") == true)
 
         // The fake kernel now holds that rule; the lease moves.
         runner.state.withLock { $0.ruleset = "*nat\n:VGD-web - [0:0]\n-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.77:22\nCOMMIT\n" }
         try lease("192.168.122.78")
-        #expect(await handler.rebindAll())
+        #expect(await handler.reapplyAll())
         let last = try #require(runner.restores.last)
         #expect(last.contains("--to-destination 192.168.122.78:22") && !last.contains("192.168.122.77"))
     }

@@ -29,8 +29,13 @@ public struct StateStore: Sendable {
     public func forgetGuest(_ name: String) { try? FileManager.default.removeItem(atPath: path("guests", name)) }
 
     /// Remembered guests, by name.
-    public func guests() -> [(name: String, xml: String)] {
-        let folder = directory + "/guests"
+    public func guests() -> [(name: String, xml: String)] { list("guests") }
+
+    /// Remembered networks, by name.
+    public func networks() -> [(name: String, xml: String)] { list("networks") }
+
+    private func list(_ kind: String) -> [(name: String, xml: String)] {
+        let folder = directory + "/" + kind
         let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
         return files.filter { $0.hasSuffix(".xml") }.sorted().compactMap { file in
             read(folder + "/" + file).map { (String(file.dropLast(4)), $0) }

@@ -177,30 +177,41 @@ public struct HookHandler: Sendable {
         }
     }
 
-    // MARK: late binding
+    // MARK: re-applying
 
-    /// Re-binds every remembered running guest to its current address (reservations, lease files)
-    /// in one transaction. Run when dnsmasq's lease files change, so that guests without a
-    /// reservation get their forwards once they have a lease, and keep them when it moves. Works
-    /// from files only, like the hooks.
-    public func rebindAll() async -> Bool {
+    /// Re-asserts everything virtgate remembers, networks and running guests, in one transaction,
+    /// binding guests to their current addresses (reservations, lease files). Works from files
+    /// only, like the hooks, so it also runs when libvirt is down or not yet up. Run when dnsmasq's
+    /// lease files change (late binding: a guest without a reservation gets its forwards once it
+    /// has a lease, and keeps them when the lease moves) and after UFW rebuilt its chains.
+    public func reapplyAll() async -> Bool {
         let addresses = FileAddressBook(store: store, settings: settings)
+        var networks: [NetworkDefinition] = []
+        for (name, xml) in store.networks() {
+            do {
+                networks.append(try LibvirtXML.network(fromXML: xml))
+            } catch {
+                log.warning("remembered XML of network \(InputProblem.quoted(name)) unusable: \(error)")
+            }
+        }
         var guests: [GuestDefinition] = []
-        var names: [String: String] = [:]
         for (name, xml) in store.guests() {
             do {
-                let guest = try LibvirtXML.guest(fromXML: xml, name: name)
-                guests.append(guest)
-                names[ChainNames.id(for: name)] = name
+                guests.append(try LibvirtXML.guest(fromXML: xml, name: name))
             } catch {
                 log.warning("remembered XML of guest \(InputProblem.quoted(name)) unusable: \(error)")
             }
         }
+        var names: [String: String] = [:]
+        for guest in guests { names[ChainNames.id(for: guest.name)] = guest.name }
         var plans: [GuestPlan] = []
-        let done = await apply(event: "rebind") { snapshot in
-            let incumbents = snapshot.forwardClaims(names: names)
-            let holders = Set(incumbents.map(\.guest))
+        let done = await apply(event: "reapply") { snapshot in
             var desired = snapshot.ownerChains
+            for network in networks {
+                desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
+                    with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner)))
+            }
+            let holders = Set(snapshot.forwardClaims(names: names).map(\.guest))
             var taken: [ForwardClaim] = []
             plans = []
             for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {

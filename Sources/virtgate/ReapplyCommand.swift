@@ -2,13 +2,14 @@ import ArgumentParser
 import VirtGateCore
 
 extension VirtGate {
-    struct Rebind: AsyncParsableCommand {
+    struct Reapply: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Re-bind running guests' forwards to their current DHCP leases (run when lease files change).",
+            abstract: "Re-assert the rules of every network and guest virtgate remembers, bound to current DHCP leases.",
             discussion: """
-            Uses only virtgate's state and the lease files, like the hooks: systemd runs it from \
-            virtgate-leases.path, so a guest without a reservation gets its forwards once dnsmasq leases \
-            it an address, and keeps them when the lease moves.
+            Uses only virtgate's state and the lease files, like the hooks, so it works while libvirt is down. \
+            systemd runs it when lease files change (virtgate-leases.path): a guest without a reservation gets \
+            its forwards once dnsmasq leases it an address, and keeps them when the lease moves. UFW's after.init \
+            runs it too. `virtgate sync` asks libvirt instead and also removes what is gone.
             """
         )
 
@@ -23,7 +24,7 @@ extension VirtGate {
             }
             let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
             let handler = HookHandler(settings: settings, firewall: firewall, log: log, dryRun: dryRun) { writeAll(1, $0) }
-            guard await handler.rebindAll() else { throw ExitCode(1) }
+            guard await handler.reapplyAll() else { throw ExitCode(1) }
         }
     }
 }
