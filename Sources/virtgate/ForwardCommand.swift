@@ -86,7 +86,9 @@ extension VirtGate.Forward {
                 var out = "\(listing.guest) (\(listing.running ? "running" : "shut off"))\n"
                 if listing.forwards.isEmpty && listing.problems.isEmpty { out += "  no forwards\n" }
                 for forward in listing.forwards {
-                    let attributes = ForwardMetadata.attributes(of: forward).dropFirst(2)
+                    // The summary shows protocol and ports; the rest follows as attributes.
+                    let attributes = ForwardMetadata.attributes(of: forward)
+                        .filter { !["proto", "host-port", "guest-port"].contains($0.0) }
                         .map { "\($0.0)=\($0.1)" }.joined(separator: " ")
                     out += "  #\(forward.position) \(forward.summary)\(attributes.isEmpty ? "" : "  \(attributes)")\n"
                 }
