@@ -11,20 +11,16 @@ struct ConnectionOptions: ParsableArguments {
 /// What every admin command needs: settings, the firewall, the state directory and a libvirt
 /// connection. Admin commands run outside libvirt's hook callbacks, so they may call libvirt.
 struct AdminContext {
-    let settings: Settings
-    let log: Log
-    let firewall: Firewall
-    let store: StateStore
+    let local: LocalContext
     let connection: LibvirtConnection
 
+    var settings: Settings { local.settings }
+    var log: Log { local.log }
+    var firewall: Firewall { local.firewall }
+    var store: StateStore { local.store }
+
     init(connect uri: String) async throws {
-        settings = try await Settings.load(environment: ProcessEnvironment.current())
-        log = Log(syslog: settings.syslog)
-        guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
-            throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
-        }
-        firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
-        store = StateStore(directory: settings.stateDirectory)
+        local = try await LocalContext.load()
         connection = try LibvirtConnection(uri: uri)
     }
 
@@ -35,15 +31,8 @@ struct AdminContext {
         return state
     }
 
-    /// Runs `body` holding virtgate's lock (not for dry-runs, which change nothing).
     func locked<T>(dryRun: Bool, _ body: () async throws -> T) async throws -> T {
-        var lock: FileLock?
-        if !dryRun {
-            try store.prepare()
-            lock = try FileLock(path: store.lockPath)
-        }
-        defer { withExtendedLifetime(lock) {} }
-        return try await body()
+        try await local.locked(dryRun: dryRun, body)
     }
 
     func report(_ result: SyncResult) {

@@ -12,26 +12,16 @@ extension VirtGate {
         var dryRun = false
 
         func run() async throws {
-            let settings = try await Settings.load(environment: ProcessEnvironment.current())
-            let log = Log(syslog: settings.syslog)
-            guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
-                throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+            let local = try await LocalContext.load()
+            let outcome = try await local.locked(dryRun: dryRun) {
+                try await local.firewall.replaceAll(with: [:], dryRun: dryRun)
             }
-            let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
-            let store = StateStore(directory: settings.stateDirectory)
-            var lock: FileLock?
-            if !dryRun {
-                try store.prepare()
-                lock = try FileLock(path: store.lockPath)
-            }
-            let outcome = try await firewall.replaceAll(with: [:], dryRun: dryRun)
-            withExtendedLifetime(lock) {}
             if dryRun {
                 writeAll(1, outcome.transaction.isEmpty ? "# nothing to remove\n" : outcome.transaction)
             } else if outcome.applied {
-                log.info("flush: removed every virtgate chain")
+                local.log.info("flush: removed every virtgate chain")
             } else {
-                log.info("flush: no virtgate rules present")
+                local.log.info("flush: no virtgate rules present")
             }
         }
     }

@@ -50,11 +50,14 @@ enum HookEntry {
         }
         let dryRun = flag || settings.dryRun
         let stdin = readStandardInput()
-        guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
-            log.error("\(invocation.summary): cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+        let local: LocalContext
+        do {
+            local = try LocalContext(settings: settings)
+        } catch {
+            log.error("\(invocation.summary): \(error)")
             return invocation.operation == "reconnect" ? 0 : (settings.onInvalid == .refuse ? 1 : 0)
         }
-        let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
+        let firewall = local.firewall
         // libvirt does not read a hook's stdout (but for the migrate/restore XML): when the config
         // file asks for dry-run, which is how it reaches hooks run by libvirt, the transaction is
         // also logged, so the admin can read what would have been applied.

@@ -17,13 +17,10 @@ extension VirtGate {
         var dryRun = false
 
         func run() async throws {
-            let settings = try await Settings.load(environment: ProcessEnvironment.current())
-            let log = Log(syslog: settings.syslog)
-            guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
-                throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+            let local = try await LocalContext.load()
+            let handler = HookHandler(settings: local.settings, firewall: local.firewall, log: local.log, dryRun: dryRun) {
+                writeAll(1, $0)
             }
-            let firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
-            let handler = HookHandler(settings: settings, firewall: firewall, log: log, dryRun: dryRun) { writeAll(1, $0) }
             guard await handler.reapplyAll() else { throw ExitCode(1) }
         }
     }

@@ -89,19 +89,6 @@ public enum ForwardMetadata {
         guard root.name == "forwards", root.namespaceURI == nil || root.namespaceURI == LibvirtXML.metadataNamespace else {
             throw InputProblem(subject, field: "metadata", value: root.name, reason: "expected <forwards>")
         }
-        var forwards: [ForwardSpec] = []
-        var problems: [InputProblem] = []
-        for (index, element) in root.children.enumerated() {
-            guard element.name == "forward" else {
-                problems.append(InputProblem(subject, field: "forward #\(index + 1) element", value: element.name,
-                                             reason: "expected <forward>"))
-                continue
-            }
-            switch ForwardSpec.parse(attributes: element.attributes, subject: subject, position: index + 1) {
-            case .success(let forward): forwards.append(forward)
-            case .failure(let problem): problems.append(problem)
-            }
-        }
-        return (forwards, problems)
+        return LibvirtXML.forwards(in: root.children, subject: subject)
     }
 }

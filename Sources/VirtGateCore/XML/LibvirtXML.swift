@@ -122,13 +122,21 @@ public enum LibvirtXML {
                                              bridge: bridge, tap: tap))
         }
 
-        var forwards: [ForwardSpec] = []
-        var problems: [InputProblem] = []
         let container = root.child("metadata")?.children.first {
             $0.name == "forwards" && $0.namespaceURI == metadataNamespace
         }
-        for (index, element) in (container?.children ?? []).enumerated() {
-            guard element.namespaceURI == metadataNamespace, element.name == "forward" else {
+        let (forwards, problems) = forwards(in: container?.children ?? [], subject: subject)
+        return GuestDefinition(name: name, interfaces: interfaces, forwards: forwards, problems: problems)
+    }
+
+    /// The `<forward>` children of a `<forwards>` element, valid ones in order and one problem per
+    /// invalid one. Elements are matched by local name: libvirt hands the element back without
+    /// its namespace from virDomainGetMetadata, and with it in the domain XML.
+    static func forwards(in elements: [XMLElement], subject: InputProblem.Subject) -> ([ForwardSpec], [InputProblem]) {
+        var forwards: [ForwardSpec] = []
+        var problems: [InputProblem] = []
+        for (index, element) in elements.enumerated() {
+            guard element.name == "forward", element.namespaceURI == nil || element.namespaceURI == metadataNamespace else {
                 problems.append(InputProblem(subject, field: "forward #\(index + 1) element", value: element.name,
                                              reason: "expected <forward>"))
                 continue
@@ -138,7 +146,7 @@ public enum LibvirtXML {
             case .failure(let problem): problems.append(problem)
             }
         }
-        return GuestDefinition(name: name, interfaces: interfaces, forwards: forwards, problems: problems)
+        return (forwards, problems)
     }
 }
 

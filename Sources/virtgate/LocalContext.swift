@@ -1,0 +1,35 @@
+import VirtGateCore
+
+/// Settings, log and firewall: what every command that touches the rules needs, the hook included.
+/// Building it asks nothing of libvirt.
+struct LocalContext {
+    let settings: Settings
+    let log: Log
+    let firewall: Firewall
+
+    init(settings: Settings) throws {
+        self.settings = settings
+        log = Log(syslog: settings.syslog)
+        guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
+            throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+        }
+        firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
+    }
+
+    static func load() async throws -> LocalContext {
+        try LocalContext(settings: try await Settings.load(environment: ProcessEnvironment.current()))
+    }
+
+    var store: StateStore { StateStore(directory: settings.stateDirectory) }
+
+    /// Runs `body` holding virtgate's lock (not for dry-runs, which change nothing).
+    func locked<T>(dryRun: Bool, _ body: () async throws -> T) async throws -> T {
+        var lock: FileLock?
+        if !dryRun {
+            try store.prepare()
+            lock = try FileLock(path: store.lockPath)
+        }
+        defer { withExtendedLifetime(lock) {} }
+        return try await body()
+    }
+}
