@@ -9,7 +9,7 @@ struct VirtGate: AsyncParsableCommand {
         commandName: "virtgate",
         abstract: "Keep KVM guests reachable behind a host firewall: NAT, forward-accepts and port forwards per libvirt network and guest.",
         version: versionText(),
-        subcommands: [Hook.self, Plan.self, Sync.self, Status.self, Forward.self, Reapply.self, Flush.self]
+        subcommands: [Hook.self, Plan.self, Sync.self, Status.self, Forward.self, Reapply.self, Doctor.self, Flush.self]
     )
 
     static func versionText() -> String {

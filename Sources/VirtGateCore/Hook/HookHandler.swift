@@ -185,41 +185,11 @@ public struct HookHandler: Sendable {
     /// lease files change (late binding: a guest without a reservation gets its forwards once it
     /// has a lease, and keeps them when the lease moves) and after UFW rebuilt its chains.
     public func reapplyAll() async -> Bool {
-        let addresses = FileAddressBook(store: store, settings: settings)
-        var networks: [NetworkDefinition] = []
-        for (name, xml) in store.networks() {
-            do {
-                networks.append(try LibvirtXML.network(fromXML: xml))
-            } catch {
-                log.warning("remembered XML of network \(InputProblem.quoted(name)) unusable: \(error)")
-            }
-        }
-        var guests: [GuestDefinition] = []
-        for (name, xml) in store.guests() {
-            do {
-                guests.append(try LibvirtXML.guest(fromXML: xml, name: name))
-            } catch {
-                log.warning("remembered XML of guest \(InputProblem.quoted(name)) unusable: \(error)")
-            }
-        }
-        var names: [String: String] = [:]
-        for guest in guests { names[ChainNames.id(for: guest.name)] = guest.name }
+        let remembered = rememberedState()
         var plans: [GuestPlan] = []
         let done = await apply(event: "reapply") { snapshot in
-            var desired = snapshot.ownerChains
-            for network in networks {
-                desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
-                    with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner)))
-            }
-            let holders = Set(snapshot.forwardClaims(names: names).map(\.guest))
-            var taken: [ForwardClaim] = []
-            plans = []
-            for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {
-                let plan = Planner.plan(guest: guest, addresses: addresses, taken: taken)
-                taken += plan.claims
-                plans.append(plan)
-                desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
-            }
+            let (desired, guestPlans) = remembered.desired(on: snapshot, settings: settings.planner)
+            plans = guestPlans
             return desired
         }
         for plan in plans {
@@ -229,6 +199,26 @@ public struct HookHandler: Sendable {
             }
         }
         return done
+    }
+
+    /// The networks and guests virtgate remembers, parsed; unusable files are logged and skipped.
+    public func rememberedState() -> RememberedState {
+        var state = RememberedState(addresses: FileAddressBook(store: store, settings: settings))
+        for (name, xml) in store.networks() {
+            do {
+                state.networks.append(try LibvirtXML.network(fromXML: xml))
+            } catch {
+                log.warning("remembered XML of network \(InputProblem.quoted(name)) unusable: \(error)")
+            }
+        }
+        for (name, xml) in store.guests() {
+            do {
+                state.guests.append(try LibvirtXML.guest(fromXML: xml, name: name))
+            } catch {
+                log.warning("remembered XML of guest \(InputProblem.quoted(name)) unusable: \(error)")
+            }
+        }
+        return state
     }
 
     // MARK: applying
@@ -298,5 +288,38 @@ struct OverridingAddressBook: AddressBook {
 
     func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? {
         base.leasedAddress(bridge: bridge, mac: mac)
+    }
+}
+
+/// Networks and running guests as the hooks last reported them, with file-based addresses.
+public struct RememberedState {
+    public var networks: [NetworkDefinition] = []
+    public var guests: [GuestDefinition] = []
+    let addresses: FileAddressBook
+
+    init(addresses: FileAddressBook) { self.addresses = addresses }
+
+    /// Every remembered network and guest re-planned against `snapshot`, incumbents first (the
+    /// first guest keeps a contested port), on top of `base` (by default what the kernel has, so
+    /// owners virtgate does not remember are left alone).
+    public func desired(on snapshot: IptablesSnapshot, settings: PlannerSettings,
+                        base: DesiredChains? = nil) -> (DesiredChains, [GuestPlan]) {
+        var desired = base ?? snapshot.ownerChains
+        for network in networks {
+            desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
+                with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
+        }
+        var names: [String: String] = [:]
+        for guest in guests { names[ChainNames.id(for: guest.name)] = guest.name }
+        let holders = Set(snapshot.forwardClaims(names: names).map(\.guest))
+        var taken: [ForwardClaim] = []
+        var plans: [GuestPlan] = []
+        for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {
+            let plan = Planner.plan(guest: guest, addresses: addresses, taken: taken)
+            taken += plan.claims
+            plans.append(plan)
+            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        return (desired, plans)
     }
 }

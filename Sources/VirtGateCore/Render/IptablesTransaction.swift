@@ -5,6 +5,8 @@ public struct IptablesSnapshot: Hashable, Sendable {
         public var chains: [String] = []
         /// Rule lines (`-A CHAIN …`) per chain, in order.
         public var rules: [String: [String]] = [:]
+        /// Policies of built-in chains (`ACCEPT`, `DROP`).
+        public var policies: [String: String] = [:]
     }
 
     public var tables: [IptablesTable: Table] = [:]
@@ -19,7 +21,9 @@ public struct IptablesSnapshot: Hashable, Sendable {
                 current = IptablesTable(rawValue: String(line.dropFirst()))
                 if let current { tables[current] = tables[current] ?? Table() }
             } else if line.hasPrefix(":"), let current {
-                let name = String(line.dropFirst().prefix { $0 != " " })
+                let fields = line.dropFirst().split(separator: " ")
+                let name = String(fields.first ?? "")
+                if fields.count > 1, fields[1] != "-" { tables[current]!.policies[name] = String(fields[1]) }
                 tables[current]!.chains.append(name)
                 tables[current]!.rules[name] = tables[current]!.rules[name] ?? []
             } else if line.hasPrefix("-A "), let current {
