@@ -48,6 +48,9 @@ count "$log/install"
 bash Tests/integration/netns-test.sh 2>&1 | tee "$log/netns"
 count "$log/netns"
 
+bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin"
+count "$log/admin"
+
 echo
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

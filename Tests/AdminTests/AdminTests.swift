@@ -129,5 +129,6 @@ struct AdminTests {
         #expect(empty.networks.map(\.rules) == ["missing", "missing"])
         #expect(empty.guests.first?.forwards.first?.state == "drift")
         #expect(empty.guests.first?.forwards.first?.warnings.count == 1)
+        #expect(empty.jumpsInPlace == false, "sync wants jumps the kernel lacks")
     }
 }

@@ -116,7 +116,9 @@ extension StatusReport {
         let owned = Set(snapshot.ownerChains.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
         let wanted = Set(sync.desired.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
         let orphans = owned.subtracting(wanted).sorted()
-        let jumpsInPlace = IptablesTransaction.render(from: snapshot, to: snapshot.ownerChains).isEmpty
+        // The jumps sync would (re)insert: missing or displaced ones, for the chains it wants.
+        let jumpsInPlace = !IptablesTransaction.render(from: snapshot, to: sync.desired)
+            .split(separator: "\n").contains { $0.hasPrefix("-I ") }
         return StatusReport(backend: backend, networks: networks, guests: guests, orphans: orphans, jumpsInPlace: jumpsInPlace)
     }
 }
