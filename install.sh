@@ -15,6 +15,8 @@
 #   VIRTGATE_ETC                default /etc/virtgate
 #   VIRTGATE_RUN_LIBVIRT        default /run/libvirt
 #   VIRTGATE_STATE_DIR          default /run/virtgate
+#   VIRTGATE_SYSTEMD_DIR        default /etc/systemd/system
+#   VIRTGATE_UFW_DIR            default /etc/ufw
 set -euo pipefail
 
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,11 +25,20 @@ SBIN=${VIRTGATE_SBIN:-/usr/local/sbin}
 ETC=${VIRTGATE_ETC:-/etc/virtgate}
 RUN_LIBVIRT=${VIRTGATE_RUN_LIBVIRT:-/run/libvirt}
 STATE_DIR=${VIRTGATE_STATE_DIR:-/run/virtgate}
+SYSTEMD_DIR=${VIRTGATE_SYSTEMD_DIR:-/etc/systemd/system}
+UFW_DIR=${VIRTGATE_UFW_DIR:-/etc/ufw}
 BIN=$SBIN/virtgate
 CONF=$ETC/virtgate.conf
 # What this script created (directories it may remove again, the checksum of the config it shipped).
 RECORD=$ETC/.installed
 SHIPPED_CONF=$SRC_DIR/hooks/virtgate.conf
+# systemd units (installed as they are, with /usr/local/sbin/virtgate replaced by $BIN) and the block
+# for UFW's after.init.
+UNITS=(virtgate-reapply.service virtgate-leases.path virtgate-sync.service)
+AFTER_INIT=$UFW_DIR/after.init
+SHIPPED_BLOCK=$SRC_DIR/hooks/ufw-after.init.sh
+BLOCK_BEGIN="# BEGIN virtgate"
+BLOCK_END="# END virtgate"
 DRIVERS=(qemu network)
 DAEMONS=(libvirtd virtqemud virtnetworkd)
 PACKAGES=(libvirt-dev libxml2-dev pkg-config iptables)
@@ -41,6 +52,7 @@ DRY_RUN=no
 MODE=install
 CHANGED=0           # changes made (or, in --dry-run, that would be made)
 HOOKS_CHANGED=no    # a hook link was added or removed: libvirt must re-read its hooks
+UNITS_CHANGED=no    # a unit file was added, changed or removed: systemd must re-read them
 WOULD_REMOVE=()     # --dry-run: paths that would be removed (to tell which directories would end up empty)
 
 say() { printf '%s\n' "$*"; }
@@ -71,11 +83,14 @@ Usage: $0 [--dry-run] [--uninstall] [--help]
 Install (default): apt packages (${PACKAGES[*]}), a static release build of virtgate as
 $BIN, hook links in $HOOKS_DIR (qemu, network; an existing
 hook that is not virtgate's is kept and virtgate goes into qemu.d/ or network.d/ instead), a commented
-$CONF unless one exists, a reload of libvirt, and a dry run of the rules for the
-networks and guests running now. Running it again changes nothing.
+$CONF unless one exists, the systemd units ${UNITS[*]}
+in $SYSTEMD_DIR (virtgate-leases.path started, virtgate-sync.service enabled for the next
+boot), a block in $AFTER_INIT that runs 'virtgate reapply' (when UFW is installed), a reload of
+libvirt, and a dry run of the rules for the networks and guests running now. Running it again changes
+nothing.
 
---uninstall  remove every virtgate rule, virtgate's hook links, the binary, the config (only if
-             unchanged) and $STATE_DIR; then reload libvirt.
+--uninstall  remove every virtgate rule, the units, the after.init block, virtgate's hook links, the
+             binary, the config (only if unchanged) and $STATE_DIR; then reload libvirt.
 --dry-run    print each step instead of doing it.
 EOF
 }
@@ -96,7 +111,9 @@ if [ "$(id -u)" -ne 0 ]; then
         die "run as root (sudo $0 $*)"
     fi
 fi
-[ -f "$SHIPPED_CONF" ] || die "$SHIPPED_CONF is missing: run install.sh from the virtgate source tree"
+for f in "$SHIPPED_CONF" "$SHIPPED_BLOCK" "${UNITS[@]/#/$SRC_DIR/hooks/}"; do
+    [ -f "$f" ] || die "$f is missing: run install.sh from the virtgate source tree"
+done
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -184,6 +201,106 @@ libvirt_version() {
     [ -n "$bin" ] || return 0
     "$bin" --version 2>/dev/null | sed -n 's/.*(libvirt \([0-9][0-9.]*\)).*/\1/p'
 }
+
+# render FILE: a shipped file as installed: the default binary path replaced by $BIN.
+render() {
+    local bin=$BIN
+    bin=${bin//\\/\\\\}; bin=${bin//|/\\|}; bin=${bin//&/\\&}
+    sed "s|/usr/local/sbin/virtgate|$bin|g" "$1"
+}
+
+# systemd_running: systemd is the init system of this machine (else systemctl is not run).
+systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+# The after.init that install.sh creates when UFW has none (UFW's own template, shortened, plus
+# "exit 0"); virtgate's block goes in before the "exit 0". Uninstall removes the file again while the
+# rest of it is still exactly this.
+after_init_skeleton() {
+    cat <<'SKELETON'
+#!/bin/sh
+#
+# after.init: if executable, called by ufw-init. See 'man ufw-framework' for
+#             details. Created by virtgate's install.sh, because there was none.
+#
+set -e
+
+case "$1" in
+start)
+    # typically required
+    ;;
+stop)
+    # typically required
+    ;;
+status)
+    # optional
+    ;;
+flush-all)
+    # optional
+    ;;
+*)
+    echo "'$1' not supported"
+    echo "Usage: after.init {start|stop|flush-all|status}"
+    ;;
+esac
+
+exit 0
+SKELETON
+}
+
+# block_lines FILE: "BEGIN-line END-line" of virtgate's block; "none" without one; "bad" when the
+# markers are not exactly one BEGIN followed by one END.
+block_lines() {
+    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" '
+        $0 == b { nb++; bl = NR } $0 == e { ne++; el = NR }
+        END {
+            if (nb == 0 && ne == 0) print "none"
+            else if (nb == 1 && ne == 1 && bl < el) print bl, el
+            else print "bad"
+        }' "$1"
+}
+
+# without_block FILE: FILE without virtgate's block (the BEGIN line to the END line).
+without_block() {
+    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" '$0 == b { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$1"
+}
+
+# with_block FILE BLOCKFILE: FILE with the block, which replaces an existing block in place; else goes
+# before a final top-level "exit" (followed only by blank or comment lines), else at the end, that
+# is, after the admin's own commands. Prints the new content; adds a newline to a last line without one.
+with_block() {
+    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" -v blockfile="$2" '
+        function block(   l) { while ((getline l < blockfile) > 0) print l; close(blockfile) }
+        { line[NR] = $0 }
+        $0 == b { has = 1 }
+        END {
+            at = NR + 1
+            if (!has) {
+                for (i = NR; i >= 1; i--) {
+                    if (line[i] ~ /^[ \t]*(#.*)?$/) continue
+                    if (line[i] ~ /^exit([ \t]+[0-9]+)?[ \t]*(;[ \t]*)?(#.*)?$/) at = i
+                    break
+                }
+            }
+            for (i = 1; i <= NR; i++) {
+                if (has && line[i] == b) { block(); skip = 1 }
+                if (!has && i == at) block()
+                if (!skip) print line[i]
+                if (line[i] == e) skip = 0
+            }
+            if (!has && at == NR + 1) block()
+        }' "$1"
+}
+
+# replace_file PATH CONTENTFILE: gives PATH the bytes of CONTENTFILE, keeping its mode and owner, in
+# one rename.
+replace_file() {
+    local tmp=$1.virtgate-new.$$
+    cp "$2" "$tmp" && chmod --reference="$1" "$tmp" && chown --reference="$1" "$tmp" && mv -Tf "$tmp" "$1" \
+        || { rm -f "$tmp"; return 1; }
+}
+
+# exec_mode MODE: MODE (octal) with x added wherever r is set (0640 -> 0750).
+exec_mode() { printf '%o' $(( 8#$1 | ((8#$1 & 8#444) >> 2) )); }
 
 # ---------------------------------------------------------------------------------------------------
 # install steps
@@ -331,6 +448,106 @@ step_config() {
     record_add config-sha256 "$(sha "$SHIPPED_CONF")"
 }
 
+# step_units: the systemd units (late binding of DHCP leases, the boot-time sync), then, when systemd
+# runs, daemon-reload, virtgate-leases.path enabled and started, virtgate-sync.service enabled. The
+# sync is not started here: install applies no rule by itself (the dry run below shows what it would).
+step_units() {
+    if [ ! -d "$SYSTEMD_DIR" ]; then
+        say "systemd units: $SYSTEMD_DIR does not exist (no systemd?); not installed"
+        return 0
+    fi
+    local u target rendered
+    rendered=$(mktemp)
+    for u in "${UNITS[@]}"; do
+        target=$SYSTEMD_DIR/$u
+        render "$SRC_DIR/hooks/$u" >"$rendered"
+        if [ -f "$target" ] && [ ! -L "$target" ] && cmp -s "$rendered" "$target" \
+            && [ "$(stat -c %a "$target")" = 644 ]; then
+            say "unit $target: already installed"
+            continue
+        fi
+        UNITS_CHANGED=yes
+        local verb=installed
+        { [ -e "$target" ] || [ -L "$target" ]; } && verb=updated
+        act "install $target" "unit $target: $verb" install -m 0644 "$rendered" "$target"
+    done
+    rm -f "$rendered"
+    if ! systemd_running; then
+        say "systemd is not running here: units not enabled (on the host: systemctl daemon-reload; systemctl enable --now virtgate-leases.path; systemctl enable virtgate-sync.service)"
+        return 0
+    fi
+    if [ "$UNITS_CHANGED" = yes ]; then
+        act "run systemctl daemon-reload" "systemd: re-read its units (daemon-reload)" systemctl daemon-reload
+    fi
+    if systemctl is-enabled --quiet virtgate-leases.path 2>/dev/null \
+        && systemctl is-active --quiet virtgate-leases.path 2>/dev/null; then
+        say "virtgate-leases.path: already enabled and watching lease files"
+    else
+        act "run systemctl enable --now virtgate-leases.path (reapply whenever a lease file changes)" \
+            "virtgate-leases.path: enabled and started (reapply whenever a lease file changes)" \
+            systemctl enable --now virtgate-leases.path
+    fi
+    if systemctl is-enabled --quiet virtgate-sync.service 2>/dev/null; then
+        say "virtgate-sync.service: already enabled"
+    else
+        act "run systemctl enable virtgate-sync.service (virtgate sync at boot, after UFW and libvirt)" \
+            "virtgate-sync.service: enabled; it runs virtgate sync at boot (not now: run 'virtgate sync' to apply the running guests' rules at once)" \
+            systemctl enable virtgate-sync.service
+    fi
+}
+
+# step_after_init: virtgate's block in UFW's after.init, which UFW runs on enable, disable and reload.
+step_after_init() {
+    if [ ! -d "$UFW_DIR" ]; then
+        say "UFW: $UFW_DIR does not exist; no after.init block (run install.sh again after installing UFW)"
+        return 0
+    fi
+    local block new mode where
+    block=$(mktemp); new=$(mktemp)
+    render "$SHIPPED_BLOCK" >"$block"
+    if [ ! -e "$AFTER_INIT" ] && [ ! -L "$AFTER_INIT" ]; then
+        after_init_skeleton >"$new.skel"
+        with_block "$new.skel" "$block" >"$new"
+        rm -f "$new.skel"
+        act "create $AFTER_INIT (mode 0755; UFW has none) with virtgate's block: virtgate reapply on start, stop and flush-all" \
+            "ufw: created $AFTER_INIT (mode 0755; there was none) with virtgate's block" \
+            install -m 0755 "$new" "$AFTER_INIT"
+        record_add after-init created
+        rm -f "$block" "$new"
+        return 0
+    fi
+    [ -f "$AFTER_INIT" ] && [ ! -L "$AFTER_INIT" ] \
+        || { rm -f "$block" "$new"; die "$AFTER_INIT is not a regular file: add the block in $SHIPPED_BLOCK yourself"; }
+    where=$(block_lines "$AFTER_INIT")
+    if [ "$where" = bad ]; then
+        rm -f "$block" "$new"
+        die "$AFTER_INIT has a broken virtgate block (the lines '$BLOCK_BEGIN' and '$BLOCK_END' must each appear once, in that order): fix it, then run install.sh again"
+    fi
+    with_block "$AFTER_INIT" "$block" >"$new"
+    if cmp -s "$new" "$AFTER_INIT"; then
+        say "ufw: $AFTER_INIT already has virtgate's block"
+    elif [ "$where" = none ]; then
+        # A last line without a newline gets one; uninstall takes it away again.
+        if [ -s "$AFTER_INIT" ] && [ "$(tail -c 1 "$AFTER_INIT" | od -An -c | tr -d ' ')" != '\n' ]; then
+            record_add after-init no-final-newline
+        fi
+        act "add virtgate's block to $AFTER_INIT (virtgate reapply on start, stop and flush-all; the rest is kept)" \
+            "ufw: added virtgate's block to $AFTER_INIT (the rest is kept)" replace_file "$AFTER_INIT" "$new"
+    else
+        act "update virtgate's block in $AFTER_INIT" "ufw: updated virtgate's block in $AFTER_INIT" \
+            replace_file "$AFTER_INIT" "$new"
+    fi
+    rm -f "$block" "$new"
+    # UFW runs after.init only when it is executable; ufw's package installs it with mode 0640.
+    mode=$(stat -c %a "$AFTER_INIT")
+    if (( (8#$mode & 8#111) == 0 )); then
+        act "make $AFTER_INIT executable ($mode -> $(exec_mode "$mode")): UFW runs it only then" \
+            "ufw: made $AFTER_INIT executable ($mode -> $(exec_mode "$mode")): UFW runs it only then" \
+            chmod "$(exec_mode "$mode")" "$AFTER_INIT"
+        record_add after-init-mode "$mode"
+    fi
+}
+
 # step_reload: makes libvirt re-read its hooks. It caches which hooks exist when it starts, and again
 # on SIGHUP (systemctl reload sends that).
 step_reload() {
@@ -407,6 +624,93 @@ step_preview() {
 
 # ---------------------------------------------------------------------------------------------------
 # uninstall steps
+
+# un_units: stops and disables the units, removes their files, and has systemd re-read its units.
+un_units() {
+    local u target any=no
+    for u in "${UNITS[@]}"; do
+        if [ -e "$SYSTEMD_DIR/$u" ] || [ -L "$SYSTEMD_DIR/$u" ]; then any=yes; fi
+    done
+    if [ "$any" = no ]; then
+        say "systemd units: none of virtgate's in $SYSTEMD_DIR"
+        return 0
+    fi
+    if systemd_running; then
+        # The path unit first: no reapply may start while the rest goes.
+        for u in virtgate-leases.path virtgate-sync.service; do
+            if systemctl is-enabled --quiet "$u" 2>/dev/null || systemctl is-active --quiet "$u" 2>/dev/null; then
+                act "run systemctl disable --now $u" "$u: disabled and stopped" systemctl disable --now "$u"
+            fi
+        done
+        if systemctl is-active --quiet virtgate-reapply.service 2>/dev/null; then
+            act "run systemctl stop virtgate-reapply.service" "virtgate-reapply.service: stopped" \
+                systemctl stop virtgate-reapply.service
+        fi
+    else
+        # Without a running systemd, the links "enable" made are removed by hand.
+        for u in "${UNITS[@]}"; do
+            for target in "$SYSTEMD_DIR"/*.wants/"$u"; do
+                if [ -L "$target" ]; then act_remove "remove $target" "removed $target" "$target"; fi
+            done
+        done
+    fi
+    for u in "${UNITS[@]}"; do
+        target=$SYSTEMD_DIR/$u
+        if [ -e "$target" ] || [ -L "$target" ]; then
+            UNITS_CHANGED=yes
+            act_remove "remove $target" "removed unit $target" "$target"
+        fi
+    done
+    if systemd_running; then
+        act "run systemctl daemon-reload" "systemd: re-read its units (daemon-reload)" systemctl daemon-reload
+    fi
+    return 0
+}
+
+# un_after_init: removes exactly virtgate's block from UFW's after.init (and what install.sh changed
+# besides: the mode, a final newline, or the whole file it created).
+un_after_init() {
+    local where rest mode
+    if [ ! -f "$AFTER_INIT" ] || [ -L "$AFTER_INIT" ]; then
+        say "ufw: no $AFTER_INIT"
+        record_clear_after_init
+        return 0
+    fi
+    where=$(block_lines "$AFTER_INIT")
+    if [ "$where" = none ]; then
+        say "ufw: $AFTER_INIT has no virtgate block"
+        record_clear_after_init
+        return 0
+    fi
+    [ "$where" = bad ] && die "$AFTER_INIT has a broken virtgate block (the lines '$BLOCK_BEGIN' and '$BLOCK_END' must each appear once, in that order): remove it by hand, then run install.sh --uninstall again"
+    rest=$(mktemp)
+    without_block "$AFTER_INIT" >"$rest"
+    if record_has after-init created && cmp -s "$rest" <(after_init_skeleton); then
+        [ "$DRY_RUN" = yes ] && WOULD_REMOVE+=("$AFTER_INIT")
+        act "remove $AFTER_INIT (install.sh created it; nothing else was added)" \
+            "ufw: removed $AFTER_INIT (install.sh created it; nothing else was added)" rm -f "$AFTER_INIT"
+    else
+        if record_has after-init no-final-newline && [ -s "$rest" ]; then
+            truncate -s -1 "$rest"
+        fi
+        act "remove virtgate's block from $AFTER_INIT (the rest is kept)" \
+            "ufw: removed virtgate's block from $AFTER_INIT (the rest is kept)" replace_file "$AFTER_INIT" "$rest"
+        mode=$(record_get after-init-mode | tail -n 1)
+        if [ -n "$mode" ] && [ "$(stat -c %a "$AFTER_INIT")" = "$(exec_mode "$mode")" ]; then
+            act "restore the mode of $AFTER_INIT ($mode)" "ufw: $AFTER_INIT has mode $mode again" \
+                chmod "$mode" "$AFTER_INIT"
+        fi
+        record_has after-init created && say "ufw: kept $AFTER_INIT: install.sh created it, but it was changed since"
+    fi
+    rm -f "$rest"
+    record_clear_after_init
+}
+record_clear_after_init() {
+    local mode
+    record_del after-init created
+    record_del after-init no-final-newline
+    for mode in $(record_get after-init-mode); do record_del after-init-mode "$mode"; done
+}
 
 un_hooks() {
     local d hook dir any=no
@@ -506,6 +810,8 @@ if [ "$MODE" = install ]; then
     step_binary
     step_hooks
     step_config
+    step_units
+    step_after_init
     step_reload
     step_preview
     if [ "$DRY_RUN" = yes ]; then
@@ -518,6 +824,9 @@ if [ "$MODE" = install ]; then
 else
     # Hooks first: a hook running between the flush and the unlinking would re-add rules. libvirt
     # (6.5+) checks that a hook it has cached still exists before running it, so a removed link is skipped.
+    # For the same reason the lease watcher and UFW's after.init block go before the flush.
+    un_units
+    un_after_init
     un_hooks
     un_rules
     un_binary

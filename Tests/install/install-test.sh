@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # install-test.sh: root-only test of install.sh, confined to a private mount namespace, a private pid
 # namespace and the network namespace vgt-inst. The real /etc/libvirt, /usr/local/sbin, /etc/virtgate,
-# /run, services and firewall are never touched: every path install.sh uses is moved into a temp dir
-# with the VIRTGATE_* variables, and inside the namespaces /run, /usr/local/sbin, /etc/libvirt and
-# /etc/virtgate are additionally covered with empty tmpfs mounts.
+# /etc/systemd/system, /etc/ufw, /run, services and firewall are never touched: every path install.sh
+# uses is moved into a temp dir with the VIRTGATE_* variables, and inside the namespaces /run,
+# /usr/local/sbin, /etc/libvirt, /etc/virtgate, /etc/systemd/system and /etc/ufw are additionally
+# covered with empty tmpfs mounts. systemctl is a stand-in on PATH that only records its arguments.
 #
 # Usage (as root):
 #   bash Tests/install/install-test.sh                 # installs .build/debug/virtgate (or $VIRTGATE)
@@ -58,7 +59,7 @@ outer_cleanup() {
 # real_state: what must stay the same on the real machine (paths, the root namespace's ruleset).
 real_state() {
     local p
-    for p in /etc/libvirt/hooks /usr/local/sbin /etc/virtgate /run/virtgate; do
+    for p in /etc/libvirt/hooks /usr/local/sbin /etc/virtgate /run/virtgate /etc/systemd/system /etc/ufw; do
         if [ -e "$p" ]; then find "$p" -printf '%p %y %l %m %s %T@\n' 2>/dev/null | sort; else echo "$p absent"; fi
     done
     iptables-save 2>/dev/null | sed -e 's/\[[0-9]*:[0-9]*\]//' -e '/^#/d'
@@ -130,7 +131,7 @@ main_outer() {
     ip netns del "$NS"
     after=$(real_state)
     if [ "$before" = "$after" ]; then
-        ok "real machine untouched: /etc/libvirt/hooks, /usr/local/sbin, /etc/virtgate, /run/virtgate, root-namespace ruleset"
+        ok "real machine untouched: /etc/libvirt/hooks, /usr/local/sbin, /etc/virtgate, /run/virtgate, /etc/systemd/system, /etc/ufw, root-namespace ruleset"
     else
         not_ok "real machine untouched"
         diff <(echo "$before") <(echo "$after") | head -20 | diag
@@ -184,6 +185,11 @@ scenario() {
     STATE=$S/run/virtgate
     BIN=$SBIN/virtgate
     CONF=$ETC/virtgate.conf
+    # As on a Debian host, the systemd unit directory exists; UFW's directory only where a scenario
+    # creates it.
+    SYSD=$S/etc/systemd/system
+    UFW=$S/etc/ufw
+    mkdir -p "$SYSD"
     RUNS=0
     echo "# scenario $1"
 }
@@ -195,7 +201,7 @@ installer() {
     OUT=$TMP/logs/${S##*/}.out.$RUNS
     ERR=$TMP/logs/${S##*/}.err.$RUNS
     env VIRTGATE_HOOKS_DIR="$HOOKS" VIRTGATE_SBIN="$SBIN" VIRTGATE_ETC="$ETC" VIRTGATE_RUN_LIBVIRT="$RUNLV" \
-        VIRTGATE_STATE_DIR="$STATE" VIRTGATE_SKIP_APT="${INSTALL_SKIP_APT-1}" VIRTGATE_BINARY="${INSTALL_BINARY-$VG_BIN}" \
+        VIRTGATE_STATE_DIR="$STATE" VIRTGATE_SYSTEMD_DIR="$SYSD" VIRTGATE_UFW_DIR="$UFW" VIRTGATE_SKIP_APT="${INSTALL_SKIP_APT-1}" VIRTGATE_BINARY="${INSTALL_BINARY-$VG_BIN}" \
         VIRTGATE_SYSLOG=no PATH="${INSTALL_PATH:-$PATH}" \
         bash "$INSTALL" "$@" >"$OUT" 2>"$ERR" </dev/null
     RC=$?
@@ -272,6 +278,11 @@ t_fresh() {
     check "fresh install: libvirt told to re-read hooks (fake virtnetworkd got SIGHUP)" daemon_got_hup
     check "fresh install: output says the SIGHUP was sent" said "sent SIGHUP to virtnetworkd"
     check "fresh install: output says there is no running network or guest" said "no running libvirt network or guest"
+    check "fresh install: the three systemd units are installed into \$VIRTGATE_SYSTEMD_DIR" \
+        eval '[ -f "$SYSD/virtgate-leases.path" ] && [ -f "$SYSD/virtgate-reapply.service" ] && [ -f "$SYSD/virtgate-sync.service" ]'
+    check "fresh install: systemd not running (pid namespace): says so, units not enabled" said "systemd is not running here"
+    check "fresh install: no UFW directory: no after.init created, and it says so" \
+        eval '[ ! -e "$UFW" ] && said "no after.init block"'
 
     second_before=$(listing_full "$S")
     start_daemon
@@ -539,6 +550,289 @@ STUB
     installer --uninstall
 }
 
+# -------------------------------------------------------------------------------------------------
+# systemd units and UFW's after.init
+
+# A stand-in systemctl (first on PATH): appends its arguments to $TMP/systemctl.calls and keeps the
+# enabled/active state of units as files, so that is-enabled/is-active answer like systemd would.
+make_systemctl_standin() {
+    SYSBIN=$TMP/sysbin
+    SYSCALLS=$TMP/systemctl.calls
+    mkdir -p "$SYSBIN" "$TMP/systemctl.state"
+    cat >"$SYSBIN/systemctl" <<STUB
+#!/bin/sh
+echo "\$*" >>"$SYSCALLS"
+st=$TMP/systemctl.state
+cmd=\$1; shift
+now=; units=
+for a; do case \$a in --quiet|-q) ;; --now) now=1 ;; *) units="\$units \$a" ;; esac; done
+for u in \$units; do
+    case \$cmd in
+        is-enabled) [ -e "\$st/enabled.\$u" ] || exit 1 ;;
+        is-active) [ -e "\$st/active.\$u" ] || exit 3 ;;
+        enable) touch "\$st/enabled.\$u"; [ -z "\$now" ] || touch "\$st/active.\$u" ;;
+        disable) rm -f "\$st/enabled.\$u"; [ -z "\$now" ] || rm -f "\$st/active.\$u" ;;
+        start) touch "\$st/active.\$u" ;;
+        stop) rm -f "\$st/active.\$u" ;;
+    esac
+done
+exit 0
+STUB
+    chmod 0755 "$SYSBIN/systemctl"
+}
+# changing_calls: the recorded systemctl calls, without the queries (is-enabled, is-active).
+changing_calls() { grep -v '^is-' "$SYSCALLS" 2>/dev/null; }
+# rendered FILE: the shipped file as install.sh installs it for this scenario's $BIN.
+rendered() { sed "s|/usr/local/sbin/virtgate|$BIN|g" "$1"; }
+unit_has() { grep -qxF -- "$2" "$SYSD/$1"; }
+
+t_units() {
+    scenario units
+    make_systemctl_standin
+    # "systemd is running", as install.sh tests it, only in this mount namespace's private /run.
+    mkdir -p /run/systemd/system
+    local tree_before u
+    tree_before=$(listing "$S")
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer --dry-run
+    installed_ok "units: install --dry-run succeeds"
+    check "units: --dry-run installs no unit and makes no systemctl change" \
+        eval '[ ! -e "$SYSD/virtgate-leases.path" ] && ! changing_calls | grep -q .' || diag <"$SYSCALLS"
+    check "units: --dry-run names each unit and the systemctl commands it would run" \
+        eval 'said "would install $SYSD/virtgate-leases.path" && said "would install $SYSD/virtgate-sync.service" && said "would install $SYSD/virtgate-reapply.service" && said "would run systemctl daemon-reload" && said "would run systemctl enable --now virtgate-leases.path" && said "would run systemctl enable virtgate-sync.service"' \
+        || show_run
+
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer
+    installed_ok "units: install succeeds"
+    for u in virtgate-leases.path virtgate-reapply.service virtgate-sync.service; do
+        check "units: $u installed (mode 0644): hooks/$u with $BIN for /usr/local/sbin/virtgate" \
+            eval '[ "$(stat -c %a "$SYSD/$u" 2>/dev/null)" = 644 ] && cmp -s <(rendered "$ROOT/hooks/$u") "$SYSD/$u"'
+    done
+    check "units: virtgate-leases.path watches /var/lib/libvirt/dnsmasq and starts virtgate-reapply.service" \
+        eval 'unit_has virtgate-leases.path PathModified=/var/lib/libvirt/dnsmasq && unit_has virtgate-leases.path Unit=virtgate-reapply.service && unit_has virtgate-leases.path WantedBy=paths.target'
+    check "units: virtgate-reapply.service is a oneshot running '$BIN reapply' after libvirt's daemons" \
+        eval 'unit_has virtgate-reapply.service Type=oneshot && unit_has virtgate-reapply.service "ExecStart=$BIN reapply" && grep -q "^After=.*libvirtd.service" "$SYSD/virtgate-reapply.service" && grep -q "^After=.*virtnetworkd.service" "$SYSD/virtgate-reapply.service"'
+    check "units: virtgate-sync.service: oneshot, RemainAfterExit, sync on start, reapply on reload" \
+        eval 'unit_has virtgate-sync.service Type=oneshot && unit_has virtgate-sync.service RemainAfterExit=yes && unit_has virtgate-sync.service "ExecStart=$BIN sync" && unit_has virtgate-sync.service "ExecReload=$BIN reapply"'
+    check "units: virtgate-sync.service: after UFW and libvirt's daemons, reload propagated from ufw.service, wanted by multi-user.target" \
+        eval 'unit_has virtgate-sync.service "After=ufw.service libvirtd.service virtqemud.service virtnetworkd.service" && unit_has virtgate-sync.service ReloadPropagatedFrom=ufw.service && unit_has virtgate-sync.service WantedBy=multi-user.target'
+    check "units: no unit pulls anything in or is stopped with UFW (no Wants=, Requires=, BindsTo=, PartOf=)" \
+        eval '! grep -qE "^(Wants|Requires|Requisite|BindsTo|PartOf)=" "$SYSD"/virtgate-*'
+    if command -v systemd-analyze >/dev/null; then
+        local verify
+        verify=$(systemd-analyze verify "$SYSD/virtgate-leases.path" "$SYSD/virtgate-reapply.service" "$SYSD/virtgate-sync.service" 2>&1 \
+            | grep -F "$SYSD" || true)
+        check "units: systemd-analyze verify finds nothing to say about them" test -z "$verify" || echo "$verify" | diag
+    fi
+    same "units: systemctl calls: daemon-reload, enable --now virtgate-leases.path, enable virtgate-sync.service (sync not started)" \
+        "$(printf 'daemon-reload\nenable --now virtgate-leases.path\nenable virtgate-sync.service')" "$(changing_calls)"
+    check "units: install says the sync runs at boot, not now" said "virtgate-sync.service: enabled; it runs virtgate sync at boot"
+
+    local second
+    second=$(listing_full "$S")
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer
+    installed_ok "units: second install succeeds"
+    same "units: second install changes no file" "$second" "$(listing_full "$S")"
+    same "units: second install makes no systemctl change (units already enabled)" "" "$(changing_calls)"
+    check "units: second install says nothing changed" said "nothing changed"
+
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer --uninstall --dry-run
+    installed_ok "units: --uninstall --dry-run succeeds"
+    same "units: --uninstall --dry-run changes no file" "$second" "$(listing_full "$S")"
+    same "units: --uninstall --dry-run makes no systemctl change" "" "$(changing_calls)"
+    check "units: --uninstall --dry-run says it would disable both and remove the files" \
+        eval 'said "would run systemctl disable --now virtgate-leases.path" && said "would run systemctl disable --now virtgate-sync.service" && said "would remove $SYSD/virtgate-reapply.service"'
+
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer --uninstall
+    installed_ok "units: --uninstall succeeds"
+    check "units: --uninstall removed the three unit files" eval '! ls "$SYSD" | grep -q virtgate'
+    same "units: --uninstall systemctl calls: disable --now the path, then the sync, then daemon-reload" \
+        "$(printf 'disable --now virtgate-leases.path\ndisable --now virtgate-sync.service\ndaemon-reload')" "$(changing_calls)"
+    same "units: --uninstall leaves the tree as before install" "$tree_before" "$(listing "$S")"
+    : >"$SYSCALLS"
+    INSTALL_PATH="$SYSBIN:$PATH" installer --uninstall
+    same "units: a second --uninstall makes no systemctl change" "" "$(changing_calls)"
+    rm -r /run/systemd
+}
+
+# Stand-ins for the installed binary: virtgate_standin EXIT writes a $BIN that appends "virtgate ARGS"
+# to $ORDER_LOG, says something on stderr and exits EXIT. A stand-in logger records what it is sent.
+virtgate_standin() {
+    rm -f "$BIN"
+    printf '#!/bin/sh\necho "virtgate $*" >>"%s"\necho "stand-in virtgate says: failing on purpose" >&2\nexit %s\n' \
+        "$ORDER_LOG" "$1" >"$BIN"
+    chmod 0755 "$BIN"
+}
+logger_standin() {
+    LOGBIN=$TMP/logbin
+    mkdir -p "$LOGBIN"
+    printf '#!/bin/sh\n{ echo "logger $*"; cat; } >>"%s"\n' "$TMP/logger.log" >"$LOGBIN/logger"
+    chmod 0755 "$LOGBIN/logger"
+}
+# run_after_init ARG: runs $UFW/after.init ARG as ufw-init does (executed directly); sets AI_RC.
+run_after_init() {
+    env -i PATH="${LOGBIN:-$TMP/none}:$LIBVIRT_PATH" "$UFW/after.init" "$1" >"$TMP/after-init.out" 2>&1
+    AI_RC=$?
+}
+block_count() { grep -cxF '# BEGIN virtgate' "$UFW/after.init"; }
+# block_is_shipped: the block in after.init is hooks/ufw-after.init.sh for this scenario's $BIN.
+block_is_shipped() {
+    cmp -s <(sed -n '/^# BEGIN virtgate$/,/^# END virtgate$/p' "$UFW/after.init") <(rendered "$ROOT/hooks/ufw-after.init.sh")
+}
+
+# after_init_behaviour WHAT EXPECTED-ORDER: the installed after.init runs virtgate reapply on start,
+# stop and flush-all, not on status; exits 0 when virtgate fails or is missing; logs a failure.
+# EXPECTED-ORDER is what a start must leave in $ORDER_LOG. Puts the real binary back afterwards.
+after_init_behaviour() {
+    local what=$1 order=$2 arg
+    logger_standin
+    : >"$TMP/logger.log"
+    virtgate_standin 3
+    for arg in start stop flush-all; do
+        : >"$ORDER_LOG"
+        run_after_init "$arg"
+        check "$what: 'after.init $arg' exits 0 although virtgate fails (exit 3)" test "$AI_RC" -eq 0 \
+            || diag <"$TMP/after-init.out"
+        check "$what: 'after.init $arg' ran virtgate reapply" grep -qx "virtgate reapply" "$ORDER_LOG"
+    done
+    check "$what: the failure went to syslog: logger -t virtgate, with virtgate's message" \
+        eval 'grep -q "^logger -t virtgate" "$TMP/logger.log" && grep -q "virtgate reapply failed (exit 3)" "$TMP/logger.log" && grep -q "failing on purpose" "$TMP/logger.log"' \
+        || diag <"$TMP/logger.log"
+    : >"$ORDER_LOG"
+    run_after_init status
+    check "$what: 'after.init status' exits 0 and does not run virtgate" eval '[ "$AI_RC" -eq 0 ] && [ ! -s "$ORDER_LOG" ]'
+    virtgate_standin 0
+    : >"$ORDER_LOG"; : >"$TMP/logger.log"
+    run_after_init start
+    same "$what: 'after.init start' with a recording virtgate: runs (in this order)" "$order" "$(cat "$ORDER_LOG")"
+    check "$what: a successful reapply logs nothing extra" test ! -s "$TMP/logger.log"
+    rm -f "$BIN"
+    LOGBIN=$TMP/none
+    run_after_init start
+    check "$what: 'after.init start' exits 0 when the binary is missing" test "$AI_RC" -eq 0
+    unset LOGBIN
+    install -m 0755 "$VG_BIN" "$BIN"
+}
+
+t_after_init_created() {
+    scenario ufw-new
+    mkdir -p "$UFW"
+    ORDER_LOG=$TMP/order.log
+    local before
+    before=$(listing "$S")
+    installer
+    installed_ok "after.init (none before): install succeeds"
+    check "after.init (none before): created with mode 0755, and the output says so" \
+        eval '[ "$(stat -c %a "$UFW/after.init" 2>/dev/null)" = 755 ] && said "created $UFW/after.init"'
+    check "after.init (none before): sh -n passes" sh -n "$UFW/after.init"
+    check "after.init (none before): #!/bin/sh, case \"\$1\" in ... esac, the block once, exit 0 last" \
+        eval '[ "$(head -n 1 "$UFW/after.init")" = "#!/bin/sh" ] && grep -qx "case \"\$1\" in" "$UFW/after.init" && grep -qx esac "$UFW/after.init" && [ "$(block_count)" = 1 ] && [ "$(tail -n 1 "$UFW/after.init")" = "exit 0" ]'
+    check "after.init (none before): the block is hooks/ufw-after.init.sh with the installed binary's path" block_is_shipped
+    after_init_behaviour "after.init (none before)" "virtgate reapply"
+    local second
+    second=$(listing_full "$S")
+    installer
+    installed_ok "after.init (none before): second install succeeds"
+    same "after.init (none before): second install leaves after.init (and all) identical" "$second" "$(listing_full "$S")"
+    installer --uninstall
+    installed_ok "after.init (none before): --uninstall succeeds"
+    check "after.init (none before): --uninstall removed the file it created" \
+        eval '[ ! -e "$UFW/after.init" ] && said "removed $UFW/after.init"'
+    same "after.init (none before): --uninstall leaves the tree as before (UFW's directory kept)" "$before" "$(listing "$S")"
+
+    # The admin added a line to the file install.sh created: uninstall removes only the block.
+    installer
+    sed -i 's|^start)$|start)\n    echo admin >/dev/null|' "$UFW/after.init"
+    installer --uninstall
+    check "after.init (created, then edited by the admin): --uninstall keeps the file, without the block, with the admin's line" \
+        eval '[ -f "$UFW/after.init" ] && [ "$(block_count)" = 0 ] && grep -qx "    echo admin >/dev/null" "$UFW/after.init" && said "kept $UFW/after.init"' \
+        || show_run
+    check "after.init (created, then edited): still valid (sh -n)" sh -n "$UFW/after.init"
+}
+
+t_after_init_stock() {
+    # Debian 12's after.init as ufw 0.36.2 installs it (mode 0640: UFW does not run it), plus a line of
+    # the admin's own in the start branch.
+    scenario ufw-stock
+    mkdir -p "$UFW"
+    ORDER_LOG=$TMP/order.log
+    if [ -f /usr/share/ufw/after.init ]; then
+        check "fixture ufw-after.init is this machine's /usr/share/ufw/after.init (ufw's template)" \
+            cmp -s "$FIXTURES/ufw-after.init" /usr/share/ufw/after.init
+    fi
+    sed "s|^start)\$|start)\n    echo admin-start >>$ORDER_LOG|" "$FIXTURES/ufw-after.init" >"$UFW/after.init"
+    chmod 0640 "$UFW/after.init"
+    cp -p "$UFW/after.init" "$TMP/after.init.orig"
+    local before
+    before=$(listing "$S")
+    installer
+    installed_ok "after.init (Debian's): install succeeds"
+    check "after.init (Debian's): the block was added once, and the output says so" \
+        eval '[ "$(block_count)" = 1 ] && said "added virtgate'"'"'s block to $UFW/after.init"'
+    check "after.init (Debian's): the block is hooks/ufw-after.init.sh with the installed binary's path" block_is_shipped
+    check "after.init (Debian's): without the block, the file is byte for byte the original (admin's line kept)" \
+        eval 'cmp -s <(sed "/^# BEGIN virtgate\$/,/^# END virtgate\$/d" "$UFW/after.init") "$TMP/after.init.orig"'
+    check "after.init (Debian's): the block comes after the case ... esac (after the admin's commands)" \
+        eval '[ "$(tail -n 1 "$UFW/after.init")" = "# END virtgate" ] && [ "$(grep -nx esac "$UFW/after.init" | head -n 1 | cut -d: -f1)" -lt "$(grep -nxF "# BEGIN virtgate" "$UFW/after.init" | cut -d: -f1)" ]'
+    check "after.init (Debian's): made executable 0640 -> 0750 (UFW runs it only then), and the output says so" \
+        eval '[ "$(stat -c %a "$UFW/after.init")" = 750 ] && said "made $UFW/after.init executable (640 -> 750)"'
+    check "after.init (Debian's): sh -n passes" sh -n "$UFW/after.init"
+    if command -v dash >/dev/null; then check "after.init (Debian's): dash -n passes" dash -n "$UFW/after.init"; fi
+    after_init_behaviour "after.init (Debian's)" "$(printf 'admin-start\nvirtgate reapply')"
+
+    local second
+    second=$(listing_full "$S")
+    installer
+    installed_ok "after.init (Debian's): second install succeeds"
+    same "after.init (Debian's): second install leaves the file identical (bytes, mode, times)" "$second" "$(listing_full "$S")"
+    installer --uninstall --dry-run
+    same "after.init (Debian's): --uninstall --dry-run changes nothing" "$second" "$(listing_full "$S")"
+    check "after.init (Debian's): --uninstall --dry-run says it would remove the block and restore the mode" \
+        eval 'said "would remove virtgate'"'"'s block from $UFW/after.init" && said "would restore the mode of $UFW/after.init (640)"'
+    installer --uninstall
+    installed_ok "after.init (Debian's): --uninstall succeeds"
+    check "after.init (Debian's): --uninstall restores the original bytes exactly" cmp "$UFW/after.init" "$TMP/after.init.orig"
+    check "after.init (Debian's): --uninstall restores mode 0640" eval '[ "$(stat -c %a "$UFW/after.init")" = 640 ]'
+    same "after.init (Debian's): --uninstall leaves the tree as before" "$before" "$(listing "$S")"
+}
+
+t_after_init_edges() {
+    scenario ufw-edges
+    mkdir -p "$UFW"
+    # An admin's executable after.init ending in "exit 0" and without a final newline.
+    printf '#!/bin/sh\nset -eu\necho "$1" >/dev/null\nexit 0' >"$UFW/after.init"
+    chmod 0755 "$UFW/after.init"
+    cp -p "$UFW/after.init" "$TMP/after.init.edge"
+    installer
+    installed_ok "after.init (ends in exit 0, no final newline): install succeeds"
+    check "after.init (ends in exit 0): the block goes before the final exit 0; sh -n passes; mode kept" \
+        eval '[ "$(tail -n 1 "$UFW/after.init")" = "exit 0" ] && [ "$(block_count)" = 1 ] && sh -n "$UFW/after.init" && [ "$(stat -c %a "$UFW/after.init")" = 755 ]'
+    ORDER_LOG=$TMP/order.log
+    virtgate_standin 0
+    : >"$ORDER_LOG"
+    run_after_init stop
+    check "after.init (set -eu, ends in exit 0): 'after.init stop' runs virtgate reapply and exits 0" \
+        eval '[ "$AI_RC" -eq 0 ] && grep -qx "virtgate reapply" "$ORDER_LOG"'
+    install -m 0755 "$VG_BIN" "$BIN"
+    installer --uninstall
+    check "after.init (no final newline): --uninstall restores the original bytes exactly" cmp "$UFW/after.init" "$TMP/after.init.edge"
+
+    # A broken block (BEGIN without END): install refuses with one clear line and changes nothing.
+    printf '#!/bin/sh\n# BEGIN virtgate\nexit 0\n' >"$UFW/after.init"
+    local tree
+    tree=$(listing_full "$UFW")
+    installer
+    check "after.init with a broken block: install fails with one error line naming it" \
+        eval '[ "$RC" -ne 0 ] && one_error_line && grep -q "broken virtgate block" "$ERR"' || show_run
+    same "after.init with a broken block: left untouched" "$tree" "$(listing_full "$UFW")"
+    rm -f "$UFW/after.init"
+    installer --uninstall
+}
+
 t_build() {
     # install.sh's real build path: a static release build (into .build-install/, git-ignored).
     scenario build
@@ -559,7 +853,7 @@ main_inner() {
     mount -t tmpfs -o size=16m tmpfs /run || { not_ok "tmpfs over /run in the private mount namespace"; exit 1; }
     mount -t tmpfs -o size=1m tmpfs /usr/local/sbin || { not_ok "tmpfs over /usr/local/sbin"; exit 1; }
     local p
-    for p in /etc/libvirt /etc/virtgate; do
+    for p in /etc/libvirt /etc/virtgate /etc/systemd/system /etc/ufw; do
         if [ -d "$p" ]; then mount -t tmpfs -o size=1m tmpfs "$p" || { not_ok "tmpfs over $p"; exit 1; }; fi
     done
     unset VIRTGATE_CONFIG VIRTGATE_STATE_DIR VIRTGATE_DRY_RUN VIRTGATE_ON_INVALID VIRTGATE_IPTABLES \
@@ -574,6 +868,10 @@ main_inner() {
     t_config_and_dry_run
     t_errors
     t_apt
+    t_units
+    t_after_init_created
+    t_after_init_stock
+    t_after_init_edges
     if [ "$WITH_BUILD" = yes ]; then t_build; fi
     echo done >"$TMP/inner-done"
 }
