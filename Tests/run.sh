@@ -51,6 +51,12 @@ count "$log/netns"
 bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin"
 count "$log/admin"
 
+bash Tests/integration/coexistence-test.sh 2>&1 | tee "$log/coexistence"
+count "$log/coexistence"
+
+bash Tests/e2e/e2e-test.sh 2>&1 | tee "$log/e2e"
+count "$log/e2e"
+
 echo
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
