@@ -52,7 +52,7 @@ enum HookEntry {
         let stdin = readStandardInput()
         let local: LocalContext
         do {
-            local = try LocalContext(settings: settings)
+            local = try LocalContext(settings: settings, log: log)
         } catch {
             log.error("\(invocation.summary): \(error)")
             return invocation.operation == "reconnect" ? 0 : (settings.onInvalid == .refuse ? 1 : 0)

@@ -7,13 +7,13 @@ struct LocalContext {
     let log: Log
     let firewall: Firewall
 
-    init(settings: Settings) throws {
+    init(settings: Settings, log: Log? = nil) throws {
         self.settings = settings
-        log = Log(syslog: settings.syslog)
+        self.log = log ?? Log(syslog: settings.syslog)
         guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
             throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
         }
-        firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: log)
+        firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: self.log)
     }
 
     static func load() async throws -> LocalContext {

@@ -48,8 +48,8 @@ extension VirtGate {
                 try context.store.prepare()
                 for (name, xml) in state.networkXML { try context.store.rememberNetwork(name, xml: xml) }
                 for (name, xml) in state.guestXML { try context.store.rememberGuest(name, xml: xml) }
-                for remembered in context.store.guests() where state.guestXML[remembered.name] == nil {
-                    context.store.forgetGuest(remembered.name)
+                for remembered in context.store.guestNames() where state.guestXML[remembered] == nil {
+                    context.store.forgetGuest(remembered)
                 }
             } catch {
                 context.log.warning("cannot update \(context.store.directory): \(error)")

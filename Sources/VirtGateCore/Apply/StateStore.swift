@@ -31,6 +31,12 @@ public struct StateStore: Sendable {
     /// Remembered guests, by name.
     public func guests() -> [(name: String, xml: String)] { list("guests") }
 
+    /// Names of remembered guests, from the directory listing alone (no file is read).
+    public func guestNames() -> [String] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/guests")) ?? []
+        return files.filter { $0.hasSuffix(".xml") }.map { String($0.dropLast(4)) }.sorted()
+    }
+
     /// Remembered networks, by name.
     public func networks() -> [(name: String, xml: String)] { list("networks") }
 

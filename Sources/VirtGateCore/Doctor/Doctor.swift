@@ -90,7 +90,7 @@ public enum Doctor {
             if let desired = facts.desired {
                 let text = IptablesTransaction.render(from: snapshot, to: desired)
                 let owned = snapshot.ownerChains
-                let chainsDiffer = owned.mapValues { $0 } != desired.filter { !$0.value.isEmpty }.mapValues { $0 }
+                let chainsDiffer = owned != desired.filter { !$0.value.isEmpty }
                 if chainsDiffer {
                     findings.append(Finding(
                         id: "rules-drift",

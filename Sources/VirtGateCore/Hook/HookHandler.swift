@@ -92,7 +92,7 @@ public struct HookHandler: Sendable {
         }
         let addresses = FileAddressBook(store: store, settings: settings)
         var names: [String: String] = [:]
-        for remembered in store.guests() { names[ChainNames.id(for: remembered.name)] = remembered.name }
+        for remembered in store.guestNames() { names[ChainNames.id(for: remembered)] = remembered }
         var guestPlan: GuestPlan?
         var refused = false
         // Planned under the lock, against the kernel's rules: other guests' forwards there decide
