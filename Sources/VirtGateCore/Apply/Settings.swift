@@ -19,6 +19,11 @@ public struct Settings: Sendable {
     public var dryRun = false
     /// nil: the variant `/usr/sbin/iptables` points to.
     public var iptablesVariant: IptablesVariant?
+    /// nil: chosen from what the host has (see `BackendChoice`).
+    public var backend: BackendKind?
+    /// The conntrack mark bit the nft backend sets on connections it DNATs, so one filter rule can
+    /// admit exactly them. Must not be used by anything else on the host.
+    public var connectionMark: UInt32 = 0x0020_0000
     public var syslog = true
     public var stateDirectory = "/run/virtgate"
     public var networkRunDirectory = "/run/libvirt/network"
@@ -70,6 +75,19 @@ public struct Settings: Sendable {
             }
             settings.iptablesVariant = variant
         }
+        if let (text, origin) = value("backend"), text != "auto" {
+            guard let kind = BackendKind(rawValue: text) else {
+                throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected auto, iptables or nft")
+            }
+            settings.backend = kind
+        }
+        if let (text, origin) = value("connectionMark") {
+            let digits = text.lowercased().hasPrefix("0x") ? text.dropFirst(2) : Substring(text)
+            guard let mark = UInt32(digits, radix: 16), mark.nonzeroBitCount == 1 else {
+                throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected one bit in hex, e.g. 0x00200000")
+            }
+            settings.connectionMark = mark
+        }
         settings.masqueradeRoutedNetworks = try flag("masqueradeRouted") ?? false
         settings.dryRun = try flag("dryRun") ?? false
         settings.syslog = try flag("syslog") ?? true
@@ -80,6 +98,15 @@ public struct Settings: Sendable {
         settings.dnsmasqDirectory = environment["VIRTGATE_DNSMASQ_DIR"] ?? settings.dnsmasqDirectory
         return settings
     }
+}
+
+/// Where virtgate's NAT lives. Filtering always goes where the host's DROP is (see README).
+public enum BackendKind: String, Sendable, CaseIterable {
+    /// Everything in iptables chains: one `iptables-restore` per event.
+    case iptables
+    /// DNAT and hairpin masquerade through maps in virtgate's own `table inet virtgate`: the cost of
+    /// a new connection does not grow with the number of forwards.
+    case nft
 }
 
 extension String {
