@@ -23,8 +23,8 @@ public struct LibvirtState: Sendable {
                 guard let bridge = definition.bridge else { continue }
                 do {
                     for lease in try network.dhcpLeases() {
-                        if let mac = MACAddress(lease.mac), let address = IPv4Address(lease.ipAddress) {
-                            state.input.leases[bridge, default: [:]][mac] = address
+                        if let mac = MACAddress(lease.mac), let address = IPAddress(lease.ipAddress) {
+                            state.input.leases[bridge, default: [:]][mac, default: []].append(address)
                         }
                     }
                 } catch {
@@ -57,8 +57,8 @@ public struct LibvirtState: Sendable {
             guard let bridge = nic.bridge ?? nic.network.flatMap({ name in input.networks.first { $0.name == name }?.bridge }),
                   input.leases[bridge]?[nic.mac] == nil,
                   let entry = interfaces.first(where: { MACAddress($0.mac) == nic.mac }),
-                  let address = entry.addresses.lazy.compactMap(IPv4Address.init).first else { continue }
-            input.leases[bridge, default: [:]][nic.mac] = address
+                  case let addresses = entry.addresses.compactMap(IPAddress.init), !addresses.isEmpty else { continue }
+            input.leases[bridge, default: [:]][nic.mac] = addresses
         }
     }
 

@@ -5,7 +5,7 @@ import Testing
 struct DoctorTests {
     static let network = NetworkDefinition(
         name: "default", bridge: "virbr0", mode: .nat,
-        subnets: [.init(gateway: IPv4Address("192.168.122.1")!, network: IPv4Network(parsing: "192.168.122.0/24")!)],
+        subnets: [.init(gateway: IPAddress("192.168.122.1")!, network: IPNetwork(parsing: "192.168.122.0/24")!)],
         reservations: [:])
 
     static var networkChains: DesiredChains {
@@ -35,6 +35,18 @@ struct DoctorTests {
         -A VIRTGATE-FWD -j VGN-default
         COMMIT
         """)
+        facts.snapshot!.add(parsing: """
+        *filter
+        :INPUT DROP [0:0]
+        :FORWARD DROP [0:0]
+        :OUTPUT ACCEPT [0:0]
+        :VGN-default - [0:0]
+        :VIRTGATE-FWD - [0:0]
+        -A FORWARD -j VIRTGATE-FWD
+        -A VGN-default -i virbr0 -o virbr0 -j ACCEPT
+        -A VIRTGATE-FWD -j VGN-default
+        COMMIT
+        """, family: .v6)
         facts.ufwActive = true
         facts.ufwInstalled = true
         facts.afterInitIntegrated = true

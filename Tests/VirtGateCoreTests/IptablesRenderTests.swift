@@ -22,6 +22,7 @@ struct IptablesRenderTests {
         Case(golden: "isolated.rules", networks: ["network-isolated.xml"]),
         Case(golden: "bad-guest.rules", networks: ["network-default.xml"], domain: "domain-bad.xml"),
         Case(golden: "long-name-guest.rules", networks: ["network-default.xml"], domain: "domain-long-name.xml"),
+        Case(golden: "dual-stack.rules", networks: ["network-dual.xml"], domain: "domain-web6-start.xml"),
     ]
 
     /// The chains a case wants, as the hook would compute them.

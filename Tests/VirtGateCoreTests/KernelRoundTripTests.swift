@@ -43,13 +43,17 @@ struct KernelRoundTripTests {
         let backend = IptablesBackend(variant: variant, runner: NamespaceRunner(namespace: namespace, base: runner))
 
         let desired = try IptablesRenderTests.desired(testCase)
-        let first = IptablesTransaction.render(from: try await backend.snapshot(), to: desired)
-        try await backend.restore(first)
+        let empty = try await backend.snapshot()
+        for family in IPFamily.allCases {
+            try await backend.restore(IptablesTransaction.render(from: empty, to: desired, family: family), family: family)
+        }
         let applied = try await backend.snapshot()
         #expect(applied.ownerChains == desired.filter { !$0.value.isEmpty })
         #expect(IptablesTransaction.render(from: applied, to: desired) == "", "iptables-save must print our rules verbatim")
 
-        try await backend.restore(IptablesTransaction.render(from: applied, to: [:]))
+        for family in IPFamily.allCases {
+            try await backend.restore(IptablesTransaction.render(from: applied, to: [:], family: family), family: family)
+        }
         let removed = try await backend.snapshot()
         for table in removed.tables.values {
             #expect(!table.chains.contains(where: ChainNames.isOwned))

@@ -286,8 +286,8 @@ struct OverridingAddressBook: AddressBook {
         name == network.name ? network : base.network(named: name)
     }
 
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? {
-        base.leasedAddress(bridge: bridge, mac: mac)
+    func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        base.leasedAddress(bridge: bridge, mac: mac, family: family)
     }
 }
 

@@ -6,9 +6,9 @@ public struct SyncInput: Sendable {
     public var networks: [NetworkDefinition]
     public var guests: [GuestDefinition]
     /// DHCP leases by bridge, as libvirt reports them.
-    public var leases: [String: [MACAddress: IPv4Address]]
+    public var leases: [String: [MACAddress: [IPAddress]]]
 
-    public init(networks: [NetworkDefinition], guests: [GuestDefinition], leases: [String: [MACAddress: IPv4Address]]) {
+    public init(networks: [NetworkDefinition], guests: [GuestDefinition], leases: [String: [MACAddress: [IPAddress]]]) {
         self.networks = networks
         self.guests = guests
         self.leases = leases
@@ -29,7 +29,9 @@ public struct SyncAddressBook: AddressBook {
     public init(input: SyncInput) { self.input = input }
 
     public func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
-    public func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { input.leases[bridge]?[mac] }
+    public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        input.leases[bridge]?[mac]?.first { $0.family == family }
+    }
 }
 
 public enum SyncPlanner {
