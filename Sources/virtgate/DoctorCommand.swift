@@ -46,7 +46,7 @@ extension VirtGate {
             } catch {
                 facts.snapshotError = "\(error)"
             }
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, log: local.log, dryRun: true) { _ in }
+            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: true) { _ in }
             let remembered = handler.rememberedState()
             // Active networks: libvirt's own run directory, plus what the network hook reported.
             var networks = remembered.networks

@@ -18,7 +18,7 @@ extension VirtGate {
 
         func run() async throws {
             let local = try await LocalContext.load()
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, log: local.log, dryRun: dryRun) {
+            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: dryRun) {
                 writeAll(1, $0)
             }
             guard await handler.reapplyAll() else { throw ExitCode(1) }

@@ -40,6 +40,9 @@ public enum Intent: Hashable, Sendable {
     case allowReplies(bridge: String, subnet: IPNetwork)
     /// Source NAT for `route`/`open` networks when the admin enabled it (libvirt does it for `nat`).
     case masquerade(subnet: IPNetwork)
+    /// With the nftables backend: connections its DNAT maps forwarded (they carry `mark` in their
+    /// conntrack mark) may enter the bridge. One rule stands for every forward's `allowForwarded`.
+    case allowMarkedForwards(bridge: String, mark: UInt32)
 
     // Guest intents.
     /// Rewrite the destination of matching new connections to the guest.

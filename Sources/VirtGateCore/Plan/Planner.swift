@@ -8,9 +8,12 @@ public protocol AddressBook {
 public struct PlannerSettings: Hashable, Sendable {
     /// Add a masquerade for `route` and `open` networks (libvirt already masquerades `nat` ones).
     public var masqueradeRoutedNetworks = false
+    /// The conntrack mark of the nftables backend's DNATs; nil with the iptables backend.
+    public var forwardMark: UInt32?
 
-    public init(masqueradeRoutedNetworks: Bool = false) {
+    public init(masqueradeRoutedNetworks: Bool = false, forwardMark: UInt32? = nil) {
         self.masqueradeRoutedNetworks = masqueradeRoutedNetworks
+        self.forwardMark = forwardMark
     }
 }
 
@@ -25,8 +28,12 @@ public enum Planner {
                     intents.append(.allowOutbound(bridge: bridge, subnet: subnet.network))
                     intents.append(.allowReplies(bridge: bridge, subnet: subnet.network))
                 }
+                if let mark = settings.forwardMark {
+                    intents.append(.allowMarkedForwards(bridge: bridge, mark: mark))
+                }
                 if settings.masqueradeRoutedNetworks, network.mode == .route || network.mode == .open {
-                    intents += network.subnets.map { .masquerade(subnet: $0.network) }
+                    // IPv4 only: IPv6 subnets are routed as they are (no NAT66).
+                    intents += network.subnets.filter { $0.network.family == .v4 }.map { .masquerade(subnet: $0.network) }
                 }
             case .isolated:
                 intents.append(.allowIntraBridge(bridge: bridge))

@@ -16,10 +16,19 @@ public struct SyncInput: Sendable {
 }
 
 public struct SyncResult: Sendable {
+    /// Every network's and guest's iptables chains (the iptables backend's whole state).
     public var desired: DesiredChains
     public var networkPlans: [(network: NetworkDefinition, plan: OwnerPlan)]
     /// In planning order.
     public var guestPlans: [(guest: GuestDefinition, plan: GuestPlan)]
+
+    /// The nftables backend's whole state: networks' chains in iptables, guests' forwards as elements.
+    public var networkChains: DesiredChains { desired.withoutGuests }
+    public var elements: DesiredElements {
+        guestPlans.reduce(into: DesiredElements()) { result, entry in
+            result = NftTransaction.desired(result, replacing: entry.plan.plan.owner, with: NftRules.elements(for: entry.plan.plan))
+        }
+    }
 }
 
 /// Networks and leases as libvirt reported them, for planning outside hooks.

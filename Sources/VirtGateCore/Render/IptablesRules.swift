@@ -145,6 +145,11 @@ public enum IptablesRules {
                 append(.postrouting, .v4, "-s \(subnet) -d 224.0.0.0/24 -j RETURN")
                 append(.postrouting, .v4, "-s \(subnet) -d 255.255.255.255/32 -j RETURN")
                 append(.postrouting, .v4, "-s \(subnet) ! -d \(subnet) -j MASQUERADE")
+            case .allowMarkedForwards(let bridge, let mark):
+                let m = "0x" + String(mark, radix: 16)
+                for family in IPFamily.allCases {
+                    append(.forward, family, "-o \(bridge) -m connmark --mark \(m)/\(m) -m conntrack --ctstate DNAT -j ACCEPT")
+                }
             case .dnat(let forward):
                 let sources: [IPNetwork?] = forward.sources.isEmpty ? [nil] : forward.sources
                 for source in sources {
