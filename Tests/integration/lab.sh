@@ -21,6 +21,8 @@ LAB_NS_WAN=vgt-wan
 LAB_NS_G1=vgt-g1
 LAB_NS_G2=vgt-g2
 LAB_NAMESPACES="$LAB_NS_HOST $LAB_NS_WAN $LAB_NS_G1 $LAB_NS_G2"
+# The backend every virtgate run of a suite uses (VIRTGATE_BACKEND from the caller, else iptables).
+VG_BACKEND=${VIRTGATE_BACKEND:-iptables}
 
 LAB_BRIDGE=vgt-br0
 LAB_SUBNET=10.213.0.0/24
@@ -163,7 +165,10 @@ lab_delete_namespaces() {
 }
 
 lab_namespaces_left() {
-    ip netns list 2>/dev/null | awk '{print $1}' | grep '^vgt-' || true
+    local ns
+    for ns in $LAB_NAMESPACES; do
+        ip netns list 2>/dev/null | awk '{print $1}' | grep -x -- "$ns" || true
+    done
 }
 
 # Build the topology described at the top of this file. Returns non-zero on any error.
@@ -298,8 +303,16 @@ RULES
 
 # The host namespace's ruleset, counters and comments stripped: what "identical" and "baseline" compare.
 lab_ruleset() {
-    ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle' |
+    # IPv6: only virtgate's lines (UFW's own IPv6 chains settle on their first reload), marked as such.
+    ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle;
+        { ip6tables-save -t filter; ip6tables-save -t nat; } | grep -E "^[*]|VIRTGATE|VG[NMDFS]-" | sed "s/^/ip6 /";
+        nft list table inet virtgate 2>/dev/null' |
         sed -e 's/\[[0-9]*:[0-9]*\]//' | grep -v '^#'
+}
+
+# lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.
+lab_nft_owner_elements() {
+    ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null | grep -o "comment \"$1 #" | wc -l
 }
 
 # check_ruleset DESCRIPTION EXPECTED_FILE: the current ruleset must equal the saved one exactly.
@@ -493,6 +506,7 @@ vg_exec() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root USER=root LOGNAME=root \
         VIRTGATE_CONFIG="$VG_CONFIG" VIRTGATE_STATE_DIR="$VG_STATE" VIRTGATE_NETWORK_RUN_DIR="$VG_NET_RUN" \
         VIRTGATE_NETWORK_ETC_DIR="$VG_NET_ETC" VIRTGATE_DNSMASQ_DIR="$VG_DNSMASQ" VIRTGATE_SYSLOG=0 \
+        VIRTGATE_BACKEND="$VG_BACKEND" \
         "${VG_EXTRA_ENV[@]}" "$prog" "$@" <"$stdin" >"$VG_OUT" 2>"$VG_ERR"
     VG_RC=$?
 }

@@ -241,9 +241,14 @@ scenario_apply() {
         vg_hook "$LAB_FIXTURES/port-$g.xml" network vgtnet port-created begin -
         vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" start begin -
         vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" started begin -
-        check "apply: nat VGD-$g exists" lab_chain_exists nat "VGD-$g"
-        check "apply: filter VGF-$g exists" lab_chain_exists filter "VGF-$g"
-        check "apply: nat VGS-$g exists" lab_chain_exists nat "VGS-$g"
+        if [ "$VG_BACKEND" = nft ]; then
+            check "apply: $g owns elements of nft table inet virtgate" test "$(lab_nft_owner_elements "$g")" -gt 0
+            check "apply: $g has no iptables chains (nft backend)" sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -q -- 'VG[DFS]-$g'"
+        else
+            check "apply: nat VGD-$g exists" lab_chain_exists nat "VGD-$g"
+            check "apply: filter VGF-$g exists" lab_chain_exists filter "VGF-$g"
+            check "apply: nat VGS-$g exists" lab_chain_exists nat "VGS-$g"
+        fi
     done
     check_jump_positions "apply"
     lab_ruleset >"$LAB_TMP/applied.rules"
@@ -256,6 +261,14 @@ check_jump_positions() {
     local tag=$1 rule
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
+    if [ "$VG_BACKEND" = nft ]; then
+        # DNAT lives in nft base chains of virtgate's own table: there are no iptables nat jumps to keep first.
+        check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
+            "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
+        check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
+            "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
+        return
+    fi
     rule=$(lab_first_rule nat PREROUTING)
     check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT for --dst-type LOCAL ('$rule')" \
         sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
@@ -521,15 +534,24 @@ scenario_dry_run() {
     # a guest not applied yet: there is something to add
     sed 's|@FORWARD@||' "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$VG_XML/vgt-new.xml"
     vg_hook "$VG_XML/vgt-new.xml" --dry-run qemu vgt-bad start begin -
-    check_output "dry-run: --dry-run start of a new guest prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
-    check "dry-run: the printed input has the DNAT to 10.213.0.12:22" \
-        grep -q -- '--to-destination 10.213.0.12:22' "$VG_OUT"
+    if [ "$VG_BACKEND" = nft ]; then
+        check "dry-run: --dry-run start of a new guest prints the nft script" grep -q '^add element inet virtgate' "$VG_OUT"
+        check "dry-run: the printed script maps to 10.213.0.12 . 22" grep -q -- ': 10.213.0.12 . 22' "$VG_OUT"
+    else
+        check_output "dry-run: --dry-run start of a new guest prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+        check "dry-run: the printed input has the DNAT to 10.213.0.12:22" \
+            grep -q -- '--to-destination 10.213.0.12:22' "$VG_OUT"
+    fi
     check_ruleset "dry-run: --dry-run start of a new guest changed nothing" "$applied"
     expect_no_reply "dry-run: wan -> 198.18.0.1:2224 stays closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2224
 
     # an applied guest: there is something to remove
     vg_hook "$VG_XML/vgt-g1-stopped.xml" --dry-run qemu vgt-g1 stopped end -
-    check_output "dry-run: --dry-run stopped of g1 prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    if [ "$VG_BACKEND" = nft ]; then
+        check "dry-run: --dry-run stopped of g1 prints the nft script" grep -q '^delete element inet virtgate' "$VG_OUT"
+    else
+        check_output "dry-run: --dry-run stopped of g1 prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    fi
     check_ruleset "dry-run: --dry-run stopped of g1 changed nothing" "$applied"
 
     # an applied guest started again: nothing to do, nothing changed
@@ -542,7 +564,7 @@ scenario_dry_run() {
     # Called by libvirt, stdout is not read (and is the migrate/restore filter output): virtgate logs the
     # transaction instead, on stderr with VIRTGATE_SYSLOG=0. Accept it on either stream.
     check "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 via hooks/qemu prints the transaction (stdout or log)" \
-        grep -q 'COMMIT' "$VG_OUT" "$VG_ERR"
+        grep -q -e 'COMMIT' -e 'delete element' "$VG_OUT" "$VG_ERR"
     check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 changed nothing" "$applied"
     vg_hook_via "$VG_HOOKS/qemu.d/virtgate" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 release end -
     check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 release of g2 via hooks/qemu.d/virtgate changed nothing" "$applied"

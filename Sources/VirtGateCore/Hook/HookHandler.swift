@@ -43,9 +43,10 @@ public struct HookHandler: Sendable {
             guard let guest = parseGuest(name, stdin) else { return refuseOrPass() }
             return report(guest.problems) ? 0 : 1
         case .start, .started:
-            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0)
+            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0,
+                                     networks: invocation.operation == "started")
         case .reconnect, .attach:
-            return await assertGuest(name, stdin: stdin, failureStatus: 0)
+            return await assertGuest(name, stdin: stdin, failureStatus: 0, networks: invocation.operation == "reconnect")
         case .stopped, .release:
             // Remove by name only: the metadata may have changed while the guest ran.
             guard Names.isSafeObjectName(name) else {
@@ -86,7 +87,10 @@ public struct HookHandler: Sendable {
 
     func refuseOrPass() -> Int32 { settings.onInvalid == .refuse ? 1 : 0 }
 
-    func assertGuest(_ name: String, stdin: String, failureStatus: Int32) async -> Int32 {
+    /// `networks`: with the nftables backend, also re-assert the filter rules of the guest's networks
+    /// in iptables (on `started` and `reconnect`: libvirt has just put its own rules first again).
+    /// With iptables they always go in the guest's own transaction, at no extra cost.
+    func assertGuest(_ name: String, stdin: String, failureStatus: Int32, networks: Bool = false) async -> Int32 {
         guard let guest = parseGuest(name, stdin) else { return failureStatus }
         if settings.onInvalid == .refuse && !guest.problems.isEmpty {
             _ = report(guest.problems)
@@ -104,7 +108,8 @@ public struct HookHandler: Sendable {
         var names: [String: String] = [:]
         for remembered in store.guestNames() { names[ChainNames.id(for: remembered)] = remembered }
         if let nft = activeNft {
-            return await assertGuest(guest, nft: nft, addresses: addresses, names: names, failureStatus: failureStatus)
+            return await assertGuest(guest, nft: nft, addresses: addresses, names: names, failureStatus: failureStatus,
+                                     networks: networks)
         }
         var guestPlan: GuestPlan?
         var refused = false
@@ -145,7 +150,7 @@ public struct HookHandler: Sendable {
 
     /// The guest's forwards as map elements, planned against the elements other guests hold.
     func assertGuest(_ guest: GuestDefinition, nft: NftFirewall, addresses: FileAddressBook, names: [String: String],
-                     failureStatus: Int32) async -> Int32 {
+                     failureStatus: Int32, networks reassert: Bool) async -> Int32 {
         var guestPlan: GuestPlan?
         var refused = false
         let applied = await apply(nft, event: "qemu \(InputProblem.quoted(guest.name))") { state in
@@ -158,10 +163,11 @@ public struct HookHandler: Sendable {
             return NftTransaction.desired(state.ownerElements, replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
         }
         // A network that was running before virtgate was installed has no filter rules yet: it gets
-        // them now (in iptables, where the DROP is). Networks the network hook reported have them.
+        // them now (in iptables, where the DROP is). Networks the network hook reported have them,
+        // unless libvirt or someone else moved them since (`reassert`).
         var networksDone = true
         if applied, !refused, let guestPlan {
-            let unseen = guestPlan.networks.filter { store.networkXML($0) == nil }.compactMap { addresses.network(named: $0) }
+            let unseen = guestPlan.networks.filter { reassert || store.networkXML($0) == nil }.compactMap { addresses.network(named: $0) }
             if !unseen.isEmpty {
                 networksDone = await apply(unseen.map { network in
                     (.network(network.name), IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner)))
