@@ -109,10 +109,20 @@ func applyNow(_ context: AdminContext, guest name: String) async throws {
     }
     let state = try context.loadState()
     var plan: GuestPlan?
+    let settings = context.settings.planner
     let outcome = try await context.locked(dryRun: false) {
-        try await context.firewall.apply(dryRun: false) { snapshot in
-            guard let (desired, guestPlan) = state.desired(forGuest: name, snapshot: snapshot,
-                                                          settings: context.settings.planner) else { return nil }
+        if context.settings.backend == .nft, let nft = context.local.nftables {
+            return try await nft.apply(dryRun: false) { nftState in
+                guard let guestPlan = state.plan(guest: name, incumbents: nftState.forwardClaims(names: state.chainNames))
+                else { return nil }
+                plan = guestPlan
+                return NftTransaction.desired(nftState.ownerElements, replacing: guestPlan.plan.owner,
+                                              with: NftRules.elements(for: guestPlan.plan))
+            }
+        }
+        return try await context.firewall.apply(dryRun: false) { snapshot in
+            guard let (desired, guestPlan) = state.desired(forGuest: name, snapshot: snapshot, settings: settings)
+            else { return nil }
             plan = guestPlan
             return desired
         }

@@ -312,7 +312,7 @@ lab_ruleset() {
 
 # lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.
 lab_nft_owner_elements() {
-    ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null | grep -o "comment \"$1 #" | wc -l
+    ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null | grep -o "comment \"$1\"" | wc -l
 }
 
 # check_ruleset DESCRIPTION EXPECTED_FILE: the current ruleset must equal the saved one exactly.

@@ -3,8 +3,9 @@
 /// Filtering stays where the host's DROP is (iptables, see `Intent.allowMarkedForwards`): an
 /// accept in a table of our own cannot override a DROP in someone else's.
 ///
-/// Each element's comment names its owner (`<chain id> #<position>`), so the kernel itself says
-/// which guest holds what, as virtgate's iptables chains do.
+/// Each element's comment names its owner (the guest's chain id), so the kernel itself says which
+/// guest holds what, as virtgate's iptables chains do. (Not the forward's position: moving a forward
+/// within the metadata must not rewrite it.)
 public struct NftElement: Hashable, Sendable, Comparable {
     /// The map or set.
     public var set: String
@@ -125,7 +126,7 @@ public enum NftRules {
         for intent in plan.intents {
             switch intent {
             case .dnat(let forward):
-                let comment = "\(id) #\(forward.position)"
+                let comment = id
                 let family = forward.family
                 // One element per host port: a range maps port by port (5003 → 6003), as the
                 // iptables backend's shifted DNAT does.
@@ -153,7 +154,7 @@ public enum NftRules {
                     elements.append(NftElement(
                         set: NftLayout.hairpinSet(forward.family),
                         key: "\(subnet.nftElement) . \(forward.guestAddress) . \(forward.proto.rawValue) . \(ports)",
-                        value: nil, comment: "\(ChainNames.id(for: name)) #\(forward.position)"))
+                        value: nil, comment: id))
                 }
             case .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
                 break
