@@ -172,7 +172,7 @@ lab_setup_inner() {
     fi
     # br_netfilter is built in here and on by default in every new namespace. The main checks run with it off (the
     # common case of a host without Docker); scenario 4 reports the "on" case.
-    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
 
     local ok=yes
     lab_serve "$LAB_NS_G1" tcp 22 g1-22 || ok=no
@@ -337,7 +337,7 @@ scenario_hairpin() {
     info_reply "br_netfilter on: g1 -> 198.18.0.1:2222 (own forward)" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2222
     info_reply "br_netfilter on: wan -> 198.18.0.1:2222" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
     info_reply "br_netfilter on: g2 -> 10.213.0.11:22 direct" "$LAB_NS_G2" tcp "$LAB_G1_IP" 22
-    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
 }
 
 # Scenario 5
@@ -525,6 +525,61 @@ check_output() {
     fi
 }
 
+# Scenario 12: IPv6. The network gains an IPv6 subnet with a DHCPv6 reservation for g1 (by name); g1's forwards
+# that name no family then also bind to its IPv6 address, beside IPv6-only ones (host-address, source). Real IPv6
+# traffic from wan, from a neighbour (hairpin) and out (egress, not NATed); then back to IPv4 only, exactly.
+scenario_ipv6() {
+    echo "# --- 12. IPv6 forwards (backend $VG_BACKEND)"
+    local applied=$LAB_TMP/applied.rules ok=yes
+    lab_serve6 "$LAB_NS_G1" tcp 22 g1-22-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" tcp 80 g1-80-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" tcp 443 g1-443-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" udp 53 g1-53-udp-v6 || ok=no
+    lab_serve6 "$LAB_NS_WAN" tcp 7000 wan-7000-v6 || ok=no
+    check "ipv6: IPv6 services listening in $LAB_NS_G1 and $LAB_NS_WAN" test "$ok" = yes
+
+    expect_no_reply "ipv6: before: wan -> [$LAB_HOST_WAN_IP6]:2222 closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222
+    expect_no_reply "ipv6: before: g1 -> wan [$LAB_WAN_IP6]:7000 blocked by UFW's IPv6 FORWARD DROP" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP6" 7000
+
+    vg_hook "$LAB_FIXTURES/network-vgtnet-dual.xml" network vgtnet updated begin -
+    check "ipv6: ip6tables has the network's outbound accept for $LAB_SUBNET6" sh -c \
+        "ip netns exec $LAB_NS_HOST ip6tables-save | grep -q -- '-A VGN-vgtnet -s $LAB_SUBNET6 -i $LAB_BRIDGE -j ACCEPT'"
+    check "ipv6: no IPv6 masquerade for the network (no NAT66)" sh -c \
+        "! ip netns exec $LAB_NS_HOST ip6tables-save -t nat | grep -q -- '-s $LAB_SUBNET6 ! -d'"
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1-v6.xml" qemu vgt-g1 start begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1-v6.xml" qemu vgt-g1 started begin -
+
+    expect_reply "ipv6: wan -> [$LAB_HOST_WAN_IP6]:2222 reaches g1:22 over IPv6, source kept" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 $LAB_WAN_IP6_PEER"
+    expect_reply "ipv6: wan -> 198.18.0.1:2222 still reaches g1:22 over IPv4" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "ipv6: wan -> [$LAB_HOST_WAN_IP6]:5001 (range 5000-5002 -> 9000-9002) reaches g1:9001 over IPv4 only" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 5001 "g1-9001 *"
+    expect_reply "ipv6: udp wan -> [$LAB_HOST_WAN_IP6]:5353 reaches g1:53" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP6" 5353 "g1-53-udp-v6 $LAB_WAN_IP6_PEER"
+    expect_reply "ipv6: host-address=$LAB_HOST_WAN_IP6 forward 2280 reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2280 "g1-80-v6 $LAB_WAN_IP6_PEER"
+    expect_no_reply "ipv6: the IPv6-only forward 2280 is not on the IPv4 address" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2280
+    expect_reply "ipv6: source=$LAB_WAN_IP6/128 forward 2243 admits wan" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2243 "g1-443-v6 $LAB_WAN_IP6_PEER"
+    expect_no_reply "ipv6: source=2001:db8:99::/48 forward 2244 refuses wan" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2244
+    expect_no_reply "ipv6: routed access wan -> [$LAB_G1_IP6]:22 stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP6" 22
+    expect_no_reply "ipv6: routed access wan -> [$LAB_G1_IP6]:3306 stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP6" 3306
+    expect_reply "ipv6: hairpin g2 -> [$LAB_HOST_WAN_IP6]:2222 reaches g1, masqueraded to the bridge address" \
+        "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 $LAB_GW6_PEER"
+    expect_reply "ipv6: egress g1 -> wan [$LAB_WAN_IP6]:7000 works, source not NATed" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP6" 7000 "wan-7000-v6 $LAB_G1_IP6_PEER"
+    expect_reply "ipv6: host itself -> [$LAB_HOST_WAN_IP6]:2222 reaches g1" \
+        "$LAB_NS_HOST" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 *"
+
+    # Back to the IPv4-only network and g1's usual forwards: nothing IPv6 of the guest may remain.
+    vg_hook "$LAB_FIXTURES/network-vgtnet.xml" network vgtnet updated begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 start begin -
+    check_ruleset "ipv6: back to IPv4 only, the ruleset is identical to before" "$applied"
+    expect_no_reply "ipv6: after: wan -> [$LAB_HOST_WAN_IP6]:2222 closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222
+}
+
 # Scenario 10: a dry run prints the iptables-restore input and changes neither the ruleset nor the state.
 scenario_dry_run() {
     echo "# --- 10. dry run"
@@ -660,6 +715,7 @@ main_inner() {
     scenario_idempotence
     scenario_concurrency
     scenario_bad_metadata
+    scenario_ipv6
     scenario_dry_run
     scenario_teardown
     scenario_network_from_run_dir
