@@ -58,9 +58,20 @@ extension VirtGate {
                 }
             }
             facts.networks = networks
+            let nftBackend = local.settings.backend == .nft ? local.nftables : nil
+            if let nft = nftBackend, let state = try? await nft.backend.state() {
+                facts.nftState = state
+                facts.desiredElements = remembered.guestPlans(incumbents: state.forwardClaims(names: remembered.chainNames),
+                                                              settings: local.settings.planner)
+                    .reduce(into: DesiredElements()) { $0 = NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan)) }
+            }
             if let snapshot = facts.snapshot {
-                facts.desired = remembered.desired(on: snapshot, settings: local.settings.planner, base: [:]).0
+                let desired = remembered.desired(on: snapshot, settings: local.settings.planner, base: [:]).0
+                facts.desired = nftBackend == nil ? desired : desired.withoutGuests
                 facts.ufwActive = snapshot.tables[.filter]?.chains.contains { $0.hasPrefix("ufw-") } ?? false
+            }
+            if let chains = try? await ProcessRunner().run("/usr/sbin/nft", ["-j", "list", "chains"], input: nil), chains.status == 0 {
+                facts.foreignForwardDrops = (try? NftForeignChains.forwardDrops(json: chains.output)) ?? []
             }
             let nft = try? await ProcessRunner().run("/usr/sbin/nft", ["list", "tables"], input: nil)
             let tables = nft?.status == 0 ? nft!.output : ""

@@ -580,6 +580,29 @@ scenario_ipv6() {
     expect_no_reply "ipv6: after: wan -> [$LAB_HOST_WAN_IP6]:2222 closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222
 }
 
+# Scenario 13: a drop policy in someone else's native nftables table. Nothing virtgate can write overrides it
+# (an accept in one table does not save a packet another table drops): doctor must say so, plainly.
+scenario_foreign_nft_drop() {
+    echo "# --- 13. a native nftables forward drop elsewhere (backend $VG_BACKEND)"
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$VIRTGATE" /dev/null doctor
+    check "foreign drop: doctor does not report one before" sh -c "! grep -q nft-forward-drop-elsewhere '$VG_OUT'"
+    ip netns exec "$LAB_NS_HOST" nft -f - <<'NFT'
+table inet vgt-foreign {
+    chain forward_drop { type filter hook forward priority 0; policy drop; }
+}
+NFT
+    expect_no_reply "foreign drop: wan -> 198.18.0.1:2222 dies in the foreign table" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    vg_exec "$VIRTGATE" /dev/null doctor
+    check "foreign drop: doctor exits non-zero" test "$VG_RC" -ne 0
+    check "foreign drop: doctor names the chain (nft-forward-drop-elsewhere, inet vgt-foreign forward_drop)" \
+        sh -c "grep -q 'nft-forward-drop-elsewhere' '$VG_OUT' && grep -q 'inet vgt-foreign forward_drop' '$VG_OUT'"
+    ip netns exec "$LAB_NS_HOST" nft delete table inet vgt-foreign
+    expect_reply "foreign drop: removed, wan -> 198.18.0.1:2222 reaches g1 again" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+}
+
 # Scenario 10: a dry run prints the iptables-restore input and changes neither the ruleset nor the state.
 scenario_dry_run() {
     echo "# --- 10. dry run"
@@ -716,6 +739,7 @@ main_inner() {
     scenario_concurrency
     scenario_bad_metadata
     scenario_ipv6
+    scenario_foreign_nft_drop
     scenario_dry_run
     scenario_teardown
     scenario_network_from_run_dir

@@ -118,6 +118,26 @@ public struct NftState: Hashable, Sendable {
     }
 }
 
+/// Base chains of other nftables tables that drop forwarded packets by policy, from
+/// `nft -j list chains`. iptables-nft's own tables (`ip filter`, `ip6 filter`) are left out: virtgate's
+/// accepts live there, ahead of such a drop. So is virtgate's table.
+public enum NftForeignChains {
+    public static func forwardDrops(json: String) throws -> [String] {
+        let document = try JSONDecoder().decode(JSONValue.self, from: Data(json.utf8))
+        guard case .array(let objects)? = document["nftables"] else { return [] }
+        var result: [String] = []
+        for object in objects {
+            guard let chain = object["chain"], case .string(let family)? = chain["family"],
+                  case .string(let table)? = chain["table"], case .string(let name)? = chain["name"],
+                  case .string("forward")? = chain["hook"], case .string("drop")? = chain["policy"] else { continue }
+            if (family == "ip" || family == "ip6") && table == "filter" { continue }
+            if family == "inet" && table == NftLayout.table { continue }
+            result.append("\(family) \(table) \(name)")
+        }
+        return result
+    }
+}
+
 /// Just enough JSON for nft's listing.
 indirect enum JSONValue: Decodable, Hashable {
     case string(String), number(Double), bool(Bool), null, array([JSONValue]), object([String: JSONValue])
