@@ -14,11 +14,14 @@ extension VirtGate {
             discussion: "Exits 0 when healthy, 1 when something needs fixing. Changes nothing."
         )
 
+        @Option(help: "Where forwards live: nft or iptables (default: config BACKEND, else auto).")
+        var backend: BackendKind?
+
         @Flag(help: "Stable JSON instead of paragraphs.")
         var json = false
 
         func run() async throws {
-            let local = try await LocalContext.load()
+            let local = try await LocalContext.load(backend: backend)
             let facts = await Self.gather(local)
             let findings = VirtGateCore.Doctor.diagnose(facts)
             if json {

@@ -41,7 +41,7 @@ extension VirtGate.Forward {
         func run() async throws {
             let spec = try ForwardMetadata.parseShorthand(arguments.forward, sources: source, guestAddress: guestAddress,
                                                           mac: mac, guest: arguments.guest).get()
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             let editor = ForwardEditor(connection: context.connection)
             let state = try context.loadState()
             if dryRun {
@@ -66,7 +66,7 @@ extension VirtGate.Forward {
 
         func run() async throws {
             let spec = try ForwardMetadata.parseShorthand(arguments.forward, guest: arguments.guest).get()
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             _ = try ForwardEditor(connection: context.connection).remove(spec, from: arguments.guest)
             context.log.info("guest \(InputProblem.quoted(arguments.guest)): forward \(spec.proto.rawValue) \(spec.hostPorts) removed from its metadata")
             try await applyNow(context, guest: arguments.guest)
@@ -81,7 +81,7 @@ extension VirtGate.Forward {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             for listing in try ForwardEditor(connection: context.connection).list(guest: guest) {
                 var out = "\(listing.guest) (\(listing.running ? "running" : "shut off"))\n"
                 if listing.forwards.isEmpty && listing.problems.isEmpty { out += "  no forwards\n" }

@@ -22,8 +22,14 @@ struct LocalContext {
         }
     }
 
-    static func load() async throws -> LocalContext {
-        try LocalContext(settings: try await Settings.load(environment: ProcessEnvironment.current()))
+    /// `backend` is the `--backend` flag, which wins over the config and the environment.
+    static func load(backend: BackendKind? = nil) async throws -> LocalContext {
+        var settings = try await Settings.load(environment: ProcessEnvironment.current())
+        if let backend {
+            settings.backend = backend
+            settings.backendReason = "set by --backend"
+        }
+        return try LocalContext(settings: settings)
     }
 
     var store: StateStore { StateStore(directory: settings.stateDirectory) }

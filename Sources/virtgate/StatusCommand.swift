@@ -18,7 +18,7 @@ extension VirtGate {
         var json = false
 
         func run() async throws {
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             let state = try context.loadState()
             let snapshot = try await context.firewall.backend.snapshot()
             let settings = context.settings

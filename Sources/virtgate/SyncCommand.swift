@@ -18,7 +18,7 @@ extension VirtGate {
         var dryRun = false
 
         func run() async throws {
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             let state = try context.loadState()
             let settings = context.settings
             var result: SyncResult?

@@ -438,7 +438,12 @@ lab_probe() {
     if [ "$proto" = tcp ]; then
         ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2" - 2>/dev/null | head -n1
     else
-        echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP$v:$addr:$port" 2>/dev/null | head -n1
+        # UDP has no handshake: a lost datagram or a slow forked responder on a busy machine looks like "closed".
+        # One more try tells them apart.
+        local reply
+        reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP$v:$addr:$port" 2>/dev/null | head -n1)
+        [ -n "$reply" ] || reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T3 - "UDP$v:$addr:$port" 2>/dev/null | head -n1)
+        echo "$reply"
     fi
 }
 
