@@ -5,18 +5,21 @@ import Glibc
 /// Reads and writes virtgate's own nftables table: one `nft -j list table` to read, one `nft -f`
 /// per change. nft applies a script as one kernel transaction: all of it or nothing.
 public struct NftBackend: Sendable {
-    public let runner: any CommandRunner
-    public let executable: String
+    public let transport: any NftTransport
 
     public static let defaultPath = "/usr/sbin/nft"
 
+    /// Through `runner` (tests, namespaces).
     public init(runner: any CommandRunner, executable: String = NftBackend.defaultPath) {
-        self.runner = runner
-        self.executable = executable
+        transport = NftProcess(runner: runner, executable: executable)
+    }
+
+    public init(transport: any NftTransport) {
+        self.transport = transport
     }
 
     public func state() async throws -> NftState {
-        let result = try await runner.run(executable, ["-j", "list", "table", "inet", NftLayout.table], input: nil)
+        let result = try await transport.list()
         guard result.status == 0 else {
             if result.error.contains("No such file or directory") { return NftState() }
             throw FirewallError("nft list table inet \(NftLayout.table) failed (exit \(result.status)): \(result.error.oneLine)")
@@ -25,7 +28,7 @@ public struct NftBackend: Sendable {
     }
 
     public func apply(_ script: String) async throws {
-        let result = try await runner.run(executable, ["-f", "-"], input: script)
+        let result = try await transport.apply(script)
         guard result.status == 0 else {
             throw FirewallError("nft -f failed (exit \(result.status)): \(result.error.oneLine)")
         }
@@ -48,7 +51,8 @@ public struct NftFirewall: Sendable {
     /// nil when nft is not installed.
     public static func ifInstalled(settings: Settings, runner: any CommandRunner, log: Log) -> NftFirewall? {
         guard access(NftBackend.defaultPath, X_OK) == 0 else { return nil }
-        return NftFirewall(backend: NftBackend(runner: runner), mark: settings.connectionMark, log: log)
+        return NftFirewall(backend: NftBackend(transport: PreferLibNftables(fallback: NftProcess(runner: runner))),
+                           mark: settings.connectionMark, log: log)
     }
 
     /// `desired` maps the kernel's table to the elements virtgate wants; nil writes nothing.

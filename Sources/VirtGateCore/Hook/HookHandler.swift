@@ -378,14 +378,16 @@ extension HookHandler {
     /// "5 elements added, 2 removed" for an nft script.
     static func nftSummary(of script: String) -> String {
         var added = 0, removed = 0
-        var rebuilt = false
+        var created = false, deleted = false
         for line in script.split(separator: "\n") {
             let count = line.split(separator: ",").count
             if line.hasPrefix("add element") { added += count }
             if line.hasPrefix("delete element") { removed += count }
-            if line.hasPrefix("table inet") && line.hasSuffix("{") { rebuilt = true }
+            if line.hasPrefix("table inet") && line.hasSuffix("{") { created = true }
+            if line.hasPrefix("delete table") { deleted = true }
         }
-        return "\(added) elements added, \(removed) removed" + (rebuilt ? " (table inet \(NftLayout.table) created)" : "")
+        if deleted && !created { return "table inet \(NftLayout.table) removed (its last forward went)" }
+        return "\(added) elements added, \(removed) removed" + (created ? " (table inet \(NftLayout.table) created)" : "")
     }
 }
 
