@@ -35,18 +35,7 @@ struct DoctorTests {
         -A VIRTGATE-FWD -j VGN-default
         COMMIT
         """)
-        facts.snapshot!.add(parsing: """
-        *filter
-        :INPUT DROP [0:0]
-        :FORWARD DROP [0:0]
-        :OUTPUT ACCEPT [0:0]
-        :VGN-default - [0:0]
-        :VIRTGATE-FWD - [0:0]
-        -A FORWARD -j VIRTGATE-FWD
-        -A VGN-default -i virbr0 -o virbr0 -j ACCEPT
-        -A VIRTGATE-FWD -j VGN-default
-        COMMIT
-        """, family: .v6)
+
         facts.ufwActive = true
         facts.ufwInstalled = true
         facts.afterInitIntegrated = true

@@ -96,16 +96,8 @@ struct IptablesTransactionTests {
         let kernel = Self.kernel(desired, foreign: [.filter: ["-A FORWARD -j LIBVIRT_FWX"]])
         var after = IptablesTransaction.desired(kernel.ownerChains, replacing: .guest("web"), with: [])
         after = IptablesTransaction.desired(after, replacing: .network("default"), with: [])
-        #expect(IptablesTransaction.render(from: kernel, to: after, family: .v6) == """
-        *filter
-        :VGN-default - [0:0]
-        :VIRTGATE-FWD - [0:0]
-        -D FORWARD -j VIRTGATE-FWD
-        -X VGN-default
-        -X VIRTGATE-FWD
-        COMMIT
-
-        """)
+        // An IPv4-only network has no IPv6 rules: nothing to remove there.
+        #expect(IptablesTransaction.render(from: kernel, to: after, family: .v6) == "")
         let text = IptablesTransaction.render(from: kernel, to: after, family: .v4)
         #expect(text == """
         *nat

@@ -118,7 +118,7 @@ struct PlannerTests {
         #expect(Planner.plan(network: routed, settings: PlannerSettings()).intents.count == 3)
         var isolated = network
         isolated.mode = .isolated
-        #expect(Planner.plan(network: isolated, settings: settings).intents == [.allowIntraBridge(bridge: "virbr0")])
+        #expect(Planner.plan(network: isolated, settings: settings).intents == [.allowIntraBridge(bridge: "virbr0", family: .v4)])
         var bridged = network
         bridged.mode = .other("bridge")
         #expect(Planner.plan(network: bridged, settings: settings).intents.isEmpty)

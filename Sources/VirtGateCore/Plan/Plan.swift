@@ -33,7 +33,7 @@ public struct BoundForward: Hashable, Sendable {
 public enum Intent: Hashable, Sendable {
     // Network intents.
     /// Guest ↔ guest on the same bridge, also when br_netfilter sends bridged frames through FORWARD.
-    case allowIntraBridge(bridge: String)
+    case allowIntraBridge(bridge: String, family: IPFamily)
     /// Traffic from the network's subnet, entering from its bridge, may leave.
     case allowOutbound(bridge: String, subnet: IPNetwork)
     /// Replies to connections the guests opened may come back in.
@@ -42,7 +42,7 @@ public enum Intent: Hashable, Sendable {
     case masquerade(subnet: IPNetwork)
     /// With the nftables backend: connections its DNAT maps forwarded (they carry `mark` in their
     /// conntrack mark) may enter the bridge. One rule stands for every forward's `allowForwarded`.
-    case allowMarkedForwards(bridge: String, mark: UInt32)
+    case allowMarkedForwards(bridge: String, mark: UInt32, family: IPFamily)
 
     // Guest intents.
     /// Rewrite the destination of matching new connections to the guest.

@@ -20,23 +20,26 @@ public struct PlannerSettings: Hashable, Sendable {
 public enum Planner {
     public static func plan(network: NetworkDefinition, settings: PlannerSettings) -> OwnerPlan {
         var intents: [Intent] = []
+        // IPv6 rules only for a network with an IPv6 subnet: a host without IPv6 networks gets no
+        // ip6tables table from virtgate at all.
+        let families = IPFamily.allCases.filter { $0 == .v4 || network.subnets.contains { $0.network.family == .v6 } }
         if let bridge = network.bridge {
             switch network.mode {
             case .nat, .route, .open:
-                intents.append(.allowIntraBridge(bridge: bridge))
+                intents += families.map { .allowIntraBridge(bridge: bridge, family: $0) }
                 for subnet in network.subnets {
                     intents.append(.allowOutbound(bridge: bridge, subnet: subnet.network))
                     intents.append(.allowReplies(bridge: bridge, subnet: subnet.network))
                 }
                 if let mark = settings.forwardMark {
-                    intents.append(.allowMarkedForwards(bridge: bridge, mark: mark))
+                    intents += families.map { .allowMarkedForwards(bridge: bridge, mark: mark, family: $0) }
                 }
                 if settings.masqueradeRoutedNetworks, network.mode == .route || network.mode == .open {
                     // IPv4 only: IPv6 subnets are routed as they are (no NAT66).
                     intents += network.subnets.filter { $0.network.family == .v4 }.map { .masquerade(subnet: $0.network) }
                 }
             case .isolated:
-                intents.append(.allowIntraBridge(bridge: bridge))
+                intents += families.map { .allowIntraBridge(bridge: bridge, family: $0) }
             case .other:
                 break
             }

@@ -133,9 +133,9 @@ public enum IptablesRules {
         }
         for intent in plan.intents {
             switch intent {
-            case .allowIntraBridge(let bridge):
+            case .allowIntraBridge(let bridge, let family):
                 // Bridged frames are seen by iptables and ip6tables alike (br_netfilter).
-                for family in IPFamily.allCases { append(.forward, family, "-i \(bridge) -o \(bridge) -j ACCEPT") }
+                append(.forward, family, "-i \(bridge) -o \(bridge) -j ACCEPT")
             case .allowOutbound(let bridge, let subnet):
                 append(.forward, subnet.family, "-s \(subnet) -i \(bridge) -j ACCEPT")
             case .allowReplies(let bridge, let subnet):
@@ -145,11 +145,9 @@ public enum IptablesRules {
                 append(.postrouting, .v4, "-s \(subnet) -d 224.0.0.0/24 -j RETURN")
                 append(.postrouting, .v4, "-s \(subnet) -d 255.255.255.255/32 -j RETURN")
                 append(.postrouting, .v4, "-s \(subnet) ! -d \(subnet) -j MASQUERADE")
-            case .allowMarkedForwards(let bridge, let mark):
+            case .allowMarkedForwards(let bridge, let mark, let family):
                 let m = "0x" + String(mark, radix: 16)
-                for family in IPFamily.allCases {
-                    append(.forward, family, "-o \(bridge) -m connmark --mark \(m)/\(m) -m conntrack --ctstate DNAT -j ACCEPT")
-                }
+                append(.forward, family, "-o \(bridge) -m connmark --mark \(m)/\(m) -m conntrack --ctstate DNAT -j ACCEPT")
             case .dnat(let forward):
                 let sources: [IPNetwork?] = forward.sources.isEmpty ? [nil] : forward.sources
                 for source in sources {
