@@ -45,21 +45,31 @@ count "$log/swift-summary"
 bash Tests/install/install-test.sh 2>&1 | tee "$log/install"
 count "$log/install"
 
-# The traffic suite runs once per backend: both must give guests the same behaviour.
+# The namespace suites run once per backend: both must give guests the same behaviour.
 for backend in iptables nft; do
     echo "# netns suite, backend $backend"
     VIRTGATE_BACKEND=$backend bash Tests/integration/netns-test.sh 2>&1 | tee "$log/netns-$backend"
     count "$log/netns-$backend"
 done
 
-bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin"
-count "$log/admin"
+for backend in iptables nft; do
+    echo "# admin suite, backend $backend"
+    VIRTGATE_BACKEND=$backend bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin-$backend"
+    count "$log/admin-$backend"
+done
 
-bash Tests/integration/coexistence-test.sh 2>&1 | tee "$log/coexistence"
-count "$log/coexistence"
+for backend in iptables nft; do
+    echo "# coexistence suite, backend $backend"
+    VIRTGATE_BACKEND=$backend bash Tests/integration/coexistence-test.sh 2>&1 | tee "$log/coexistence-$backend"
+    count "$log/coexistence-$backend"
+done
 
-bash Tests/e2e/e2e-test.sh 2>&1 | tee "$log/e2e"
-count "$log/e2e"
+# The end-to-end suite once per backend too: a real libvirtd runs the hooks.
+for backend in iptables nft; do
+    echo "# e2e suite, backend $backend"
+    VIRTGATE_BACKEND=$backend bash Tests/e2e/e2e-test.sh 2>&1 | tee "$log/e2e-$backend"
+    count "$log/e2e-$backend"
+done
 
 echo
 echo "total: $passed passed, $failed failed"
