@@ -362,10 +362,7 @@ check_jump_positions() {
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
     if is_nft; then
-        check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
-            "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
-        check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
-            "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
+        lab_check_nft_hooks "$tag"
         return
     fi
     rule=$(lab_first_rule nat PREROUTING)

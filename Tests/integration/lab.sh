@@ -342,6 +342,17 @@ lab_nft_lines() {
         else empty end'
 }
 
+# lab_check_nft_hooks TAG: with the nft backend, DNAT lives in base chains of virtgate's own table (no UFW or libvirt
+# event touches it): its prerouting and output hooks must jump to the forwards chain, and iptables nat must hold no
+# virtgate jump at all.
+lab_check_nft_hooks() {
+    local tag=$1
+    check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
+        "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
+    check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
+        "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
+}
+
 # lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.
 lab_nft_owner_elements() {
     ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null | grep -o "comment \"$1\"" | wc -l
