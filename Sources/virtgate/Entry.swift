@@ -6,12 +6,19 @@ import Glibc
 
 @main
 enum Entry {
-    static func main() async {
+    /// Not `async`: an async main starts the concurrency runtime's thread pool, which costs a hook
+    /// run more than most of its work. `CurrentThreadExecutor` runs the async code on this thread.
+    static func main() {
         // libvirt runs this binary as `…/hooks/qemu` or `…/hooks/network` (or from `qemu.d/` and
         // `network.d/`). That path skips command-line parsing: it runs on every guest event.
         if let driver = HookDriver.fromInvocationPath(CommandLine.arguments[0]) {
-            exit(await HookEntry.run(driver: driver, arguments: Array(CommandLine.arguments.dropFirst()), dryRun: false))
+            let arguments = Array(CommandLine.arguments.dropFirst())
+            exit(CurrentThreadExecutor.run { await HookEntry.run(driver: driver, arguments: arguments, dryRun: false) })
         }
+        CurrentThreadExecutor.run { await runCommand() }
+    }
+
+    static func runCommand() async {
         do {
             var command = try VirtGate.parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -34,7 +34,7 @@ extension VirtGate {
 
 enum HookEntry {
     static func run(driver: HookDriver, arguments: [String], dryRun flag: Bool) async -> Int32 {
-        let environment = ProcessEnvironment.current()
+        let environment = ProcessEnvironment.virtgate()
         let settings: Settings
         do {
             settings = try await Settings.load(environment: environment)
@@ -85,13 +85,23 @@ enum HookEntry {
 }
 
 enum ProcessEnvironment {
-    static func current() -> [String: String] {
+    static func current() -> [String: String] { variables { _ in true } }
+
+    /// Only `VIRTGATE_*`: all that settings and the hook read. The hook runs on every guest event,
+    /// and copying the whole environment into a dictionary was a noticeable part of a run.
+    static func virtgate() -> [String: String] {
+        variables { strncmp($0, "VIRTGATE_", 9) == 0 }
+    }
+
+    static func variables(where include: (UnsafePointer<CChar>) -> Bool) -> [String: String] {
         var result: [String: String] = [:]
         var pointer = environ
         while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            if include(entry) {
+                let text = String(cString: entry)
+                if let equals = text.firstIndex(of: "=") {
+                    result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+                }
             }
             pointer += 1
         }

@@ -1,5 +1,3 @@
-import Configuration
-import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,20 +45,22 @@ public struct Settings: Sendable {
     /// file means defaults) and applies environment overrides. Unknown values are errors, not defaults.
     public static func load(environment: [String: String]) async throws -> Settings {
         let path = environment["VIRTGATE_CONFIG"] ?? defaultPath
-        let file: ConfigReader
+        let file: [String: String]
         do {
-            file = ConfigReader(provider: try await EnvironmentVariablesProvider(
-                environmentFilePath: FilePath(path), allowMissing: true))
+            file = try EnvironmentFile.read(path) ?? [:]
         } catch {
             throw FirewallError("config \(path): \(error)")
         }
-        let env = ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment))
-            .scoped(to: "virtgate")
-        func value(_ key: String) -> (String, String)? {
-            if let text = env.string(forKey: ConfigKey(key)) { return (text, "VIRTGATE_\(key.envName)") }
-            if let text = file.string(forKey: ConfigKey(key)) { return (text, "\(path): \(key.envName)") }
+        return try settings(environment: environment) { key in
+            let name = EnvironmentFile.variableName(forKey: key)
+            if let text = environment["VIRTGATE_" + name] { return (text, "VIRTGATE_\(key.envName)") }
+            if let text = file[name] { return (text, "\(path): \(key.envName)") }
             return nil
         }
+    }
+
+    /// Validated settings from `value`, which gives a key's text and where it came from (for errors).
+    static func settings(environment: [String: String], value: (String) -> (String, String)?) throws -> Settings {
         func flag(_ key: String) throws -> Bool? {
             guard let (text, origin) = value(key) else { return nil }
             switch text.lowercased() {

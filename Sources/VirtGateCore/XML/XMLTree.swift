@@ -118,8 +118,16 @@ public enum XMLTree {
 extension StringProtocol {
     func trimmingWhitespace() -> String {
         let scalars = String(self).unicodeScalars
-        guard let start = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
-        let end = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        guard let start = scalars.firstIndex(where: { !$0.isUnicodeWhitespace }) else { return "" }
+        let end = scalars.lastIndex(where: { !$0.isUnicodeWhitespace })!
         return String(String.UnicodeScalarView(scalars[start...end]))
+    }
+}
+
+extension Unicode.Scalar {
+    /// Unicode's White_Space. ASCII is answered without the property tables, whose first lookup
+    /// in a process costs more than the rest of a guest name's parsing.
+    var isUnicodeWhitespace: Bool {
+        value < 0x80 ? value == 0x20 || (0x09...0x0D).contains(value) : properties.isWhitespace
     }
 }
