@@ -287,6 +287,21 @@ mem() { # NAME PREPARE COMMAND : median of max RSS (KiB) over runs_mem runs
     done
 }
 
+mem_split() { # NAME : resident memory of a hook that has started and waits for its stdin, anonymous vs file-backed
+    local fifo=$work/stdin.fifo p
+    rm -f "$fifo"; mkfifo "$fifo"
+    (cd "$work" && exec ip netns exec "$ns" "$work/hooks/qemu" plain prepare begin - < "$fifo" >/dev/null 2>&1) &
+    p=$!
+    started_pids+=("$p")
+    exec 7>"$fifo"
+    sleep 0.5
+    grep -E '^(VmRSS|RssAnon|RssFile|RssShmem):' "/proc/$p/status" > "$res/$1.txt" 2>/dev/null || true
+    exec 7>&-
+    wait "$p" 2>/dev/null || true
+    started_pids=()
+    rm -f "$fifo"
+}
+
 say "hook latency: baselines (/bin/true and the Python hook pattern)"
 ns=vgt-bpy-$pid
 netns_new "$ns"
@@ -361,7 +376,12 @@ for backend in "${backends[@]}"; do
             in_ns "$ns" iptables-restore -w --noflush < "$work/del20.rules" >/dev/null 2>&1 || true
         fi
     fi
+    # What every event starts with: reading the kernel's rules (here: the network's chains only).
+    if [ "$b" = iptables ]; then
+        hf "$ns" hook-save "$runs_fast" "iptables-save > /dev/null" || true
+    fi
     mem mem-$b-noop "true" "$(q plain prepare begin)" || true
+    mem_split mem-$b-split || true
     mem mem-$b-start20 "$(q fwd20 release end)" "$(q fwd20 start begin)" || true
     hook fwd20 release end >/dev/null 2>&1 || true
     ip netns del "$ns"
@@ -585,6 +605,10 @@ for b in backends:
         if key == "prepare" and v:
             summary.append((b, "no-op hook (`prepare`)", v, base))
         p(f"| {label} | {ms(v)} | {spread} | {ms(base)} | {speed} | {xtrue} | {goal} | {verdict} |")
+        if key == "started" and hf("hook-save") and b == "iptables":
+            r = hf("hook-save")
+            p(f"| ↳ `iptables-save` alone (every event reads the kernel's rules first) | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
+              f"{r['median'] / true['median']:.1f} | | |")
         if key == "start20" and hf("hook-restore-start20") and b == "iptables":
             r = hf("hook-restore-start20")
             p(f"| ↳ `iptables-restore` of that same transaction alone | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
@@ -618,6 +642,15 @@ def mib(x, goal=True):
 for key, label in [("noop", "no-op (`prepare`, no forwards)"), ("start20", "`start`, 20 forwards")]:
     p(f"| {label} | " + " | ".join(mib(mem(f"mem-{b}-{key}")) for b in backends) + f" | {mib(mem(f'mem-python-{key}'), False)} |")
 p("")
+for b in backends:
+    try:
+        split = dict(line.split(":", 1) for line in open(f"{res}/mem-{b}-split.txt"))
+        kib = {k: int(v.split()[0]) for k, v in split.items()}
+        p(f"Backend `{b}`, a hook that has started and waits for its stdin: {kib['VmRSS'] / 1024:.1f} MiB resident, of which "
+          f"{kib['RssFile'] / 1024:.1f} MiB are pages of files (the binary and its shared libraries: clean, shared "
+          f"with every other process that maps them) and {kib['RssAnon'] / 1024:.1f} MiB its own (anonymous).\n")
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
 
 # 2. sync
 p("## 3. `virtgate sync`\n")
