@@ -366,9 +366,12 @@ for backend in "${backends[@]}"; do
     hook fwd20 release end >/dev/null 2>&1 || true
     # The kernel's share of start with 20 forwards: the very transaction virtgate writes, restored alone.
     if [ "$b" = iptables ]; then
-        (cd "$work" && in_ns "$ns" ./virtgate hook --dry-run qemu fwd20 start begin - < fwd20.xml > add20.rules 2>/dev/null) || true
+        # (IPv4 only: the part before an "# ip6tables-restore" section, if any)
+        (cd "$work" && in_ns "$ns" ./virtgate hook --dry-run qemu fwd20 start begin - < fwd20.xml 2>/dev/null \
+            | sed '/^# ip6tables-restore/,$d' > add20.rules) || true
         hook fwd20 start begin >/dev/null 2>&1 || true
-        (cd "$work" && in_ns "$ns" ./virtgate hook --dry-run qemu fwd20 stopped end - < fwd20.xml > del20.rules 2>/dev/null) || true
+        (cd "$work" && in_ns "$ns" ./virtgate hook --dry-run qemu fwd20 stopped end - < fwd20.xml 2>/dev/null \
+            | sed '/^# ip6tables-restore/,$d' > del20.rules) || true
         hook fwd20 release end >/dev/null 2>&1 || true
         if in_ns "$ns" iptables-restore -w --noflush --test < "$work/add20.rules" 2>/dev/null; then
             hf "$ns" hook-restore-start20 "$runs_fast" --prepare "iptables-restore -w --noflush < del20.rules > /dev/null 2>&1 || true" \
@@ -421,6 +424,7 @@ for backend in "${available[@]}"; do
         # Baseline: the kernel's share, one iptables-restore of the very ruleset sync wrote.
         if [ "$backend" = iptables ]; then
             in_ns "$ns" "$work/virtgate" flush >/dev/null 2>&1 || true
+            sed -i '/^# ip6tables-restore/,$d' "$work/sync-$backend-$g.rules"
             if in_ns "$ns" iptables-restore -w --noflush < "$work/sync-$backend-$g.rules" 2>/dev/null; then
                 hf "$ns" sync-restore-$g "$r" --prepare "$flush" \
                     "iptables-restore -w --noflush < sync-$backend-$g.rules" || true
