@@ -16,6 +16,8 @@
 #   --binary  the virtgate to measure (default: .build/release/virtgate; build it with
 #             swift build -c release --static-swift-stdlib)
 #   --output  also write the Markdown report to FILE (it always goes to stdout; progress goes to stderr)
+# It ends with "N passed, M failed, K skipped" on stderr: one check per figure that must be measured (a
+# missed target is not a failure; a backend this build lacks is skipped) and exits non-zero on a failure.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
         --quick) quick=1 ;;
         --binary) binary=${2:?--binary needs a path}; shift ;;
         --output) output=${2:?--output needs a file}; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -774,3 +776,18 @@ if [ -n "$output" ]; then
     cp "$report" "$output"
     say "report written to $output"
 fi
+
+# Closing line (stderr): one check per figure that must have been measured. A backend this build does not
+# have counts as skipped; a missed target is a finding of the report, not a failure here.
+passed=0 failed=0 skipped=0
+need() { if [ -s "$res/$1" ]; then passed=$((passed + 1)); else failed=$((failed + 1)); say "  no result: $1"; fi; }
+need true.json; need hook-python-noop.json; need hook-python-start20.json; need mem-python-start20.mem
+for backend in "${backends[@]}"; do
+    if [ -e "$res/skip-$backend-all.txt" ]; then skipped=$((skipped + 1)); continue; fi
+    for f in prepare start started stopped release start1 start5 start20 stopped20; do need "hook-$backend-$f.json"; done
+    need "mem-$backend-noop.mem"; need "mem-$backend-start20.mem"
+    for g in "${sync_sizes[@]}"; do need "sync-$backend-$g-apply.json"; need "sync-$backend-$g-noop.json"; need "sync-$backend-$g-dry.json"; done
+    for n in "${conn_sizes[@]}"; do need "conn-$backend-$n.json"; done
+done
+echo "$passed passed, $failed failed, $skipped skipped" >&2
+[ "$failed" -eq 0 ]
