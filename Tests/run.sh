@@ -45,8 +45,12 @@ count "$log/swift-summary"
 bash Tests/install/install-test.sh 2>&1 | tee "$log/install"
 count "$log/install"
 
-bash Tests/integration/netns-test.sh 2>&1 | tee "$log/netns"
-count "$log/netns"
+# The traffic suite runs once per backend: both must give guests the same behaviour.
+for backend in iptables nft; do
+    echo "# netns suite, backend $backend"
+    VIRTGATE_BACKEND=$backend bash Tests/integration/netns-test.sh 2>&1 | tee "$log/netns-$backend"
+    count "$log/netns-$backend"
+done
 
 bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin"
 count "$log/admin"

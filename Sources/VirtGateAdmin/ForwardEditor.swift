@@ -40,12 +40,12 @@ public struct ForwardEditor {
         let domain = try connection.domain(named: name)
         let (forwards, problems) = try current(domain, running: try domain.isActive())
         try requireClean(name, problems)
-        let claim = ForwardClaim(guest: name, proto: forward.proto, hostAddress: forward.hostAddress,
-                                 hostPorts: forward.hostPorts, sources: forward.sources)
-        for (index, existing) in forwards.enumerated() where existing.claim(name).overlaps(claim) {
+        let claims = forward.claims(name)
+        for (index, existing) in forwards.enumerated()
+        where existing.claims(name).contains(where: { mine in claims.contains { mine.overlaps($0) } }) {
             throw EditError("guest \(InputProblem.quoted(name)): \(forward.summary) overlaps its forward #\(index + 1) \(existing.summary); nothing written")
         }
-        if let holder = others.first(where: { $0.guest != name && $0.overlaps(claim) }) {
+        if let holder = others.first(where: { holder in holder.guest != name && claims.contains { holder.overlaps($0) } }) {
             throw EditError("guest \(InputProblem.quoted(name)): \(forward.summary) conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary); nothing written")
         }
         var updated = forwards
@@ -104,14 +104,18 @@ public struct ForwardEditor {
 }
 
 extension ForwardSpec {
-    func claim(_ guest: String) -> ForwardClaim {
-        ForwardClaim(guest: guest, proto: proto, hostAddress: hostAddress, hostPorts: hostPorts, sources: sources)
+    /// One claim per family the forward applies to.
+    func claims(_ guest: String) -> [ForwardClaim] {
+        families.map { family in
+            ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: hostAddress, hostPorts: hostPorts,
+                         sources: sources.filter { $0.family == family })
+        }
     }
 }
 
 extension LibvirtState {
     /// What running guests other than `name` declare, for conflict checks when editing.
     public func claims(except name: String) -> [ForwardClaim] {
-        input.guests.filter { $0.name != name }.flatMap { guest in guest.forwards.map { $0.claim(guest.name) } }
+        input.guests.filter { $0.name != name }.flatMap { guest in guest.forwards.flatMap { $0.claims(guest.name) } }
     }
 }

@@ -23,8 +23,8 @@ public struct LibvirtState: Sendable {
                 guard let bridge = definition.bridge else { continue }
                 do {
                     for lease in try network.dhcpLeases() {
-                        if let mac = MACAddress(lease.mac), let address = IPv4Address(lease.ipAddress) {
-                            state.input.leases[bridge, default: [:]][mac] = address
+                        if let mac = MACAddress(lease.mac), let address = IPAddress(lease.ipAddress) {
+                            state.input.leases[bridge, default: [:]][mac, default: []].append(address)
                         }
                     }
                 } catch {
@@ -57,8 +57,8 @@ public struct LibvirtState: Sendable {
             guard let bridge = nic.bridge ?? nic.network.flatMap({ name in input.networks.first { $0.name == name }?.bridge }),
                   input.leases[bridge]?[nic.mac] == nil,
                   let entry = interfaces.first(where: { MACAddress($0.mac) == nic.mac }),
-                  let address = entry.addresses.lazy.compactMap(IPv4Address.init).first else { continue }
-            input.leases[bridge, default: [:]][nic.mac] = address
+                  case let addresses = entry.addresses.compactMap(IPAddress.init), !addresses.isEmpty else { continue }
+            input.leases[bridge, default: [:]][nic.mac] = addresses
         }
     }
 
@@ -70,9 +70,8 @@ public struct LibvirtState: Sendable {
     /// Desired rules for one guest (and its networks) on top of the kernel's current rules; other
     /// owners stay as they are. Used when a forward is added or removed on a running guest.
     public func desired(forGuest name: String, snapshot: IptablesSnapshot, settings: PlannerSettings) -> (DesiredChains, GuestPlan)? {
-        guard let guest = input.guests.first(where: { $0.name == name }) else { return nil }
+        guard let plan = plan(guest: name, incumbents: snapshot.forwardClaims(names: chainNames)) else { return nil }
         let book = SyncAddressBook(input: input)
-        let plan = Planner.plan(guest: guest, addresses: book, taken: snapshot.forwardClaims(names: chainNames))
         var desired = snapshot.ownerChains
         for network in plan.networks.compactMap({ book.network(named: $0) }) {
             desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
@@ -80,5 +79,11 @@ public struct LibvirtState: Sendable {
         }
         desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         return (desired, plan)
+    }
+
+    /// One running guest planned against the forwards others hold in the kernel.
+    public func plan(guest name: String, incumbents: [ForwardClaim]) -> GuestPlan? {
+        guard let guest = input.guests.first(where: { $0.name == name }) else { return nil }
+        return Planner.plan(guest: guest, addresses: SyncAddressBook(input: input), taken: incumbents)
     }
 }

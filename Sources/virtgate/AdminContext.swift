@@ -6,7 +6,12 @@ import VirtGateCore
 struct ConnectionOptions: ParsableArguments {
     @Option(help: "libvirt connection URI.")
     var connect = "qemu:///system"
+
+    @Option(help: "Where forwards live: nft or iptables (default: config BACKEND, else auto).")
+    var backend: BackendKind?
 }
+
+extension BackendKind: ExpressibleByArgument {}
 
 /// What every admin command needs: settings, the firewall, the state directory and a libvirt
 /// connection. Admin commands run outside libvirt's hook callbacks, so they may call libvirt.
@@ -19,9 +24,9 @@ struct AdminContext {
     var firewall: Firewall { local.firewall }
     var store: StateStore { local.store }
 
-    init(connect uri: String) async throws {
-        local = try await LocalContext.load()
-        connection = try LibvirtConnection(uri: uri)
+    init(_ options: ConnectionOptions) async throws {
+        local = try await LocalContext.load(backend: options.backend)
+        connection = try LibvirtConnection(uri: options.connect)
     }
 
     /// libvirt's current state; XML that cannot be used is logged and left out.

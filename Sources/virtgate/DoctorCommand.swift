@@ -14,11 +14,14 @@ extension VirtGate {
             discussion: "Exits 0 when healthy, 1 when something needs fixing. Changes nothing."
         )
 
+        @Option(help: "Where forwards live: nft or iptables (default: config BACKEND, else auto).")
+        var backend: BackendKind?
+
         @Flag(help: "Stable JSON instead of paragraphs.")
         var json = false
 
         func run() async throws {
-            let local = try await LocalContext.load()
+            let local = try await LocalContext.load(backend: backend)
             let facts = await Self.gather(local)
             let findings = VirtGateCore.Doctor.diagnose(facts)
             if json {
@@ -46,7 +49,7 @@ extension VirtGate {
             } catch {
                 facts.snapshotError = "\(error)"
             }
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, log: local.log, dryRun: true) { _ in }
+            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: true) { _ in }
             let remembered = handler.rememberedState()
             // Active networks: libvirt's own run directory, plus what the network hook reported.
             var networks = remembered.networks
@@ -58,9 +61,20 @@ extension VirtGate {
                 }
             }
             facts.networks = networks
+            let nftBackend = local.settings.backend == .nft ? local.nftables : nil
+            if let nft = nftBackend, let state = try? await nft.backend.state() {
+                facts.nftState = state
+                facts.desiredElements = remembered.guestPlans(incumbents: state.forwardClaims(names: remembered.chainNames),
+                                                              settings: local.settings.planner)
+                    .reduce(into: DesiredElements()) { $0 = NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan)) }
+            }
             if let snapshot = facts.snapshot {
-                facts.desired = remembered.desired(on: snapshot, settings: local.settings.planner, base: [:]).0
+                let desired = remembered.desired(on: snapshot, settings: local.settings.planner, base: [:]).0
+                facts.desired = nftBackend == nil ? desired : desired.withoutGuests
                 facts.ufwActive = snapshot.tables[.filter]?.chains.contains { $0.hasPrefix("ufw-") } ?? false
+            }
+            if let chains = try? await ProcessRunner().run("/usr/sbin/nft", ["-j", "list", "chains"], input: nil), chains.status == 0 {
+                facts.foreignForwardDrops = (try? NftForeignChains.forwardDrops(json: chains.output)) ?? []
             }
             let nft = try? await ProcessRunner().run("/usr/sbin/nft", ["list", "tables"], input: nil)
             let tables = nft?.status == 0 ? nft!.output : ""

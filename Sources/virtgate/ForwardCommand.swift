@@ -41,7 +41,7 @@ extension VirtGate.Forward {
         func run() async throws {
             let spec = try ForwardMetadata.parseShorthand(arguments.forward, sources: source, guestAddress: guestAddress,
                                                           mac: mac, guest: arguments.guest).get()
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             let editor = ForwardEditor(connection: context.connection)
             let state = try context.loadState()
             if dryRun {
@@ -66,7 +66,7 @@ extension VirtGate.Forward {
 
         func run() async throws {
             let spec = try ForwardMetadata.parseShorthand(arguments.forward, guest: arguments.guest).get()
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             _ = try ForwardEditor(connection: context.connection).remove(spec, from: arguments.guest)
             context.log.info("guest \(InputProblem.quoted(arguments.guest)): forward \(spec.proto.rawValue) \(spec.hostPorts) removed from its metadata")
             try await applyNow(context, guest: arguments.guest)
@@ -81,7 +81,7 @@ extension VirtGate.Forward {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             for listing in try ForwardEditor(connection: context.connection).list(guest: guest) {
                 var out = "\(listing.guest) (\(listing.running ? "running" : "shut off"))\n"
                 if listing.forwards.isEmpty && listing.problems.isEmpty { out += "  no forwards\n" }
@@ -109,10 +109,20 @@ func applyNow(_ context: AdminContext, guest name: String) async throws {
     }
     let state = try context.loadState()
     var plan: GuestPlan?
+    let settings = context.settings.planner
     let outcome = try await context.locked(dryRun: false) {
-        try await context.firewall.apply(dryRun: false) { snapshot in
-            guard let (desired, guestPlan) = state.desired(forGuest: name, snapshot: snapshot,
-                                                          settings: context.settings.planner) else { return nil }
+        if context.settings.backend == .nft, let nft = context.local.nftables {
+            return try await nft.apply(dryRun: false) { nftState in
+                guard let guestPlan = state.plan(guest: name, incumbents: nftState.forwardClaims(names: state.chainNames))
+                else { return nil }
+                plan = guestPlan
+                return NftTransaction.desired(nftState.ownerElements, replacing: guestPlan.plan.owner,
+                                              with: NftRules.elements(for: guestPlan.plan))
+            }
+        }
+        return try await context.firewall.apply(dryRun: false) { snapshot in
+            guard let (desired, guestPlan) = state.desired(forGuest: name, snapshot: snapshot, settings: settings)
+            else { return nil }
             plan = guestPlan
             return desired
         }

@@ -62,7 +62,7 @@ enum HookEntry {
         // file asks for dry-run, which is how it reaches hooks run by libvirt, the transaction is
         // also logged, so the admin can read what would have been applied.
         let alsoLog = settings.dryRun && !flag && environment["VIRTGATE_DRY_RUN"] == nil
-        let handler = HookHandler(settings: settings, firewall: firewall, log: log, dryRun: dryRun) { text in
+        let handler = HookHandler(settings: settings, firewall: firewall, nftables: local.nftables, log: log, dryRun: dryRun) { text in
             writeAll(1, text)
             if alsoLog && !text.hasPrefix("<") {
                 log.info("dry-run \(invocation.summary): \(text)")

@@ -6,6 +6,8 @@ struct LocalContext {
     let settings: Settings
     let log: Log
     let firewall: Firewall
+    /// virtgate's nftables table, when nft is installed (see `HookHandler.nftables`).
+    let nftables: NftFirewall?
 
     init(settings: Settings, log: Log? = nil) throws {
         self.settings = settings
@@ -14,10 +16,20 @@ struct LocalContext {
             throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
         }
         firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: self.log)
+        nftables = NftFirewall.ifInstalled(settings: settings, runner: ProcessRunner(), log: self.log)
+        if settings.backend == .nft && nftables == nil {
+            throw FirewallError("BACKEND=nft, but \(NftBackend.defaultPath) is not installed")
+        }
     }
 
-    static func load() async throws -> LocalContext {
-        try LocalContext(settings: try await Settings.load(environment: ProcessEnvironment.current()))
+    /// `backend` is the `--backend` flag, which wins over the config and the environment.
+    static func load(backend: BackendKind? = nil) async throws -> LocalContext {
+        var settings = try await Settings.load(environment: ProcessEnvironment.current())
+        if let backend {
+            settings.backend = backend
+            settings.backendReason = "set by --backend"
+        }
+        return try LocalContext(settings: settings)
     }
 
     var store: StateStore { StateStore(directory: settings.stateDirectory) }

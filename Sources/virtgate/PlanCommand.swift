@@ -17,6 +17,9 @@ extension VirtGate {
         @Option(help: "Treat route/open networks as masqueraded (config MASQUERADE_ROUTED).")
         var masqueradeRouted = false
 
+        @Option(help: "Render for this backend: iptables, or nft (the guest's forwards as an nft script after the networks' iptables rules).")
+        var backend: BackendKind = .iptables
+
         func validate() throws {
             guard domain != nil || !network.isEmpty else {
                 throw ValidationError("give --domain FILE and/or --network FILE")
@@ -24,7 +27,10 @@ extension VirtGate {
         }
 
         func run() async throws {
-            let settings = PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted)
+            let mark = Settings().connectionMark
+            let settings = PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted,
+                                           forwardMark: backend == .nft ? mark : nil)
+            var elements = DesiredElements()
             var networks: [NetworkDefinition] = []
             for path in network {
                 networks.append(try LibvirtXML.network(fromXML: try readFile(path)))
@@ -40,13 +46,19 @@ extension VirtGate {
                 for pending in plan.pending {
                     printError("# pending: forward #\(pending.forward.position) \(pending.forward.summary): \(pending.reason)")
                 }
-                changes.append((plan.plan.owner, IptablesRules.chains(for: plan.plan)))
+                if backend == .nft {
+                    elements = NftTransaction.desired(elements, replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
+                } else {
+                    changes.append((plan.plan.owner, IptablesRules.chains(for: plan.plan)))
+                }
             }
             var desired = DesiredChains()
             for (owner, chains) in changes {
                 desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
             }
             print(IptablesTransaction.render(from: IptablesSnapshot(), to: desired), terminator: "")
+            let script = NftTransaction.render(from: NftState(), to: elements, mark: mark)
+            if !script.isEmpty { print("# nft -f\n" + script, terminator: "") }
         }
     }
 }

@@ -13,12 +13,15 @@ extension VirtGate {
             """
         )
 
+        @Option(help: "Where forwards live: nft or iptables (default: config BACKEND, else auto).")
+        var backend: BackendKind?
+
         @Flag(help: "Print the iptables-restore input instead of applying it.")
         var dryRun = false
 
         func run() async throws {
-            let local = try await LocalContext.load()
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, log: local.log, dryRun: dryRun) {
+            let local = try await LocalContext.load(backend: backend)
+            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: dryRun) {
                 writeAll(1, $0)
             }
             guard await handler.reapplyAll() else { throw ExitCode(1) }

@@ -18,13 +18,19 @@ extension VirtGate {
         var json = false
 
         func run() async throws {
-            let context = try await AdminContext(connect: connection.connect)
+            let context = try await AdminContext(connection)
             let state = try context.loadState()
             let snapshot = try await context.firewall.backend.snapshot()
-            let result = SyncPlanner.plan(state.input, settings: context.settings.planner,
-                                          incumbents: snapshot.forwardClaims(names: state.chainNames))
-            let report = StatusReport.build(sync: result, snapshot: snapshot,
-                                            backend: "iptables (\(context.firewall.backend.variant.rawValue))",
+            let settings = context.settings
+            let variant = context.firewall.backend.variant.rawValue
+            let nft = settings.backend == .nft ? try await context.local.nftables?.backend.state() : nil
+            let result = SyncPlanner.plan(state.input, settings: settings.planner,
+                                          incumbents: nft?.forwardClaims(names: state.chainNames)
+                                              ?? snapshot.forwardClaims(names: state.chainNames))
+            let backend = settings.backend == .nft
+                ? "nft: forwards in table inet \(NftLayout.table), filtering in iptables-\(variant) (\(settings.backendReason))"
+                : "iptables-\(variant) (\(settings.backendReason))"
+            let report = StatusReport.build(sync: result, snapshot: snapshot, nft: nft, backend: backend,
                                             listening: ListeningSockets.current())
             if json {
                 let encoder = JSONEncoder()

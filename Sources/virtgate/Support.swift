@@ -31,5 +31,5 @@ struct StaticAddressBook: AddressBook {
     let networks: [NetworkDefinition]
 
     func network(named name: String) -> NetworkDefinition? { networks.first { $0.name == name } }
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { nil }
+    func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? { nil }
 }

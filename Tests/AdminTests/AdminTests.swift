@@ -21,7 +21,7 @@ struct AdminTests {
         let web = try #require(state.input.guests.first { $0.name == "web" })
         #expect(web.forwards.map(\.summary) == ["tcp 2222 -> 22"])
         // The test driver has no network leases; the guest's own lease addresses fill in.
-        #expect(state.input.leases["virbr0"]?[MACAddress("52:54:00:aa:00:01")!] == IPv4Address("192.168.122.101"))
+        #expect(state.input.leases["virbr0"]?[MACAddress("52:54:00:aa:00:01")!] == [IPAddress("192.168.122.101")!])
     }
 
     @Test func syncPlansEveryRunningGuestAndActiveNetwork() throws {

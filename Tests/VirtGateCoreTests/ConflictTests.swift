@@ -5,9 +5,9 @@ import Testing
 struct ConflictTests {
     static let network = NetworkDefinition(
         name: "default", bridge: "virbr0", mode: .nat,
-        subnets: [.init(gateway: IPv4Address("192.168.122.1")!, network: IPv4Network(parsing: "192.168.122.0/24")!)],
-        reservations: [MACAddress("52:54:00:00:00:01")!: IPv4Address("192.168.122.10")!,
-                       MACAddress("52:54:00:00:00:02")!: IPv4Address("192.168.122.11")!])
+        subnets: [.init(gateway: IPAddress("192.168.122.1")!, network: IPNetwork(parsing: "192.168.122.0/24")!)],
+        reservations: [MACAddress("52:54:00:00:00:01")!: IPAddress("192.168.122.10")!,
+                       MACAddress("52:54:00:00:00:02")!: IPAddress("192.168.122.11")!])
 
     static func guest(_ name: String, mac: String, _ forwards: [String]) -> GuestDefinition {
         let specs = forwards.enumerated().map { index, text in
@@ -39,7 +39,7 @@ struct ConflictTests {
         let book = MemoryAddressBook(networks: [Self.network])
         let spec = ["8080:80", "198.51.100.10:53/udp", "5000-5009:6000-6009"]
         var web = Self.guest("web", mac: "52:54:00:00:00:01", spec)
-        web.forwards[2].sources = [IPv4Network(parsing: "203.0.113.0/24")!]
+        web.forwards[2].sources = [IPNetwork(parsing: "203.0.113.0/24")!]
         let plan = Planner.plan(guest: web, addresses: book)
         let desired = IptablesTransaction.desired([:], replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         var text = "*nat\n"

@@ -5,7 +5,7 @@ import Testing
 struct DoctorTests {
     static let network = NetworkDefinition(
         name: "default", bridge: "virbr0", mode: .nat,
-        subnets: [.init(gateway: IPv4Address("192.168.122.1")!, network: IPv4Network(parsing: "192.168.122.0/24")!)],
+        subnets: [.init(gateway: IPAddress("192.168.122.1")!, network: IPNetwork(parsing: "192.168.122.0/24")!)],
         reservations: [:])
 
     static var networkChains: DesiredChains {
@@ -35,6 +35,7 @@ struct DoctorTests {
         -A VIRTGATE-FWD -j VGN-default
         COMMIT
         """)
+
         facts.ufwActive = true
         facts.ufwInstalled = true
         facts.afterInitIntegrated = true
@@ -47,12 +48,17 @@ struct DoctorTests {
 
     @Test func healthyHostHasNoFindings() {
         #expect(Doctor.diagnose(Self.healthy()) == [])
+        var nft = Self.healthy()
+        let elements = [NftElement(set: "fwd4any", key: "tcp . 2222", value: "192.168.122.10 . 22", comment: "web")]
+        nft.desiredElements = ["web": elements]
+        nft.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), elements: elements)
+        #expect(Doctor.diagnose(nft) == [])
     }
 
     @Test("Each broken state is named", arguments: [
         "ip-forwarding-off", "forward-drop-without-accept", "rules-drift", "jumps-not-first", "libvirt-nftables-under-ufw",
         "mixed-iptables-variants", "hook-missing-qemu", "hook-not-executable-network", "hook-newer-than-daemon-qemu",
-        "ufw-after-init-missing",
+        "ufw-after-init-missing", "nft-elements-drift", "nft-forward-drop-elsewhere",
     ])
     func brokenStates(id: String) {
         var facts = Self.healthy()
@@ -69,6 +75,17 @@ struct DoctorTests {
         case "hook-not-executable-network": facts.hooks[1].executable = false
         case "hook-newer-than-daemon-qemu": facts.hooks[0].installedAt = 300
         case "ufw-after-init-missing": facts.afterInitIntegrated = false
+        case "nft-elements-drift":
+            // The nft backend remembers a guest with a forward; an admin flushed the ruleset.
+            facts.desiredElements = ["web": [NftElement(set: "fwd4any", key: "tcp . 2222", value: "192.168.122.10 . 22", comment: "web")]]
+            facts.nftState = NftState()
+        case "nft-forward-drop-elsewhere":
+            facts.foreignForwardDrops = try! NftForeignChains.forwardDrops(json: """
+            {"nftables": [{"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "firewall", "name": "fwd", "type": "filter", "hook": "forward", "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "other", "name": "fwd", "type": "filter", "hook": "forward", "policy": "accept"}}]}
+            """)
+            #expect(facts.foreignForwardDrops == ["inet firewall fwd"])
         default: Issue.record("unknown case")
         }
         let findings = Doctor.diagnose(facts)

@@ -19,10 +19,17 @@ final class RecordingRunner: CommandRunner {
     func run(_ executable: String, _ arguments: [String], input: String?) async throws -> CommandResult {
         state.withLock { $0.calls.append((executable, arguments, input)) }
         if failing { return CommandResult(status: 4, output: "", error: "iptables: Permission denied (you must be root)") }
-        return CommandResult(status: 0, output: state.withLock { $0.ruleset }, error: "")
+        // The fixed ruleset is IPv4's; ip6tables starts empty.
+        return CommandResult(status: 0, output: executable.contains("/ip6tables") ? "" : state.withLock { $0.ruleset }, error: "")
     }
 
-    var restores: [String] { state.withLock { $0.calls.filter { $0.0.hasSuffix("restore") }.compactMap(\.2) } }
+    /// iptables-restore inputs; `restores6` has ip6tables-restore's.
+    var restores: [String] { restores(tool: "/iptables-") }
+    var restores6: [String] { restores(tool: "/ip6tables-") }
+
+    func restores(tool: String) -> [String] {
+        state.withLock { $0.calls.filter { $0.0.hasSuffix("restore") && $0.0.contains(tool) }.compactMap(\.2) }
+    }
     var callCount: Int { state.withLock { $0.calls.count } }
 }
 

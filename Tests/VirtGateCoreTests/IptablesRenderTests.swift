@@ -11,6 +11,8 @@ struct IptablesRenderTests {
         var networks: [String]
         var domain: String?
         var masqueradeRouted = false
+        /// Plan networks for the nftables backend (its mark-accept rule in iptables).
+        var nftBackend = false
         var testDescription: String { golden }
     }
 
@@ -22,12 +24,15 @@ struct IptablesRenderTests {
         Case(golden: "isolated.rules", networks: ["network-isolated.xml"]),
         Case(golden: "bad-guest.rules", networks: ["network-default.xml"], domain: "domain-bad.xml"),
         Case(golden: "long-name-guest.rules", networks: ["network-default.xml"], domain: "domain-long-name.xml"),
+        Case(golden: "dual-stack.rules", networks: ["network-dual.xml"], domain: "domain-web6-start.xml"),
+        Case(golden: "dual-stack-nft-backend.rules", networks: ["network-dual.xml"], nftBackend: true),
     ]
 
     /// The chains a case wants, as the hook would compute them.
     static func desired(_ testCase: Case) throws -> DesiredChains {
         let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
-        let settings = PlannerSettings(masqueradeRoutedNetworks: testCase.masqueradeRouted)
+        let settings = PlannerSettings(masqueradeRoutedNetworks: testCase.masqueradeRouted,
+                                       forwardMark: testCase.nftBackend ? Settings().connectionMark : nil)
         var desired = DesiredChains()
         for network in networks {
             desired = IptablesTransaction.desired(desired, replacing: .network(network.name),

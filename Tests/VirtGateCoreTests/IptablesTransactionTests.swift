@@ -5,9 +5,9 @@ import Testing
 struct IptablesTransactionTests {
     static let network = NetworkDefinition(
         name: "default", bridge: "virbr0", mode: .nat,
-        subnets: [.init(gateway: IPv4Address("192.168.122.1")!, network: IPv4Network(parsing: "192.168.122.0/24")!)],
-        reservations: [MACAddress("52:54:00:00:00:01")!: IPv4Address("192.168.122.10")!,
-                       MACAddress("52:54:00:00:00:02")!: IPv4Address("192.168.122.11")!])
+        subnets: [.init(gateway: IPAddress("192.168.122.1")!, network: IPNetwork(parsing: "192.168.122.0/24")!)],
+        reservations: [MACAddress("52:54:00:00:00:01")!: IPAddress("192.168.122.10")!,
+                       MACAddress("52:54:00:00:00:02")!: IPAddress("192.168.122.11")!])
 
     static func guestChains(_ name: String, mac macText: String, port: UInt16) -> [OwnedChain] {
         var spec = ForwardSpec(hostPorts: PortRange(port, port), guestPorts: PortRange(22, 22))
@@ -24,21 +24,25 @@ struct IptablesTransactionTests {
 
     /// What the kernel would hold after applying `desired` to an empty ruleset with foreign rules.
     static func kernel(_ desired: DesiredChains, foreign: [IptablesTable: [String]] = [:]) -> IptablesSnapshot {
-        var text = ""
-        for table in IptablesTable.allCases {
-            let chains = IptablesTransaction.fullChains(desired, table: table)
-            text += "*\(table.rawValue)\n"
-            let builtins = table == .nat ? ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] : ["INPUT", "FORWARD", "OUTPUT"]
-            for chain in builtins { text += ":\(chain) ACCEPT [0:0]\n" }
-            for chain in chains.keys.sorted() { text += ":\(chain) - [0:0]\n" }
-            for top in TopChain.allCases where top.table == table && chains[top.rawValue] != nil {
-                for jump in top.builtinJumps { text += "-A \(jump.chain) \(jump.spec)\n" }
+        var snapshot = IptablesSnapshot()
+        for family in IPFamily.allCases {
+            var text = ""
+            for table in IptablesTable.tables(of: family) {
+                let chains = IptablesTransaction.fullChains(desired, table: table)
+                text += "*\(table.name)\n"
+                let builtins = table.name == "nat" ? ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] : ["INPUT", "FORWARD", "OUTPUT"]
+                for chain in builtins { text += ":\(chain) ACCEPT [0:0]\n" }
+                for chain in chains.keys.sorted() { text += ":\(chain) - [0:0]\n" }
+                for top in TopChain.allCases where top.lives(in: table) && chains[top.rawValue] != nil {
+                    for jump in top.builtinJumps(family) { text += "-A \(jump.chain) \(jump.spec)\n" }
+                }
+                for line in foreign[table] ?? [] { text += line + "\n" }
+                for chain in chains.keys.sorted() { for rule in chains[chain]! { text += rule + "\n" } }
+                text += "COMMIT\n"
             }
-            for line in foreign[table] ?? [] { text += line + "\n" }
-            for chain in chains.keys.sorted() { for rule in chains[chain]! { text += rule + "\n" } }
-            text += "COMMIT\n"
+            snapshot.add(parsing: text, family: family)
         }
-        return IptablesSnapshot(parsing: text)
+        return snapshot
     }
 
     @Test func applyingTheSameStateIsANoOp() {
@@ -92,7 +96,9 @@ struct IptablesTransactionTests {
         let kernel = Self.kernel(desired, foreign: [.filter: ["-A FORWARD -j LIBVIRT_FWX"]])
         var after = IptablesTransaction.desired(kernel.ownerChains, replacing: .guest("web"), with: [])
         after = IptablesTransaction.desired(after, replacing: .network("default"), with: [])
-        let text = IptablesTransaction.render(from: kernel, to: after)
+        // An IPv4-only network has no IPv6 rules: nothing to remove there.
+        #expect(IptablesTransaction.render(from: kernel, to: after, family: .v6) == "")
+        let text = IptablesTransaction.render(from: kernel, to: after, family: .v4)
         #expect(text == """
         *nat
         :VGD-web - [0:0]

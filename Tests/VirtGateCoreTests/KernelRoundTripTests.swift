@@ -43,18 +43,51 @@ struct KernelRoundTripTests {
         let backend = IptablesBackend(variant: variant, runner: NamespaceRunner(namespace: namespace, base: runner))
 
         let desired = try IptablesRenderTests.desired(testCase)
-        let first = IptablesTransaction.render(from: try await backend.snapshot(), to: desired)
-        try await backend.restore(first)
+        let empty = try await backend.snapshot()
+        for family in IPFamily.allCases {
+            try await backend.restore(IptablesTransaction.render(from: empty, to: desired, family: family), family: family)
+        }
         let applied = try await backend.snapshot()
         #expect(applied.ownerChains == desired.filter { !$0.value.isEmpty })
         #expect(IptablesTransaction.render(from: applied, to: desired) == "", "iptables-save must print our rules verbatim")
 
-        try await backend.restore(IptablesTransaction.render(from: applied, to: [:]))
+        for family in IPFamily.allCases {
+            try await backend.restore(IptablesTransaction.render(from: applied, to: [:], family: family), family: family)
+        }
         let removed = try await backend.snapshot()
         for table in removed.tables.values {
             #expect(!table.chains.contains(where: ChainNames.isOwned))
             #expect(!table.rules.values.joined().contains { $0.contains("VIRTGATE") })
         }
+    }
+
+    @Test("nft: each golden script goes through the real nft; what nft lists back is exactly what virtgate renders",
+          arguments: NftRenderTests.cases)
+    func nftRoundTrip(testCase: NftRenderTests.Case) async throws {
+        try #require(Root.isRoot, "needs root to create a network namespace")
+        let namespace = "vgt-rt-\(getpid())-nft-\(testCase.golden.split(separator: ".")[0])"
+        #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
+        defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
+        let backend = NftBackend(runner: NamespaceRunner(namespace: namespace, base: runner))
+        let desired = try NftRenderTests.desired(testCase)
+
+        #expect(try await backend.state() == NftState())
+        try await backend.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
+        let applied = try await backend.state()
+        // A guest without valid forwards leaves the host without a virtgate table.
+        #expect(applied.layout == (desired.isEmpty ? nil : NftLayout.marker(mark: NftRenderTests.mark)))
+        #expect(Set(applied.elements) == Set(desired.values.joined()))
+        #expect(NftTransaction.render(from: applied, to: desired, mark: NftRenderTests.mark) == "")
+
+        // Another guest's element added and the first guest removed, against the real kernel.
+        var next = desired
+        next["other"] = [NftElement(set: "fwd4any", key: "tcp . 7000", value: "10.0.0.9 . 7000", comment: "other")]
+        next = NftTransaction.desired(next, replacing: try NftRenderTests.plan(testCase).plan.owner, with: [])
+        try await backend.apply(NftTransaction.render(from: applied, to: next, mark: NftRenderTests.mark))
+        #expect(try await backend.state().elements == next["other"]!)
+
+        try await backend.apply(NftTransaction.render(from: try await backend.state(), to: [:], mark: NftRenderTests.mark))
+        #expect(try await backend.state() == NftState())
     }
 
     @Test("A failing table is rolled back: nothing is half-applied")

@@ -40,9 +40,32 @@ struct LibvirtXMLTests {
         }
     }
 
-    @Test func ipv6SubnetsAreIgnored() throws {
-        let xml = "<network><name>n</name><bridge name='b'/><ip family='ipv6' address='fd00::1' prefix='64'/><ip address='10.1.0.1' prefix='24'/></network>"
-        #expect(try LibvirtXML.network(fromXML: xml).subnets.map(\.network.description) == ["10.1.0.0/24"])
+    @Test("IPv6 subnets are read; DHCPv6 hosts are reserved by name")
+    func ipv6Subnets() throws {
+        let xml = """
+        <network><name>n</name><bridge name='b'/><ip family='ipv6' address='fd00:0:0:1::1' prefix='64'>
+        <dhcp><range start='fd00:0:0:1::100' end='fd00:0:0:1::1ff'/><host name='web' ip='fd00:0:0:1::10'/></dhcp></ip>
+        <ip address='10.1.0.1' prefix='24'/><ip family='ipv6' address='fd00:0:0:2::1'/></network>
+        """
+        let network = try LibvirtXML.network(fromXML: xml)
+        #expect(network.subnets.map(\.network.description) == ["fd00:0:0:1::/64", "10.1.0.0/24", "fd00:0:0:2::/64"])
+        #expect(network.reservation(mac: mac("52:54:00:00:00:01"), guest: "web", family: .v6) == ip("fd00:0:0:1::10"))
+        #expect(network.reservation(mac: mac("52:54:00:00:00:01"), guest: "web", family: .v4) == nil)
+        #expect(network.reservation(mac: mac("52:54:00:00:00:01"), guest: "other", family: .v6) == nil)
+    }
+
+    @Test("An address of the wrong family is named", arguments: [
+        ("<ip family='ipv6' address='10.0.0.1' prefix='64'/>", "ip address"),
+        ("<ip address='fd00::1' prefix='24'/>", "ip address"),
+        ("<ip family='ipv6' address='fd00::1' prefix='129'/>", "ip prefix"),
+        ("<ip family='ipv5' address='fd00::1'/>", "ip family"),
+    ])
+    func wrongFamily(ip: String, field: String) {
+        #expect {
+            _ = try LibvirtXML.network(fromXML: "<network><name>n</name><bridge name='b'/>\(ip)</network>")
+        } throws: { error in
+            (error as? InputProblem)?.field == field
+        }
     }
 
     @Test func domainAtStart() throws {
@@ -85,8 +108,8 @@ struct LibvirtXMLTests {
             #"guest "bad": forward #3 host-port="9000-8000": range is reversed"#,
             #"guest "bad": forward #4 guest-port="22": range length differs from host-port 8000-8009"#,
             #"guest "bad": forward #5 proto="icmp": expected tcp, udp or sctp"#,
-            #"guest "bad": forward #6 source="10.0.0.1/8": not an IPv4 CIDR with zero host bits"#,
-            #"guest "bad": forward #7 host-address="not-an-ip": not an IPv4 address"#,
+            #"guest "bad": forward #6 source="10.0.0.1/8": not an IP network (CIDR) with zero host bits"#,
+            #"guest "bad": forward #7 host-address="not-an-ip": not an IP address"#,
             #"guest "bad": forward #8 hostport="82": unknown attribute"#,
         ])
         #expect(guest.forwards.map(\.position) == [9])

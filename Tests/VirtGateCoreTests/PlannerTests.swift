@@ -5,7 +5,7 @@ import Testing
 struct PlannerTests {
     let network = NetworkDefinition(
         name: "default", bridge: "virbr0", mode: .nat,
-        subnets: [.init(gateway: ip("192.168.122.1"), network: IPv4Network(parsing: "192.168.122.0/24")!)],
+        subnets: [.init(gateway: ip("192.168.122.1"), network: IPNetwork(parsing: "192.168.122.0/24")!)],
         reservations: [mac("52:54:00:00:00:01"): ip("192.168.122.10")])
 
     func guest(_ forwards: [ForwardSpec], nics: [GuestInterface]? = nil) -> GuestDefinition {
@@ -21,7 +21,7 @@ struct PlannerTests {
         return ForwardSpec(hostPorts: hostPorts, guestPorts: guestPorts.map { try! PortRange.parse($0).get() })
     }
 
-    func boundAddresses(_ plan: GuestPlan) -> [IPv4Address] {
+    func boundAddresses(_ plan: GuestPlan) -> [IPAddress] {
         plan.plan.intents.compactMap { if case .dnat(let f) = $0 { f.guestAddress } else { nil } }
     }
 
@@ -93,10 +93,10 @@ struct PlannerTests {
         a.hostAddress = ip("198.51.100.1")
         b.hostAddress = ip("198.51.100.2")
         var c = forward("81"), d = forward("81")
-        c.sources = [IPv4Network(parsing: "10.1.0.0/16")!]
-        d.sources = [IPv4Network(parsing: "10.2.0.0/16")!]
+        c.sources = [IPNetwork(parsing: "10.1.0.0/16")!]
+        d.sources = [IPNetwork(parsing: "10.2.0.0/16")!]
         var e = forward("81")
-        e.sources = [IPv4Network(parsing: "10.1.2.0/24")!]
+        e.sources = [IPNetwork(parsing: "10.1.2.0/24")!]
         let plan = Planner.plan(guest: guest([a, b, c, d, e]), addresses: MemoryAddressBook(networks: [network]))
         #expect(plan.problems.map(\.field) == ["forward #5 host-port"])
     }
@@ -118,7 +118,7 @@ struct PlannerTests {
         #expect(Planner.plan(network: routed, settings: PlannerSettings()).intents.count == 3)
         var isolated = network
         isolated.mode = .isolated
-        #expect(Planner.plan(network: isolated, settings: settings).intents == [.allowIntraBridge(bridge: "virbr0")])
+        #expect(Planner.plan(network: isolated, settings: settings).intents == [.allowIntraBridge(bridge: "virbr0", family: .v4)])
         var bridged = network
         bridged.mode = .other("bridge")
         #expect(Planner.plan(network: bridged, settings: settings).intents.isEmpty)

@@ -17,11 +17,13 @@ enum Files {
 /// Addresses for planner tests: networks and leases held in memory.
 struct MemoryAddressBook: AddressBook {
     var networks: [NetworkDefinition] = []
-    var leases: [String: [MACAddress: IPv4Address]] = [:]
+    var leases: [String: [MACAddress: IPAddress]] = [:]
 
     func network(named name: String) -> NetworkDefinition? { networks.first { $0.name == name } }
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { leases[bridge]?[mac] }
+    func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        leases[bridge]?[mac].flatMap { $0.family == family ? $0 : nil }
+    }
 }
 
 func mac(_ text: String) -> MACAddress { MACAddress(text)! }
-func ip(_ text: String) -> IPv4Address { IPv4Address(text)! }
+func ip(_ text: String) -> IPAddress { IPAddress(text)! }

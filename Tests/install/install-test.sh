@@ -172,7 +172,12 @@ same() { # same "what" A B: A and B are equal; prints the difference otherwise
     if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1"; diff <(echo "$2") <(echo "$3") | head -20 | diag; return 1; fi
 }
 
-rules() { iptables-save | sed -e 's/\[[0-9]*:[0-9]*\]//' -e '/^#/d'; }
+rules() {
+    { iptables-save; ip6tables-save; nft list table inet virtgate 2>/dev/null; } | sed -e 's/\[[0-9]*:[0-9]*\]//' -e '/^#/d'
+}
+# The guest's forward to 10.231.0.11:22, as either backend writes it (iptables DNAT, or an nft map element).
+G_DNAT_IPT="--to-destination 10.231.0.11:22"
+G_DNAT_NFT=": 10.231.0.11 . 22"
 
 # scenario NAME: a fresh fake root $S, with the paths install.sh is told to use.
 scenario() {
@@ -334,7 +339,7 @@ t_foreign() {
     out=$(HOOK_ENV="VIRTGATE_DRY_RUN=yes" hook_as_libvirt "$HOOKS/qemu.d/virtgate" vgti-web start begin - \
         <"$FIXTURES/domain-vgti-web.xml" 2>&1)
     check "foreign qemu hook: qemu.d/virtgate acts as the qemu hook (dry run prints the DNAT)" \
-        eval '[[ "$out" == *"--to-destination 10.231.0.11:22"* ]]' \
+        eval '[[ "$out" == *"$G_DNAT_IPT"* || "$out" == *"$G_DNAT_NFT"* ]]' \
         || echo "$out" | head -5 | diag
     rm -r "$RUNLV/network"
     local second
@@ -402,7 +407,7 @@ t_hooks_and_uninstall() {
     check "hooks: install prints a dry run for the running network" \
         eval 'said "dry run: network vgtinst" && said "-A VGN-vgtinst -s 10.231.0.0/24 -i vgti-br0 -j ACCEPT"'
     check "hooks: install prints a dry run for the running guest (domstatus)" \
-        eval 'said "dry run: qemu vgti-web" && said "--to-destination 10.231.0.11:22"'
+        eval 'said "dry run: qemu vgti-web" && { said "$G_DNAT_IPT" || said "$G_DNAT_NFT"; }'
     same "hooks: install applies no rule by itself" "$baseline" "$(rules)"
     check "hooks: install (and its dry run) leaves no state dir" test ! -e "$STATE"
 
@@ -416,7 +421,7 @@ t_hooks_and_uninstall() {
     rc=$?
     check "hooks: \$HOOKS/qemu vgti-web start begin - exits 0" test "$rc" -eq 0 || diag <"$S.hooklog"
     check "hooks: the qemu hook created the guest's DNAT rules" \
-        eval 'rules | grep -q -- "--to-destination 10.231.0.11:22"'
+        eval 'rules | grep -q -e "$G_DNAT_IPT" -e "$G_DNAT_NFT"'
 
     local applied tree_applied
     applied=$(rules)

@@ -409,20 +409,24 @@ check_status_all_good() {
     check_eq "$tag: status: no orphans" "" "$(orphans)"
 }
 
-# Delete virtgate's jumps from the built-in chains and flush/delete every VIRTGATE-* and VG?-* chain, by hand.
+# Delete virtgate's jumps from the built-in chains and flush/delete every VIRTGATE-* and VG?-* chain, by hand, in
+# iptables and ip6tables.
 wipe_by_hand() {
-    local t line c chains
+    local t line c chains ipt
     local -a words
-    for t in filter nat mangle; do
-        while read -r line; do
-            [ -n "$line" ] || continue
-            read -ra words <<<"$line"
-            words[0]=-D
-            lab_ipt -t "$t" "${words[@]}" || return 1
-        done < <(lab_ipt -t "$t" -S | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (VIRTGATE-|VG[A-Z]-)')
-        chains=$(lab_ipt -t "$t" -S | sed -n -E 's/^-N ((VIRTGATE-|VG[A-Z]-)[^ ]*)$/\1/p')
-        for c in $chains; do lab_ipt -t "$t" -F "$c" || return 1; done
-        for c in $chains; do lab_ipt -t "$t" -X "$c" || return 1; done
+    for ipt in iptables ip6tables; do
+        for t in filter nat mangle; do
+            while read -r line; do
+                [ -n "$line" ] || continue
+                read -ra words <<<"$line"
+                words[0]=-D
+                ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" "${words[@]}" || return 1
+            done < <(ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" -S |
+                grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (VIRTGATE-|VG[A-Z]-)')
+            chains=$(ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" -S | sed -n -E 's/^-N ((VIRTGATE-|VG[A-Z]-)[^ ]*)$/\1/p')
+            for c in $chains; do ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" -F "$c" || return 1; done
+            for c in $chains; do ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" -X "$c" || return 1; done
+        done
     done
 }
 

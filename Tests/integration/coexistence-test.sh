@@ -238,7 +238,7 @@ cx_write_reapply_wrapper() {
 echo "\$(date +%s%N) virtgate \$*" >>"$LAB_TMP/after-init.log"
 env VIRTGATE_CONFIG="$VG_CONFIG" VIRTGATE_STATE_DIR="$VG_STATE" VIRTGATE_NETWORK_RUN_DIR="$VG_NET_RUN" \\
     VIRTGATE_NETWORK_ETC_DIR="$VG_NET_ETC" VIRTGATE_DNSMASQ_DIR="$VG_DNSMASQ" VIRTGATE_SYSLOG=0 \\
-    "$VIRTGATE" "\$@" 2>>"$LAB_TMP/reapply.err"
+    VIRTGATE_BACKEND="$VG_BACKEND" "$VIRTGATE" "\$@" 2>>"$LAB_TMP/reapply.err"
 rc=\$?
 echo "\$(date +%s%N) exit \$rc" >>"$LAB_TMP/after-init.log"
 exit \$rc

@@ -21,6 +21,8 @@ LAB_NS_WAN=vgt-wan
 LAB_NS_G1=vgt-g1
 LAB_NS_G2=vgt-g2
 LAB_NAMESPACES="$LAB_NS_HOST $LAB_NS_WAN $LAB_NS_G1 $LAB_NS_G2"
+# The backend every virtgate run of a suite uses (VIRTGATE_BACKEND from the caller, else iptables).
+VG_BACKEND=${VIRTGATE_BACKEND:-iptables}
 
 LAB_BRIDGE=vgt-br0
 LAB_SUBNET=10.213.0.0/24
@@ -32,6 +34,17 @@ LAB_G2_MAC=52:54:00:00:00:12
 LAB_HOST_WAN_IP=198.18.0.1     # the host's "public" address
 LAB_HOST_ALT_IP=198.18.0.5     # a second host address, for host-address="" restricted forwards
 LAB_WAN_IP=198.18.0.2          # the outside client
+# IPv6 beside it: documentation prefix on the wan link, a ULA subnet on the bridge (routed, never NATed).
+LAB_SUBNET6=fd00:213::/64
+LAB_GW6=fd00:213::1
+LAB_G1_IP6=fd00:213::11
+LAB_G2_IP6=fd00:213::12
+LAB_HOST_WAN_IP6=2001:db8:18::1
+LAB_WAN_IP6=2001:db8:18::2
+# socat prints IPv6 peers in full, bracketed (escaped: these are glob patterns)
+LAB_WAN_IP6_PEER="\\[2001:0db8:0018:0000:0000:0000:0000:0002\\]"
+LAB_GW6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0001\\]"
+LAB_G1_IP6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0011\\]"
 
 # Tools the lab needs. A missing one is a failure, never a skip.
 LAB_TOOLS="ip iptables iptables-save iptables-restore ufw socat ss unshare mount timeout flock sha256sum sysctl diff"
@@ -163,7 +176,10 @@ lab_delete_namespaces() {
 }
 
 lab_namespaces_left() {
-    ip netns list 2>/dev/null | awk '{print $1}' | grep '^vgt-' || true
+    local ns
+    for ns in $LAB_NAMESPACES; do
+        ip netns list 2>/dev/null | awk '{print $1}' | grep -x -- "$ns" || true
+    done
 }
 
 # Build the topology described at the top of this file. Returns non-zero on any error.
@@ -186,24 +202,31 @@ lab_create_topology() {
     # accept" checks need a path to the guests that does not go through a forward)
     ip -n "$LAB_NS_WAN" route add "$LAB_HOST_ALT_IP/32" via "$LAB_HOST_WAN_IP" || return 1
     ip -n "$LAB_NS_WAN" route add "$LAB_SUBNET" via "$LAB_HOST_WAN_IP" || return 1
+    # the same over IPv6 (nodad: the addresses are usable at once)
+    ip -n "$LAB_NS_HOST" addr add "$LAB_HOST_WAN_IP6/64" dev vgt-hw nodad || return 1
+    ip -n "$LAB_NS_WAN" addr add "$LAB_WAN_IP6/64" dev vgt-wh nodad || return 1
+    ip -n "$LAB_NS_HOST" -6 route add default via "$LAB_WAN_IP6" || return 1
+    ip -n "$LAB_NS_WAN" -6 route add "$LAB_SUBNET6" via "$LAB_HOST_WAN_IP6" || return 1
 
     # the guest bridge, like libvirt's virbr0
     ip -n "$LAB_NS_HOST" link add "$LAB_BRIDGE" type bridge stp_state 0 forward_delay 0 || return 1
     ip -n "$LAB_NS_HOST" addr add "$LAB_GW/24" dev "$LAB_BRIDGE" || return 1
+    ip -n "$LAB_NS_HOST" addr add "$LAB_GW6/64" dev "$LAB_BRIDGE" nodad || return 1
     ip -n "$LAB_NS_HOST" link set "$LAB_BRIDGE" up || return 1
 
     # two "guests": a veth whose host end (vgt-g1h, like vnet0) is a bridge port
-    lab_add_guest "$LAB_NS_G1" vgt-g1h "$LAB_G1_IP" "$LAB_G1_MAC" || return 1
-    lab_add_guest "$LAB_NS_G2" vgt-g2h "$LAB_G2_IP" "$LAB_G2_MAC" || return 1
+    lab_add_guest "$LAB_NS_G1" vgt-g1h "$LAB_G1_IP" "$LAB_G1_MAC" "$LAB_G1_IP6" || return 1
+    lab_add_guest "$LAB_NS_G2" vgt-g2h "$LAB_G2_IP" "$LAB_G2_MAC" "$LAB_G2_IP6" || return 1
 
     # routing in the host namespace only (sysctls under /proc/sys/net are per network namespace)
     ip netns exec "$LAB_NS_HOST" sysctl -qw net.ipv4.ip_forward=1 || return 1
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.ipv6.conf.all.forwarding=1 || return 1
     return 0
 }
 
-# lab_add_guest NS HOST_SIDE_IFNAME IP MAC
+# lab_add_guest NS HOST_SIDE_IFNAME IP MAC [IPV6]
 lab_add_guest() {
-    local ns=$1 port=$2 ip=$3 mac=$4
+    local ns=$1 port=$2 ip=$3 mac=$4 ip6=${5:-}
     ip -n "$LAB_NS_HOST" link add "$port" type veth peer name eth0 netns "$ns" || return 1
     ip -n "$LAB_NS_HOST" link set "$port" master "$LAB_BRIDGE" || return 1
     ip -n "$LAB_NS_HOST" link set "$port" up || return 1
@@ -211,6 +234,10 @@ lab_add_guest() {
     ip -n "$ns" addr add "$ip/24" dev eth0 || return 1
     ip -n "$ns" link set eth0 up || return 1
     ip -n "$ns" route add default via "$LAB_GW" || return 1
+    if [ -n "$ip6" ]; then
+        ip -n "$ns" addr add "$ip6/64" dev eth0 nodad || return 1
+        ip -n "$ns" -6 route add default via "$LAB_GW6" || return 1
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,8 +325,16 @@ RULES
 
 # The host namespace's ruleset, counters and comments stripped: what "identical" and "baseline" compare.
 lab_ruleset() {
-    ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle' |
+    # IPv6: only virtgate's lines (UFW's own IPv6 chains settle on their first reload), marked as such.
+    ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle;
+        { ip6tables-save -t filter; ip6tables-save -t nat; } | grep -E "^[*]|VIRTGATE|VG[NMDFS]-" | sed "s/^/ip6 /";
+        nft list table inet virtgate 2>/dev/null' |
         sed -e 's/\[[0-9]*:[0-9]*\]//' | grep -v '^#'
+}
+
+# lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.
+lab_nft_owner_elements() {
+    ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null | grep -o "comment \"$1\"" | wc -l
 }
 
 # check_ruleset DESCRIPTION EXPECTED_FILE: the current ruleset must equal the saved one exactly.
@@ -353,6 +388,26 @@ lab_serve() {
     lab_wait_listen "$ns" "$proto" "$port"
 }
 
+# lab_serve6 NS PROTO PORT LABEL: the same service over IPv6 only, beside an IPv4 one on the same port.
+lab_serve6() {
+    local ns=$1 proto=$2 port=$3 label=$4 i flag=-Hltn6
+    if [ "$proto" = tcp ]; then
+        ip netns exec "$ns" socat "TCP6-LISTEN:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+            </dev/null >/dev/null 2>&1 &
+    else
+        flag=-Hlun6
+        ip netns exec "$ns" socat "UDP6-RECVFROM:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+            </dev/null >/dev/null 2>&1 &
+    fi
+    LAB_PIDS="$LAB_PIDS $!"
+    for i in $(seq 50); do
+        ip netns exec "$ns" ss $flag "sport = :$port" | grep -q . && return 0
+        sleep 0.1
+    done
+    echo "# lab: IPv6 $proto listener on port $port in $ns did not start" >&2
+    return 1
+}
+
 lab_wait_listen() {
     local ns=$1 proto=$2 port=$3 i flag=-Hltn
     [ "$proto" = udp ] && flag=-Hlun
@@ -378,10 +433,17 @@ lab_stop_services() {
 # connect timeout, an idle timeout and an overall timeout.
 lab_probe() {
     local ns=$1 proto=$2 addr=$3 port=$4
+    local v=""
+    case $addr in *:*) v=6; addr="[$addr]" ;; esac   # IPv6: socat's TCP6/UDP6 with a bracketed address
     if [ "$proto" = tcp ]; then
-        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP:$addr:$port,connect-timeout=2" - 2>/dev/null | head -n1
+        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2" - 2>/dev/null | head -n1
     else
-        echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP:$addr:$port" 2>/dev/null | head -n1
+        # UDP has no handshake: a lost datagram or a slow forked responder on a busy machine looks like "closed".
+        # One more try tells them apart.
+        local reply
+        reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP$v:$addr:$port" 2>/dev/null | head -n1)
+        [ -n "$reply" ] || reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T3 - "UDP$v:$addr:$port" 2>/dev/null | head -n1)
+        echo "$reply"
     fi
 }
 
@@ -493,6 +555,7 @@ vg_exec() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root USER=root LOGNAME=root \
         VIRTGATE_CONFIG="$VG_CONFIG" VIRTGATE_STATE_DIR="$VG_STATE" VIRTGATE_NETWORK_RUN_DIR="$VG_NET_RUN" \
         VIRTGATE_NETWORK_ETC_DIR="$VG_NET_ETC" VIRTGATE_DNSMASQ_DIR="$VG_DNSMASQ" VIRTGATE_SYSLOG=0 \
+        VIRTGATE_BACKEND="$VG_BACKEND" \
         "${VG_EXTRA_ENV[@]}" "$prog" "$@" <"$stdin" >"$VG_OUT" 2>"$VG_ERR"
     VG_RC=$?
 }

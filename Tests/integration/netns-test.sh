@@ -172,7 +172,7 @@ lab_setup_inner() {
     fi
     # br_netfilter is built in here and on by default in every new namespace. The main checks run with it off (the
     # common case of a host without Docker); scenario 4 reports the "on" case.
-    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
 
     local ok=yes
     lab_serve "$LAB_NS_G1" tcp 22 g1-22 || ok=no
@@ -241,9 +241,14 @@ scenario_apply() {
         vg_hook "$LAB_FIXTURES/port-$g.xml" network vgtnet port-created begin -
         vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" start begin -
         vg_hook "$LAB_FIXTURES/domain-$g.xml" qemu "$g" started begin -
-        check "apply: nat VGD-$g exists" lab_chain_exists nat "VGD-$g"
-        check "apply: filter VGF-$g exists" lab_chain_exists filter "VGF-$g"
-        check "apply: nat VGS-$g exists" lab_chain_exists nat "VGS-$g"
+        if [ "$VG_BACKEND" = nft ]; then
+            check "apply: $g owns elements of nft table inet virtgate" test "$(lab_nft_owner_elements "$g")" -gt 0
+            check "apply: $g has no iptables chains (nft backend)" sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -q -- 'VG[DFS]-$g'"
+        else
+            check "apply: nat VGD-$g exists" lab_chain_exists nat "VGD-$g"
+            check "apply: filter VGF-$g exists" lab_chain_exists filter "VGF-$g"
+            check "apply: nat VGS-$g exists" lab_chain_exists nat "VGS-$g"
+        fi
     done
     check_jump_positions "apply"
     lab_ruleset >"$LAB_TMP/applied.rules"
@@ -256,6 +261,14 @@ check_jump_positions() {
     local tag=$1 rule
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
+    if [ "$VG_BACKEND" = nft ]; then
+        # DNAT lives in nft base chains of virtgate's own table: there are no iptables nat jumps to keep first.
+        check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
+            "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
+        check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
+            "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
+        return
+    fi
     rule=$(lab_first_rule nat PREROUTING)
     check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT for --dst-type LOCAL ('$rule')" \
         sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
@@ -324,7 +337,7 @@ scenario_hairpin() {
     info_reply "br_netfilter on: g1 -> 198.18.0.1:2222 (own forward)" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2222
     info_reply "br_netfilter on: wan -> 198.18.0.1:2222" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
     info_reply "br_netfilter on: g2 -> 10.213.0.11:22 direct" "$LAB_NS_G2" tcp "$LAB_G1_IP" 22
-    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0
+    ip netns exec "$LAB_NS_HOST" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
 }
 
 # Scenario 5
@@ -512,6 +525,84 @@ check_output() {
     fi
 }
 
+# Scenario 12: IPv6. The network gains an IPv6 subnet with a DHCPv6 reservation for g1 (by name); g1's forwards
+# that name no family then also bind to its IPv6 address, beside IPv6-only ones (host-address, source). Real IPv6
+# traffic from wan, from a neighbour (hairpin) and out (egress, not NATed); then back to IPv4 only, exactly.
+scenario_ipv6() {
+    echo "# --- 12. IPv6 forwards (backend $VG_BACKEND)"
+    local applied=$LAB_TMP/applied.rules ok=yes
+    lab_serve6 "$LAB_NS_G1" tcp 22 g1-22-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" tcp 80 g1-80-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" tcp 443 g1-443-v6 || ok=no
+    lab_serve6 "$LAB_NS_G1" udp 53 g1-53-udp-v6 || ok=no
+    lab_serve6 "$LAB_NS_WAN" tcp 7000 wan-7000-v6 || ok=no
+    check "ipv6: IPv6 services listening in $LAB_NS_G1 and $LAB_NS_WAN" test "$ok" = yes
+
+    expect_no_reply "ipv6: before: wan -> [$LAB_HOST_WAN_IP6]:2222 closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222
+    expect_no_reply "ipv6: before: g1 -> wan [$LAB_WAN_IP6]:7000 blocked by UFW's IPv6 FORWARD DROP" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP6" 7000
+
+    vg_hook "$LAB_FIXTURES/network-vgtnet-dual.xml" network vgtnet updated begin -
+    check "ipv6: ip6tables has the network's outbound accept for $LAB_SUBNET6" sh -c \
+        "ip netns exec $LAB_NS_HOST ip6tables-save | grep -q -- '-A VGN-vgtnet -s $LAB_SUBNET6 -i $LAB_BRIDGE -j ACCEPT'"
+    check "ipv6: no IPv6 masquerade for the network (no NAT66)" sh -c \
+        "! ip netns exec $LAB_NS_HOST ip6tables-save -t nat | grep -q -- '-s $LAB_SUBNET6 ! -d'"
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1-v6.xml" qemu vgt-g1 start begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1-v6.xml" qemu vgt-g1 started begin -
+
+    expect_reply "ipv6: wan -> [$LAB_HOST_WAN_IP6]:2222 reaches g1:22 over IPv6, source kept" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 $LAB_WAN_IP6_PEER"
+    expect_reply "ipv6: wan -> 198.18.0.1:2222 still reaches g1:22 over IPv4" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "ipv6: wan -> [$LAB_HOST_WAN_IP6]:5001 (range 5000-5002 -> 9000-9002) reaches g1:9001 over IPv4 only" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 5001 "g1-9001 *"
+    expect_reply "ipv6: udp wan -> [$LAB_HOST_WAN_IP6]:5353 reaches g1:53" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP6" 5353 "g1-53-udp-v6 $LAB_WAN_IP6_PEER"
+    expect_reply "ipv6: host-address=$LAB_HOST_WAN_IP6 forward 2280 reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2280 "g1-80-v6 $LAB_WAN_IP6_PEER"
+    expect_no_reply "ipv6: the IPv6-only forward 2280 is not on the IPv4 address" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2280
+    expect_reply "ipv6: source=$LAB_WAN_IP6/128 forward 2243 admits wan" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2243 "g1-443-v6 $LAB_WAN_IP6_PEER"
+    expect_no_reply "ipv6: source=2001:db8:99::/48 forward 2244 refuses wan" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2244
+    expect_no_reply "ipv6: routed access wan -> [$LAB_G1_IP6]:22 stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP6" 22
+    expect_no_reply "ipv6: routed access wan -> [$LAB_G1_IP6]:3306 stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP6" 3306
+    expect_reply "ipv6: hairpin g2 -> [$LAB_HOST_WAN_IP6]:2222 reaches g1, masqueraded to the bridge address" \
+        "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 $LAB_GW6_PEER"
+    expect_reply "ipv6: egress g1 -> wan [$LAB_WAN_IP6]:7000 works, source not NATed" \
+        "$LAB_NS_G1" tcp "$LAB_WAN_IP6" 7000 "wan-7000-v6 $LAB_G1_IP6_PEER"
+    expect_reply "ipv6: host itself -> [$LAB_HOST_WAN_IP6]:2222 reaches g1" \
+        "$LAB_NS_HOST" tcp "$LAB_HOST_WAN_IP6" 2222 "g1-22-v6 *"
+
+    # Back to the IPv4-only network and g1's usual forwards: nothing IPv6 of the guest may remain.
+    vg_hook "$LAB_FIXTURES/network-vgtnet.xml" network vgtnet updated begin -
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 start begin -
+    check_ruleset "ipv6: back to IPv4 only, the ruleset is identical to before" "$applied"
+    expect_no_reply "ipv6: after: wan -> [$LAB_HOST_WAN_IP6]:2222 closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 2222
+}
+
+# Scenario 13: a drop policy in someone else's native nftables table. Nothing virtgate can write overrides it
+# (an accept in one table does not save a packet another table drops): doctor must say so, plainly.
+scenario_foreign_nft_drop() {
+    echo "# --- 13. a native nftables forward drop elsewhere (backend $VG_BACKEND)"
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$VIRTGATE" /dev/null doctor
+    check "foreign drop: doctor does not report one before" sh -c "! grep -q nft-forward-drop-elsewhere '$VG_OUT'"
+    ip netns exec "$LAB_NS_HOST" nft -f - <<'NFT'
+table inet vgt-foreign {
+    chain forward_drop { type filter hook forward priority 0; policy drop; }
+}
+NFT
+    expect_no_reply "foreign drop: wan -> 198.18.0.1:2222 dies in the foreign table" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    vg_exec "$VIRTGATE" /dev/null doctor
+    check "foreign drop: doctor exits non-zero" test "$VG_RC" -ne 0
+    check "foreign drop: doctor names the chain (nft-forward-drop-elsewhere, inet vgt-foreign forward_drop)" \
+        sh -c "grep -q 'nft-forward-drop-elsewhere' '$VG_OUT' && grep -q 'inet vgt-foreign forward_drop' '$VG_OUT'"
+    ip netns exec "$LAB_NS_HOST" nft delete table inet vgt-foreign
+    expect_reply "foreign drop: removed, wan -> 198.18.0.1:2222 reaches g1 again" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+}
+
 # Scenario 10: a dry run prints the iptables-restore input and changes neither the ruleset nor the state.
 scenario_dry_run() {
     echo "# --- 10. dry run"
@@ -521,15 +612,24 @@ scenario_dry_run() {
     # a guest not applied yet: there is something to add
     sed 's|@FORWARD@||' "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$VG_XML/vgt-new.xml"
     vg_hook "$VG_XML/vgt-new.xml" --dry-run qemu vgt-bad start begin -
-    check_output "dry-run: --dry-run start of a new guest prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
-    check "dry-run: the printed input has the DNAT to 10.213.0.12:22" \
-        grep -q -- '--to-destination 10.213.0.12:22' "$VG_OUT"
+    if [ "$VG_BACKEND" = nft ]; then
+        check "dry-run: --dry-run start of a new guest prints the nft script" grep -q '^add element inet virtgate' "$VG_OUT"
+        check "dry-run: the printed script maps to 10.213.0.12 . 22" grep -q -- ': 10.213.0.12 . 22' "$VG_OUT"
+    else
+        check_output "dry-run: --dry-run start of a new guest prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+        check "dry-run: the printed input has the DNAT to 10.213.0.12:22" \
+            grep -q -- '--to-destination 10.213.0.12:22' "$VG_OUT"
+    fi
     check_ruleset "dry-run: --dry-run start of a new guest changed nothing" "$applied"
     expect_no_reply "dry-run: wan -> 198.18.0.1:2224 stays closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2224
 
     # an applied guest: there is something to remove
     vg_hook "$VG_XML/vgt-g1-stopped.xml" --dry-run qemu vgt-g1 stopped end -
-    check_output "dry-run: --dry-run stopped of g1 prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    if [ "$VG_BACKEND" = nft ]; then
+        check "dry-run: --dry-run stopped of g1 prints the nft script" grep -q '^delete element inet virtgate' "$VG_OUT"
+    else
+        check_output "dry-run: --dry-run stopped of g1 prints *nat, *filter, COMMIT" '*nat' '*filter' COMMIT
+    fi
     check_ruleset "dry-run: --dry-run stopped of g1 changed nothing" "$applied"
 
     # an applied guest started again: nothing to do, nothing changed
@@ -542,7 +642,7 @@ scenario_dry_run() {
     # Called by libvirt, stdout is not read (and is the migrate/restore filter output): virtgate logs the
     # transaction instead, on stderr with VIRTGATE_SYSLOG=0. Accept it on either stream.
     check "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 via hooks/qemu prints the transaction (stdout or log)" \
-        grep -q 'COMMIT' "$VG_OUT" "$VG_ERR"
+        grep -q -e 'COMMIT' -e 'delete element' "$VG_OUT" "$VG_ERR"
     check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 stopped of g2 changed nothing" "$applied"
     vg_hook_via "$VG_HOOKS/qemu.d/virtgate" "$VG_XML/vgt-g2-stopped.xml" vgt-g2 release end -
     check_ruleset "dry-run: VIRTGATE_DRY_RUN=1 release of g2 via hooks/qemu.d/virtgate changed nothing" "$applied"
@@ -638,6 +738,8 @@ main_inner() {
     scenario_idempotence
     scenario_concurrency
     scenario_bad_metadata
+    scenario_ipv6
+    scenario_foreign_nft_drop
     scenario_dry_run
     scenario_teardown
     scenario_network_from_run_dir

@@ -51,11 +51,13 @@ public struct Firewall: Sendable {
         for attempt in 1...2 {
             let snapshot = try await backend.snapshot()
             guard let target = desired(snapshot) else { return Outcome(transaction: "", applied: false) }
-            let text = IptablesTransaction.render(from: snapshot, to: target)
-            if text.isEmpty { return Outcome(transaction: "", applied: false) }
+            let texts = IPFamily.allCases.map { IptablesTransaction.render(from: snapshot, to: target, family: $0) }
+            if texts.allSatisfy(\.isEmpty) { return Outcome(transaction: "", applied: false) }
             do {
-                try await backend.restore(text)
-                return Outcome(transaction: text, applied: true)
+                for (family, text) in zip(IPFamily.allCases, texts) where !text.isEmpty {
+                    try await backend.restore(text, family: family)
+                }
+                return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: target), applied: true)
             } catch {
                 try await rollback(to: snapshot)
                 if attempt == 2 { throw error }
@@ -68,10 +70,11 @@ public struct Firewall: Sendable {
     /// Puts virtgate's chains back as they were in `snapshot` (tables committed before the failure).
     func rollback(to snapshot: IptablesSnapshot) async throws {
         let now = try await backend.snapshot()
-        let text = IptablesTransaction.render(from: now, to: snapshot.ownerChains)
-        guard !text.isEmpty else { return }
         do {
-            try await backend.restore(text)
+            for family in IPFamily.allCases {
+                let text = IptablesTransaction.render(from: now, to: snapshot.ownerChains, family: family)
+                if !text.isEmpty { try await backend.restore(text, family: family) }
+            }
         } catch {
             throw FirewallError("rollback failed, virtgate's rules may be incomplete (run the event again): \(error)")
         }

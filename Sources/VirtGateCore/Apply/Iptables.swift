@@ -23,12 +23,17 @@ public enum IptablesVariant: String, Sendable {
         return nil
     }
 
-    public var save: String { "/usr/sbin/iptables-\(rawValue)-save" }
-    public var restore: String { "/usr/sbin/iptables-\(rawValue)-restore" }
+    public func save(_ family: IPFamily) -> String { "/usr/sbin/\(family.tool)-\(rawValue)-save" }
+    public func restore(_ family: IPFamily) -> String { "/usr/sbin/\(family.tool)-\(rawValue)-restore" }
+}
+
+extension IPFamily {
+    /// iptables or ip6tables.
+    public var tool: String { self == .v4 ? "iptables" : "ip6tables" }
 }
 
 /// Reads and writes the kernel's iptables rules through one `iptables-save` and one
-/// `iptables-restore --noflush` per change.
+/// `iptables-restore --noflush` per family and change.
 public struct IptablesBackend: Sendable {
     public let variant: IptablesVariant
     public let runner: any CommandRunner
@@ -39,17 +44,23 @@ public struct IptablesBackend: Sendable {
     }
 
     public func snapshot() async throws -> IptablesSnapshot {
-        let result = try await runner.run(variant.save, [], input: nil)
-        guard result.status == 0 else {
-            throw FirewallError("\(variant.save) failed (exit \(result.status)): \(result.error.oneLine)")
+        var snapshot = IptablesSnapshot()
+        for family in IPFamily.allCases {
+            let tool = variant.save(family)
+            let result = try await runner.run(tool, [], input: nil)
+            guard result.status == 0 else {
+                throw FirewallError("\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
+            }
+            snapshot.add(parsing: result.output, family: family)
         }
-        return IptablesSnapshot(parsing: result.output)
+        return snapshot
     }
 
-    public func restore(_ text: String) async throws {
-        let result = try await runner.run(variant.restore, ["-w", "--noflush"], input: text)
+    public func restore(_ text: String, family: IPFamily) async throws {
+        let tool = variant.restore(family)
+        let result = try await runner.run(tool, ["-w", "--noflush"], input: text)
         guard result.status == 0 else {
-            throw FirewallError("\(variant.restore) failed (exit \(result.status)): \(result.error.oneLine)")
+            throw FirewallError("\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
         }
     }
 }

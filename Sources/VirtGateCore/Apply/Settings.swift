@@ -1,5 +1,8 @@
 import Configuration
 import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #endif
@@ -19,8 +22,9 @@ public struct Settings: Sendable {
     public var dryRun = false
     /// nil: the variant `/usr/sbin/iptables` points to.
     public var iptablesVariant: IptablesVariant?
-    /// nil: chosen from what the host has (see `BackendChoice`).
-    public var backend: BackendKind?
+    /// `load` chooses it when the config says `auto`; `backendReason` says why, for `status`.
+    public var backend: BackendKind = .iptables
+    public var backendReason = "default"
     /// The conntrack mark bit the nft backend sets on connections it DNATs, so one filter rule can
     /// admit exactly them. Must not be used by anything else on the host.
     public var connectionMark: UInt32 = 0x0020_0000
@@ -34,7 +38,10 @@ public struct Settings: Sendable {
 
     public init() {}
 
-    public var planner: PlannerSettings { PlannerSettings(masqueradeRoutedNetworks: masqueradeRoutedNetworks) }
+    public var planner: PlannerSettings {
+        PlannerSettings(masqueradeRoutedNetworks: masqueradeRoutedNetworks,
+                        forwardMark: backend == .nft ? connectionMark : nil)
+    }
 
     /// Loads the file named by `VIRTGATE_CONFIG` (default `/etc/virtgate/virtgate.conf`; a missing
     /// file means defaults) and applies environment overrides. Unknown values are errors, not defaults.
@@ -80,6 +87,12 @@ public struct Settings: Sendable {
                 throw FirewallError("config \(origin)=\(InputProblem.quoted(text)): expected auto, iptables or nft")
             }
             settings.backend = kind
+            settings.backendReason = "set by \(origin.contains(":") ? origin : "\(origin) (environment)")"
+        } else {
+            let nft = NftBackend.defaultPath
+            let installed = access(nft, X_OK) == 0
+            settings.backend = installed ? .nft : .iptables
+            settings.backendReason = installed ? "auto: \(nft) is installed" : "auto: \(nft) is not installed"
         }
         if let (text, origin) = value("connectionMark") {
             let digits = text.lowercased().hasPrefix("0x") ? text.dropFirst(2) : Substring(text)

@@ -66,7 +66,7 @@ public final class FileAddressBook: AddressBook {
     let configDirectory: String
     let dnsmasqDirectory: String
     private var networks: [String: NetworkDefinition?] = [:]
-    private var leases: [String: [MACAddress: IPv4Address]] = [:]
+    private var leases: [String: [MACAddress: [IPAddress]]] = [:]
     /// Files that exist but could not be used, for the log.
     public private(set) var problems: [String] = []
 
@@ -112,14 +112,14 @@ public final class FileAddressBook: AddressBook {
     }
 
     /// dnsmasq's status file for the bridge (a JSON array written by libvirt's leaseshelper).
-    public func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? {
+    public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
         if leases[bridge] == nil {
-            var table: [MACAddress: IPv4Address] = [:]
+            var table: [MACAddress: [IPAddress]] = [:]
             if let data = FileManager.default.contents(atPath: "\(dnsmasqDirectory)/\(bridge).status"), !data.isEmpty {
                 do {
                     for lease in try JSONDecoder().decode([Lease].self, from: data) {
-                        if let mac = lease.mac.flatMap(MACAddress.init), let ip = lease.ip.flatMap(IPv4Address.init) {
-                            table[mac] = ip
+                        if let mac = lease.mac.flatMap(MACAddress.init), let ip = lease.ip.flatMap(IPAddress.init) {
+                            table[mac, default: []].append(ip)
                         }
                     }
                 } catch {
@@ -128,6 +128,6 @@ public final class FileAddressBook: AddressBook {
             }
             leases[bridge] = table
         }
-        return leases[bridge]?[mac]
+        return leases[bridge]?[mac]?.first { $0.family == family }
     }
 }

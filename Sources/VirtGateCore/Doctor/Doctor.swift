@@ -44,6 +44,12 @@ public struct DoctorFacts: Sendable {
     public var daemons: [Daemon] = []
     public var ufwInstalled = false
     public var afterInitIntegrated = false
+    /// With the nft backend: virtgate's table as the kernel has it, and what it should hold.
+    public var nftState: NftState?
+    public var desiredElements: DesiredElements?
+    /// Native nftables base chains on the forward hook with a drop policy, outside iptables-nft's
+    /// tables and virtgate's own: "family table chain".
+    public var foreignForwardDrops: [String] = []
 
     public init() {}
 }
@@ -112,6 +118,21 @@ public enum Doctor {
                 fix: "virtgate sync (restores egress), or firewall_backend = \"iptables\" in /etc/libvirt/network.conf and restart virtnetworkd or libvirtd"))
         }
 
+        if let nft = facts.nftState, let desired = facts.desiredElements,
+           Set(nft.elements) != Set(desired.values.joined()) || (!desired.isEmpty && nft.layout == nil) {
+            findings.append(Finding(
+                id: "nft-elements-drift",
+                problem: "virtgate's nftables table (table inet \(NftLayout.table)) does not hold exactly the forwards of the guests virtgate remembers (missing after a flush, or left over from something that is gone).",
+                fix: "virtgate reapply (or virtgate sync)"))
+        }
+
+        if !facts.foreignForwardDrops.isEmpty {
+            findings.append(Finding(
+                id: "nft-forward-drop-elsewhere",
+                problem: "The nftables chain(s) \(facts.foreignForwardDrops.joined(separator: ", ")) drop forwarded packets by policy. A packet accepted in one table still meets every other table's chains, so neither virtgate's accepts (in iptables) nor anything in its own nft table can override this drop: guest traffic and forwards die there.",
+                fix: "admit the guests' bridges and connections with ct status dnat in that chain (its owner's configuration), or switch that firewall to iptables-nft so virtgate's accepts land in the same table"))
+        }
+
         if facts.legacyTablesPresent, facts.nftTablesPresent {
             findings.append(Finding(
                 id: "mixed-iptables-variants",
@@ -153,3 +174,4 @@ public enum Doctor {
         networks.map { InputProblem.quoted($0.name) }.joined(separator: ", ")
     }
 }
+

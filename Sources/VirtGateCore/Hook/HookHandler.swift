@@ -3,15 +3,20 @@
 public struct HookHandler: Sendable {
     public let settings: Settings
     public let firewall: Firewall
+    /// virtgate's nftables table; nil when nft is not installed. Guests' forwards live there when
+    /// `settings.backend` is `.nft`; with `.iptables` only `reapply` touches it, to remove it.
+    public let nftables: NftFirewall?
     public let store: StateStore
     public let log: Log
     public let dryRun: Bool
     /// Where dry-run transactions and filter output (migrate/restore) go.
     public let output: @Sendable (String) -> Void
 
-    public init(settings: Settings, firewall: Firewall, log: Log, dryRun: Bool, output: @escaping @Sendable (String) -> Void) {
+    public init(settings: Settings, firewall: Firewall, nftables: NftFirewall? = nil, log: Log, dryRun: Bool,
+                output: @escaping @Sendable (String) -> Void) {
         self.settings = settings
         self.firewall = firewall
+        self.nftables = nftables
         self.store = StateStore(directory: settings.stateDirectory)
         self.log = log
         self.dryRun = dryRun
@@ -38,16 +43,22 @@ public struct HookHandler: Sendable {
             guard let guest = parseGuest(name, stdin) else { return refuseOrPass() }
             return report(guest.problems) ? 0 : 1
         case .start, .started:
-            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0)
+            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0,
+                                     networks: invocation.operation == "started")
         case .reconnect, .attach:
-            return await assertGuest(name, stdin: stdin, failureStatus: 0)
+            return await assertGuest(name, stdin: stdin, failureStatus: 0, networks: invocation.operation == "reconnect")
         case .stopped, .release:
             // Remove by name only: the metadata may have changed while the guest ran.
             guard Names.isSafeObjectName(name) else {
                 log.error(InputProblem(.guest(name), field: "name", value: name, reason: "not a usable guest name").description)
                 return 0
             }
-            let done = await apply([(.guest(name), [])], event: "\(invocation: invocation)")
+            let event = "\(invocation: invocation)"
+            let done = if let nft = activeNft {
+                await apply(nft, event: event) { NftTransaction.desired($0.ownerElements, replacing: .guest(name), with: []) }
+            } else {
+                await apply([(.guest(name), [])], event: event)
+            }
             if done && !dryRun { store.forgetGuest(name) }
             return 0
         case .other(let operation):
@@ -76,7 +87,10 @@ public struct HookHandler: Sendable {
 
     func refuseOrPass() -> Int32 { settings.onInvalid == .refuse ? 1 : 0 }
 
-    func assertGuest(_ name: String, stdin: String, failureStatus: Int32) async -> Int32 {
+    /// `networks`: with the nftables backend, also re-assert the filter rules of the guest's networks
+    /// in iptables (on `started` and `reconnect`: libvirt has just put its own rules first again).
+    /// With iptables they always go in the guest's own transaction, at no extra cost.
+    func assertGuest(_ name: String, stdin: String, failureStatus: Int32, networks: Bool = false) async -> Int32 {
         guard let guest = parseGuest(name, stdin) else { return failureStatus }
         if settings.onInvalid == .refuse && !guest.problems.isEmpty {
             _ = report(guest.problems)
@@ -93,6 +107,10 @@ public struct HookHandler: Sendable {
         let addresses = FileAddressBook(store: store, settings: settings)
         var names: [String: String] = [:]
         for remembered in store.guestNames() { names[ChainNames.id(for: remembered)] = remembered }
+        if let nft = activeNft {
+            return await assertGuest(guest, nft: nft, addresses: addresses, names: names, failureStatus: failureStatus,
+                                     networks: networks)
+        }
         var guestPlan: GuestPlan?
         var refused = false
         // Planned under the lock, against the kernel's rules: other guests' forwards there decide
@@ -113,14 +131,51 @@ public struct HookHandler: Sendable {
             }
             return IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         }
+        report(guest, guestPlan, addresses)
+        return applied && !refused ? 0 : failureStatus
+    }
+
+    func report(_ guest: GuestDefinition, _ guestPlan: GuestPlan?, _ addresses: FileAddressBook) {
         for problem in addresses.problems { log.warning(problem) }
         if let guestPlan {
             _ = report(guest.problems + guestPlan.problems)
             for pending in guestPlan.pending {
-                log.info("guest \(InputProblem.quoted(name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
+                log.info("guest \(InputProblem.quoted(guest.name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
             }
         }
-        return applied && !refused ? 0 : failureStatus
+    }
+
+    /// The nftables backend, when it is the active one.
+    var activeNft: NftFirewall? { settings.backend == .nft ? nftables : nil }
+
+    /// The guest's forwards as map elements, planned against the elements other guests hold.
+    func assertGuest(_ guest: GuestDefinition, nft: NftFirewall, addresses: FileAddressBook, names: [String: String],
+                     failureStatus: Int32, networks reassert: Bool) async -> Int32 {
+        var guestPlan: GuestPlan?
+        var refused = false
+        let applied = await apply(nft, event: "qemu \(InputProblem.quoted(guest.name))") { state in
+            let plan = Planner.plan(guest: guest, addresses: addresses, taken: state.forwardClaims(names: names))
+            guestPlan = plan
+            if settings.onInvalid == .refuse && !plan.problems.isEmpty {
+                refused = true
+                return nil
+            }
+            return NftTransaction.desired(state.ownerElements, replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
+        }
+        // A network that was running before virtgate was installed has no filter rules yet: it gets
+        // them now (in iptables, where the DROP is). Networks the network hook reported have them,
+        // unless libvirt or someone else moved them since (`reassert`).
+        var networksDone = true
+        if applied, !refused, let guestPlan {
+            let unseen = guestPlan.networks.filter { reassert || store.networkXML($0) == nil }.compactMap { addresses.network(named: $0) }
+            if !unseen.isEmpty {
+                networksDone = await apply(unseen.map { network in
+                    (.network(network.name), IptablesRules.chains(for: Planner.plan(network: network, settings: settings.planner)))
+                }, event: "qemu \(InputProblem.quoted(guest.name)) networks")
+            }
+        }
+        report(guest, guestPlan, addresses)
+        return applied && !refused && networksDone ? 0 : failureStatus
     }
 
     // MARK: network
@@ -157,13 +212,24 @@ public struct HookHandler: Sendable {
             // Reservations may have changed: re-bind the forwards of running guests on this network.
             let addresses = OverridingAddressBook(network: network,
                                                   base: FileAddressBook(store: store, settings: settings))
+            var plans: [GuestPlan] = []
             for (guestName, xml) in store.guests() {
                 guard let guest = try? LibvirtXML.guest(fromXML: xml, name: guestName),
                       guest.interfaces.contains(where: { $0.network == name }) else { continue }
-                let plan = Planner.plan(guest: guest, addresses: addresses)
-                changes.append((plan.plan.owner, IptablesRules.chains(for: plan.plan)))
+                plans.append(Planner.plan(guest: guest, addresses: addresses))
             }
-            return await apply(changes, event: "network \(InputProblem.quoted(name)) \(invocation.operation)") ? 0 : failure
+            let event = "network \(InputProblem.quoted(name)) \(invocation.operation)"
+            guard let nft = activeNft else {
+                changes += plans.map { ($0.plan.owner, IptablesRules.chains(for: $0.plan)) }
+                return await apply(changes, event: event) ? 0 : failure
+            }
+            var done = await apply(changes, event: event)
+            if !plans.isEmpty {
+                done = await apply(nft, event: event) { state in
+                    plans.reduce(state.ownerElements) { NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan)) }
+                } && done
+            }
+            return done ? 0 : failure
         case .stopped:
             guard Names.isSafeObjectName(name) else { return 0 }
             let done = await apply([(.network(name), [])], event: "network \(InputProblem.quoted(name)) stopped")
@@ -187,10 +253,30 @@ public struct HookHandler: Sendable {
     public func reapplyAll() async -> Bool {
         let remembered = rememberedState()
         var plans: [GuestPlan] = []
-        let done = await apply(event: "reapply") { snapshot in
-            let (desired, guestPlans) = remembered.desired(on: snapshot, settings: settings.planner)
-            plans = guestPlans
-            return desired
+        var done: Bool
+        if let nft = activeNft {
+            // Guests' elements first, then the filter side; rules a guest left in iptables (from
+            // before a switch of backend) go in the same iptables transaction.
+            done = await apply(nft, event: "reapply") { state in
+                let guestPlans = remembered.guestPlans(incumbents: state.forwardClaims(names: remembered.chainNames),
+                                                       settings: settings.planner)
+                plans = guestPlans
+                return guestPlans.reduce(state.ownerElements) {
+                    NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan))
+                }
+            }
+            done = await apply(event: "reapply") { snapshot in
+                remembered.networkChains(on: snapshot.ownerChains.withoutGuests, settings: settings.planner)
+            } && done
+        } else {
+            done = await apply(event: "reapply") { snapshot in
+                let (desired, guestPlans) = remembered.desired(on: snapshot, settings: settings.planner)
+                plans = guestPlans
+                return desired
+            }
+            if let nftables {
+                done = await removeTable(nftables, event: "reapply") && done
+            }
         }
         for plan in plans {
             for problem in plan.problems { log.warning("\(problem); forward skipped") }
@@ -236,13 +322,27 @@ public struct HookHandler: Sendable {
 
     /// One locked transaction: `desired` maps the kernel's current rules to what virtgate wants.
     func apply(event: String, desired: (IptablesSnapshot) -> DesiredChains?) async -> Bool {
+        await transaction(event: event) { try await firewall.apply(dryRun: dryRun, desired: desired) }
+    }
+
+    /// One locked nft transaction: `desired` maps virtgate's table to the elements it wants.
+    func apply(_ nft: NftFirewall, event: String, desired: (NftState) -> DesiredElements?) async -> Bool {
+        await transaction(event: event) { try await nft.apply(dryRun: dryRun, desired: desired) }
+    }
+
+    /// Removes virtgate's nftables table if there is one: nothing of the other backend stays.
+    func removeTable(_ nft: NftFirewall, event: String) async -> Bool {
+        await transaction(event: event) { try await nft.remove(dryRun: dryRun) }
+    }
+
+    func transaction(event: String, _ body: () async throws -> Firewall.Outcome) async -> Bool {
         do {
             var lock: FileLock?
             if !dryRun {
                 try store.prepare()
                 lock = try FileLock(path: store.lockPath)
             }
-            let outcome = try await firewall.apply(dryRun: dryRun, desired: desired)
+            let outcome = try await body()
             withExtendedLifetime(lock) {}
             if dryRun {
                 output(outcome.transaction.isEmpty ? "# \(event): no changes\n" : outcome.transaction)
@@ -258,6 +358,9 @@ public struct HookHandler: Sendable {
 
     /// "+3 -1 rules in VGD-web, VGF-web" style summary of a transaction, for the one log line.
     static func summary(of transaction: String) -> String {
+        if transaction.hasPrefix("add element") || transaction.hasPrefix("delete element") || transaction.hasPrefix("table inet") {
+            return nftSummary(of: transaction)
+        }
         var added = 0, removed = 0
         var chains: [String] = []
         for line in transaction.split(separator: "\n") {
@@ -268,6 +371,30 @@ public struct HookHandler: Sendable {
         }
         let touched = chains.filter { TopChain(rawValue: $0) == nil }
         return "\(added) rules written, \(removed) removed" + (touched.isEmpty ? "" : " (\(touched.joined(separator: ", ")))")
+    }
+}
+
+extension HookHandler {
+    /// "5 elements added, 2 removed" for an nft script.
+    static func nftSummary(of script: String) -> String {
+        var added = 0, removed = 0
+        var created = false, deleted = false
+        for line in script.split(separator: "\n") {
+            let count = line.split(separator: ",").count
+            if line.hasPrefix("add element") { added += count }
+            if line.hasPrefix("delete element") { removed += count }
+            if line.hasPrefix("table inet") && line.hasSuffix("{") { created = true }
+            if line.hasPrefix("delete table") { deleted = true }
+        }
+        if deleted && !created { return "table inet \(NftLayout.table) removed (its last forward went)" }
+        return "\(added) elements added, \(removed) removed" + (created ? " (table inet \(NftLayout.table) created)" : "")
+    }
+}
+
+extension DesiredChains {
+    /// Without guests' chains: with the nftables backend, guests have none in iptables.
+    public var withoutGuests: DesiredChains {
+        mapValues { chains in chains.filter { !["VGD-", "VGF-", "VGS-"].contains(String($0.key.prefix(4))) } }
     }
 }
 
@@ -286,8 +413,8 @@ struct OverridingAddressBook: AddressBook {
         name == network.name ? network : base.network(named: name)
     }
 
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? {
-        base.leasedAddress(bridge: bridge, mac: mac)
+    func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        base.leasedAddress(bridge: bridge, mac: mac, family: family)
     }
 }
 
@@ -304,22 +431,37 @@ public struct RememberedState {
     /// owners virtgate does not remember are left alone).
     public func desired(on snapshot: IptablesSnapshot, settings: PlannerSettings,
                         base: DesiredChains? = nil) -> (DesiredChains, [GuestPlan]) {
-        var desired = base ?? snapshot.ownerChains
-        for network in networks {
-            desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
+        var desired = networkChains(on: base ?? snapshot.ownerChains, settings: settings)
+        let plans = guestPlans(incumbents: snapshot.forwardClaims(names: chainNames), settings: settings)
+        for plan in plans {
+            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+        }
+        return (desired, plans)
+    }
+
+    /// `base` with every remembered network's chains replaced.
+    public func networkChains(on base: DesiredChains, settings: PlannerSettings) -> DesiredChains {
+        networks.reduce(base) { desired, network in
+            IptablesTransaction.desired(desired, replacing: .network(network.name),
                 with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
         }
-        var names: [String: String] = [:]
-        for guest in guests { names[ChainNames.id(for: guest.name)] = guest.name }
-        let holders = Set(snapshot.forwardClaims(names: names).map(\.guest))
+    }
+
+    /// Chain id → guest name.
+    public var chainNames: [String: String] {
+        Dictionary(guests.map { (ChainNames.id(for: $0.name), $0.name) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Every remembered guest planned, those holding forwards in the kernel (`incumbents`) first.
+    public func guestPlans(incumbents: [ForwardClaim], settings: PlannerSettings) -> [GuestPlan] {
+        let holders = Set(incumbents.map(\.guest))
         var taken: [ForwardClaim] = []
         var plans: [GuestPlan] = []
         for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {
             let plan = Planner.plan(guest: guest, addresses: addresses, taken: taken)
             taken += plan.claims
             plans.append(plan)
-            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         }
-        return (desired, plans)
+        return plans
     }
 }

@@ -1,13 +1,46 @@
 /// Value types for the addresses and ports that appear in libvirt XML and in virtgate's metadata.
 /// Each parses strictly: anything it does not accept returns nil, and the caller reports the field.
 
-public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public let value: UInt32
+#if canImport(Glibc)
+import Glibc
+#endif
 
-    public init(_ value: UInt32) { self.value = value }
+public enum IPFamily: String, Hashable, Sendable, CaseIterable, Comparable {
+    case v4 = "ipv4", v6 = "ipv6"
 
-    /// Dotted quad only: exactly four decimal octets, no leading zeros (which some tools read as octal).
+    public var bits: Int { self == .v4 ? 32 : 128 }
+    /// "IPv4" / "IPv6", for messages.
+    public var label: String { self == .v4 ? "IPv4" : "IPv6" }
+    public var any: IPNetwork { IPNetwork(address: IPAddress(family: self, value: 0), prefix: 0) }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs == .v4 && rhs == .v6 }
+}
+
+/// An IPv4 or IPv6 address. IPv4 keeps its value in the low 32 bits.
+public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let family: IPFamily
+    public let value: UInt128
+
+    public init(family: IPFamily, value: UInt128) {
+        self.family = family
+        self.value = family == .v4 ? value & 0xffff_ffff : value
+    }
+
+    public init(_ v4: UInt32) { self.init(family: .v4, value: UInt128(v4)) }
+
+    /// IPv4: dotted quad only, exactly four decimal octets, no leading zeros (which some tools read
+    /// as octal). IPv6: what inet_pton accepts, without zone or brackets.
     public init?(_ text: some StringProtocol) {
+        if let v4 = Self.parseV4(text) {
+            self.init(v4)
+        } else if text.contains(":"), let v6 = Self.parseV6(String(text)) {
+            self.init(family: .v6, value: v6)
+        } else {
+            return nil
+        }
+    }
+
+    static func parseV4(_ text: some StringProtocol) -> UInt32? {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }
         var value: UInt32 = 0
@@ -17,54 +50,83 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
                   let octet = UInt32(part), octet <= 255 else { return nil }
             value = value << 8 | octet
         }
-        self.value = value
+        return value
     }
 
+    static func parseV6(_ text: String) -> UInt128? {
+        guard text.utf8.count <= 45, text.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isASCIIHexDigit || $0 == ":" || $0 == ".") })
+        else { return nil }
+        var raw = in6_addr()
+        guard inet_pton(AF_INET6, text, &raw) == 1 else { return nil }
+        return withUnsafeBytes(of: &raw) { bytes in bytes.reduce(UInt128(0)) { $0 << 8 | UInt128($1) } }
+    }
+
+    /// IPv4 dotted; IPv6 in the compressed lower-case form (RFC 5952) that ip6tables-save and nft print.
     public var description: String {
-        "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
+        if family == .v4 {
+            let v = UInt32(truncatingIfNeeded: value)
+            return "\(v >> 24).\(v >> 16 & 0xff).\(v >> 8 & 0xff).\(v & 0xff)"
+        }
+        var raw = in6_addr()
+        withUnsafeMutableBytes(of: &raw) { bytes in
+            for index in 0..<16 { bytes[index] = UInt8(truncatingIfNeeded: value >> UInt128(8 * (15 - index))) }
+        }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        _ = inet_ntop(AF_INET6, &raw, &buffer, socklen_t(buffer.count))
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.value < rhs.value }
+    /// `[v6]` where a port may follow.
+    public var bracketed: String { family == .v6 ? "[\(self)]" : description }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { (lhs.family, lhs.value) < (rhs.family, rhs.value) }
 }
 
-/// An IPv4 network in CIDR form. `init(parsing:)` requires the host bits to be zero, as iptables would
-/// silently mask them and the admin most likely mistyped.
-public struct IPv4Network: Hashable, Sendable, CustomStringConvertible {
-    public let address: IPv4Address
+/// An IPv4 or IPv6 network in CIDR form. `init(parsing:)` requires the host bits to be zero, as
+/// iptables would silently mask them and the admin most likely mistyped.
+public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
+    public let address: IPAddress
     public let prefix: Int
 
-    public init(address: IPv4Address, prefix: Int) {
-        precondition((0...32).contains(prefix))
-        self.address = IPv4Address(address.value & Self.mask(prefix))
+    public var family: IPFamily { address.family }
+
+    public init(address: IPAddress, prefix: Int) {
+        precondition((0...address.family.bits).contains(prefix))
+        self.address = IPAddress(family: address.family, value: address.value & Self.mask(prefix, address.family))
         self.prefix = prefix
     }
 
-    /// "a.b.c.d/n" or a bare address (a /32).
+    /// "address/n" or a bare address (a host network).
     public init?(parsing text: some StringProtocol) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let address = IPv4Address(parts[0]) else { return nil }
-        var prefix = 32
+        guard parts.count <= 2, let address = IPAddress(parts[0]) else { return nil }
+        var prefix = address.family.bits
         if parts.count == 2 {
-            guard !parts[1].isEmpty, parts[1].count <= 2, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let value = Int(parts[1]), (0...32).contains(value) else { return nil }
+            guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
+                  !(parts[1].count > 1 && parts[1].first == "0"),
+                  let value = Int(parts[1]), (0...address.family.bits).contains(value) else { return nil }
             prefix = value
         }
-        guard address.value & ~Self.mask(prefix) == 0 else { return nil }
+        guard address.value & ~Self.mask(prefix, address.family) == 0 else { return nil }
         self.init(address: address, prefix: prefix)
     }
 
-    public static func mask(_ prefix: Int) -> UInt32 {
-        prefix == 0 ? 0 : UInt32.max << UInt32(32 - prefix)
+    public init(host: IPAddress) { self.init(address: host, prefix: host.family.bits) }
+
+    public static func mask(_ prefix: Int, _ family: IPFamily) -> UInt128 {
+        let all: UInt128 = family == .v4 ? 0xffff_ffff : .max
+        return prefix == 0 ? 0 : all & (all << UInt128(family.bits - prefix))
     }
 
     /// Prefix length of a dotted netmask such as 255.255.255.0; nil for a non-contiguous mask.
-    public static func prefix(ofNetmask netmask: IPv4Address) -> Int? {
+    public static func prefix(ofNetmask netmask: IPAddress) -> Int? {
+        guard netmask.family == .v4 else { return nil }
         let ones = netmask.value.nonzeroBitCount
-        return mask(ones) == netmask.value ? ones : nil
+        return mask(ones, .v4) == netmask.value ? ones : nil
     }
 
-    public func contains(_ other: IPv4Address) -> Bool {
-        other.value & Self.mask(prefix) == address.value
+    public func contains(_ other: IPAddress) -> Bool {
+        other.family == family && other.value & Self.mask(prefix, family) == address.value
     }
 
     /// The form iptables-save prints: always with the prefix length.

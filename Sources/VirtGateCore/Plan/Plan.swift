@@ -15,28 +15,34 @@ public enum Owner: Hashable, Sendable, CustomStringConvertible {
 /// A forward bound to a concrete guest address and bridge.
 public struct BoundForward: Hashable, Sendable {
     public var proto: TransportProtocol
-    public var hostAddress: IPv4Address?
+    public var hostAddress: IPAddress?
     public var hostPorts: PortRange
-    public var sources: [IPv4Network]
-    public var guestAddress: IPv4Address
+    public var sources: [IPNetwork]
+    public var guestAddress: IPAddress
     public var guestPorts: PortRange
     public var bridge: String
     /// Subnets of the guest's network on that bridge, for the hairpin masquerade.
-    public var subnets: [IPv4Network]
+    public var subnets: [IPNetwork]
     /// The forward's position in the metadata, to report its state.
     public var position: Int = 0
+
+    /// Every address of a bound forward is of this family (the parser and planner see to it).
+    public var family: IPFamily { guestAddress.family }
 }
 
 public enum Intent: Hashable, Sendable {
     // Network intents.
     /// Guest ↔ guest on the same bridge, also when br_netfilter sends bridged frames through FORWARD.
-    case allowIntraBridge(bridge: String)
+    case allowIntraBridge(bridge: String, family: IPFamily)
     /// Traffic from the network's subnet, entering from its bridge, may leave.
-    case allowOutbound(bridge: String, subnet: IPv4Network)
+    case allowOutbound(bridge: String, subnet: IPNetwork)
     /// Replies to connections the guests opened may come back in.
-    case allowReplies(bridge: String, subnet: IPv4Network)
+    case allowReplies(bridge: String, subnet: IPNetwork)
     /// Source NAT for `route`/`open` networks when the admin enabled it (libvirt does it for `nat`).
-    case masquerade(subnet: IPv4Network)
+    case masquerade(subnet: IPNetwork)
+    /// With the nftables backend: connections its DNAT maps forwarded (they carry `mark` in their
+    /// conntrack mark) may enter the bridge. One rule stands for every forward's `allowForwarded`.
+    case allowMarkedForwards(bridge: String, mark: UInt32, family: IPFamily)
 
     // Guest intents.
     /// Rewrite the destination of matching new connections to the guest.

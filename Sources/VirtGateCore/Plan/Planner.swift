@@ -2,34 +2,44 @@
 /// and subnets) and DHCP leases. The hook implements it from files; tests from memory.
 public protocol AddressBook {
     func network(named name: String) -> NetworkDefinition?
-    func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address?
+    func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress?
 }
 
 public struct PlannerSettings: Hashable, Sendable {
     /// Add a masquerade for `route` and `open` networks (libvirt already masquerades `nat` ones).
     public var masqueradeRoutedNetworks = false
+    /// The conntrack mark of the nftables backend's DNATs; nil with the iptables backend.
+    public var forwardMark: UInt32?
 
-    public init(masqueradeRoutedNetworks: Bool = false) {
+    public init(masqueradeRoutedNetworks: Bool = false, forwardMark: UInt32? = nil) {
         self.masqueradeRoutedNetworks = masqueradeRoutedNetworks
+        self.forwardMark = forwardMark
     }
 }
 
 public enum Planner {
     public static func plan(network: NetworkDefinition, settings: PlannerSettings) -> OwnerPlan {
         var intents: [Intent] = []
+        // IPv6 rules only for a network with an IPv6 subnet: a host without IPv6 networks gets no
+        // ip6tables table from virtgate at all.
+        let families = IPFamily.allCases.filter { $0 == .v4 || network.subnets.contains { $0.network.family == .v6 } }
         if let bridge = network.bridge {
             switch network.mode {
             case .nat, .route, .open:
-                intents.append(.allowIntraBridge(bridge: bridge))
+                intents += families.map { .allowIntraBridge(bridge: bridge, family: $0) }
                 for subnet in network.subnets {
                     intents.append(.allowOutbound(bridge: bridge, subnet: subnet.network))
                     intents.append(.allowReplies(bridge: bridge, subnet: subnet.network))
                 }
+                if let mark = settings.forwardMark {
+                    intents += families.map { .allowMarkedForwards(bridge: bridge, mark: mark, family: $0) }
+                }
                 if settings.masqueradeRoutedNetworks, network.mode == .route || network.mode == .open {
-                    intents += network.subnets.map { .masquerade(subnet: $0.network) }
+                    // IPv4 only: IPv6 subnets are routed as they are (no NAT66).
+                    intents += network.subnets.filter { $0.network.family == .v4 }.map { .masquerade(subnet: $0.network) }
                 }
             case .isolated:
-                intents.append(.allowIntraBridge(bridge: bridge))
+                intents += families.map { .allowIntraBridge(bridge: bridge, family: $0) }
             case .other:
                 break
             }
@@ -75,31 +85,44 @@ public enum Planner {
                                              reason: "network is not routed by the host (nat, route or open)"))
                 continue
             }
-            let address = forward.guestAddress
-                ?? network?.reservations[nic.mac]
-                ?? addresses.leasedAddress(bridge: bridge, mac: nic.mac)
-            guard let address else {
-                pending.append(PendingForward(forward: forward, reason: "no address known yet for \(nic.mac)"))
-                continue
+            // One binding per family the forward applies to. A forward that names no family binds
+            // wherever the guest has an address; it is pending only while it has none at all.
+            var unbound: [IPFamily] = []
+            var settled = false
+            for family in forward.families {
+                let address = (forward.guestAddress?.family == family ? forward.guestAddress : nil)
+                    ?? network?.reservation(mac: nic.mac, guest: guest.name, family: family)
+                    ?? addresses.leasedAddress(bridge: bridge, mac: nic.mac, family: family)
+                guard let address else {
+                    unbound.append(family)
+                    continue
+                }
+                settled = true
+                let candidate = BoundForward(
+                    proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
+                    sources: forward.sources.filter { $0.family == family }, guestAddress: address,
+                    guestPorts: forward.guestPorts, bridge: bridge,
+                    subnets: network?.subnets.map(\.network).filter { $0.family == family } ?? [],
+                    position: forward.position)
+                if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
+                    problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
+                                                 value: forward.hostPorts.description,
+                                                 reason: "overlaps forward #\(earlier.position)"))
+                    continue
+                }
+                if let holder = taken.first(where: { $0.guest != guest.name && $0.overlaps(candidate.claim(by: guest.name)) }) {
+                    problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
+                                                 value: forward.hostPorts.description,
+                                                 reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
+                    continue
+                }
+                bound.append((forward, candidate))
+                if let network, !networks.contains(network.name) { networks.append(network.name) }
             }
-            let candidate = BoundForward(
-                proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
-                sources: forward.sources, guestAddress: address, guestPorts: forward.guestPorts, bridge: bridge,
-                subnets: network?.subnets.map(\.network) ?? [], position: forward.position)
-            if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
-                problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
-                                             value: forward.hostPorts.description,
-                                             reason: "overlaps forward #\(earlier.position)"))
-                continue
+            if !settled {
+                let families = unbound.count == 1 ? "\(unbound[0].label) " : ""
+                pending.append(PendingForward(forward: forward, reason: "no \(families)address known yet for \(nic.mac)"))
             }
-            if let holder = taken.first(where: { $0.guest != guest.name && $0.overlaps(candidate.claim(by: guest.name)) }) {
-                problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
-                                             value: forward.hostPorts.description,
-                                             reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
-                continue
-            }
-            bound.append((forward, candidate))
-            if let network, !networks.contains(network.name) { networks.append(network.name) }
         }
 
         for (_, forward) in bound { intents += [.dnat(forward), .allowForwarded(forward)] }
@@ -113,14 +136,16 @@ public enum Planner {
 /// are concerned (the guest side does not matter for conflicts).
 public struct ForwardClaim: Hashable, Sendable {
     public var guest: String
+    public var family: IPFamily
     public var proto: TransportProtocol
-    public var hostAddress: IPv4Address?
+    public var hostAddress: IPAddress?
     public var hostPorts: PortRange
-    public var sources: [IPv4Network]
+    public var sources: [IPNetwork]
 
-    public init(guest: String, proto: TransportProtocol, hostAddress: IPv4Address?, hostPorts: PortRange,
-                sources: [IPv4Network]) {
+    public init(guest: String, family: IPFamily, proto: TransportProtocol, hostAddress: IPAddress?,
+                hostPorts: PortRange, sources: [IPNetwork]) {
         self.guest = guest
+        self.family = family
         self.proto = proto
         self.hostAddress = hostAddress
         self.hostPorts = hostPorts
@@ -130,7 +155,7 @@ public struct ForwardClaim: Hashable, Sendable {
     /// Two claims compete for the same packets: same protocol, overlapping host ports, a common
     /// host address and a common source.
     public func overlaps(_ other: ForwardClaim) -> Bool {
-        guard proto == other.proto, hostPorts.lower <= other.hostPorts.upper,
+        guard family == other.family, proto == other.proto, hostPorts.lower <= other.hostPorts.upper,
               other.hostPorts.lower <= hostPorts.upper else { return false }
         if let mine = hostAddress, let theirs = other.hostAddress, mine != theirs { return false }
         if sources.isEmpty || other.sources.isEmpty { return true }
@@ -140,13 +165,14 @@ public struct ForwardClaim: Hashable, Sendable {
     }
 
     public var summary: String {
-        "\(proto.rawValue) \(hostAddress.map { "\($0):" } ?? "")\(hostPorts)"
+        if let hostAddress { return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPorts)" }
+        return "\(proto.rawValue) \(hostPorts)" + (family == .v6 ? " (IPv6)" : "")
     }
 }
 
 extension BoundForward {
     func claim(by guest: String) -> ForwardClaim {
-        ForwardClaim(guest: guest, proto: proto, hostAddress: hostAddress, hostPorts: hostPorts, sources: sources)
+        ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: hostAddress, hostPorts: hostPorts, sources: sources)
     }
 }
 

@@ -42,8 +42,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
 extension StatusReport {
     /// Compares what `sync` would make with what the kernel has. `listening` holds `proto/port` of
     /// host sockets, to warn that a forward hides a local service.
-    public static func build(sync: SyncResult, snapshot: IptablesSnapshot, backend: String,
+    /// `nft` is virtgate's nftables table when guests' forwards live there (the nft backend).
+    public static func build(sync: SyncResult, snapshot: IptablesSnapshot, nft: NftState? = nil, backend: String,
                              listening: Set<String> = []) -> StatusReport {
+        let desiredChains = nft == nil ? sync.desired : sync.networkChains
         func kernelRules(_ table: IptablesTable, _ chain: String) -> [String]? {
             guard let dump = snapshot.tables[table], dump.chains.contains(chain) else { return nil }
             return dump.rules[chain] ?? []
@@ -88,24 +90,40 @@ extension StatusReport {
                     entry.detail = pending.reason
                 } else {
                     let intents = plan.plan.intents.filter { $0.forward?.position == spec.position }
-                    entry.guestAddress = intents.first?.forward?.guestAddress.description
-                    let wanted = IptablesRules.chains(for: OwnerPlan(owner: plan.plan.owner, intents: intents))
-                    let missing = wanted.flatMap { chain in
-                        chain.rules.filter { !(kernelRules(chain.table, chain.name) ?? []).contains($0) }
+                    var addresses: [String] = []
+                    for case let address? in intents.map({ $0.forward?.guestAddress.description }) where !addresses.contains(address) {
+                        addresses.append(address)
                     }
-                    if !missing.isEmpty {
+                    entry.guestAddress = addresses.isEmpty ? nil : addresses.joined(separator: " ")
+                    let forwardPlan = OwnerPlan(owner: plan.plan.owner, intents: intents)
+                    let missing: Int
+                    if let nft {
+                        let have = Set(nft.elements)
+                        missing = NftRules.elements(for: forwardPlan).filter { !have.contains($0) }.count
+                    } else {
+                        missing = IptablesRules.chains(for: forwardPlan).flatMap { chain in
+                            chain.rules.filter { !(kernelRules(chain.table, chain.name) ?? []).contains($0) }
+                        }.count
+                    }
+                    if missing > 0 {
                         entry.state = "drift"
-                        entry.detail = "\(missing.count) rule(s) missing from the kernel; run virtgate sync"
+                        entry.detail = "\(missing) \(nft == nil ? "rule" : "element")(s) missing from the kernel; run virtgate sync"
                     }
                 }
                 forwards.append(entry)
             }
             // Rules in the guest's chains that no forward explains (edited by hand, stale).
-            let wanted = IptablesRules.chains(for: plan.plan)
-            let extra = wanted.flatMap { chain in (kernelRules(chain.table, chain.name) ?? []).filter { !chain.rules.contains($0) } }
-            if !extra.isEmpty {
+            let extra: Int
+            if let nft {
+                let wanted = Set(NftRules.elements(for: plan.plan))
+                extra = nft.elements.filter { $0.owner == ChainNames.id(for: guest.name) && !wanted.contains($0) }.count
+            } else {
+                let wanted = IptablesRules.chains(for: plan.plan)
+                extra = wanted.flatMap { chain in (kernelRules(chain.table, chain.name) ?? []).filter { !chain.rules.contains($0) } }.count
+            }
+            if extra > 0 {
                 forwards.append(Forward(position: 0, sources: [], state: "drift",
-                                        detail: "\(extra.count) rule(s) in the kernel that no forward declares; run virtgate sync",
+                                        detail: "\(extra) \(nft == nil ? "rule" : "element")(s) in the kernel that no forward declares; run virtgate sync",
                                         warnings: []))
             }
             if !forwards.isEmpty {
@@ -114,10 +132,14 @@ extension StatusReport {
         }
 
         let owned = Set(snapshot.ownerChains.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
-        let wanted = Set(sync.desired.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
-        let orphans = owned.subtracting(wanted).sorted()
+        let wanted = Set(desiredChains.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
+        var orphans = owned.subtracting(wanted).sorted()
+        if let nft {
+            let running = Set(sync.guestPlans.map { ChainNames.id(for: $0.guest.name) })
+            orphans += Set(nft.elements.map(\.owner)).subtracting(running).sorted().map { "nft/\($0)" }
+        }
         // The jumps sync would (re)insert: missing or displaced ones, for the chains it wants.
-        let jumpsInPlace = !IptablesTransaction.render(from: snapshot, to: sync.desired)
+        let jumpsInPlace = !IptablesTransaction.render(from: snapshot, to: desiredChains)
             .split(separator: "\n").contains { $0.hasPrefix("-I ") }
         return StatusReport(backend: backend, networks: networks, guests: guests, orphans: orphans, jumpsInPlace: jumpsInPlace)
     }

@@ -6,9 +6,9 @@ public struct SyncInput: Sendable {
     public var networks: [NetworkDefinition]
     public var guests: [GuestDefinition]
     /// DHCP leases by bridge, as libvirt reports them.
-    public var leases: [String: [MACAddress: IPv4Address]]
+    public var leases: [String: [MACAddress: [IPAddress]]]
 
-    public init(networks: [NetworkDefinition], guests: [GuestDefinition], leases: [String: [MACAddress: IPv4Address]]) {
+    public init(networks: [NetworkDefinition], guests: [GuestDefinition], leases: [String: [MACAddress: [IPAddress]]]) {
         self.networks = networks
         self.guests = guests
         self.leases = leases
@@ -16,10 +16,19 @@ public struct SyncInput: Sendable {
 }
 
 public struct SyncResult: Sendable {
+    /// Every network's and guest's iptables chains (the iptables backend's whole state).
     public var desired: DesiredChains
     public var networkPlans: [(network: NetworkDefinition, plan: OwnerPlan)]
     /// In planning order.
     public var guestPlans: [(guest: GuestDefinition, plan: GuestPlan)]
+
+    /// The nftables backend's whole state: networks' chains in iptables, guests' forwards as elements.
+    public var networkChains: DesiredChains { desired.withoutGuests }
+    public var elements: DesiredElements {
+        guestPlans.reduce(into: DesiredElements()) { result, entry in
+            result = NftTransaction.desired(result, replacing: entry.plan.plan.owner, with: NftRules.elements(for: entry.plan.plan))
+        }
+    }
 }
 
 /// Networks and leases as libvirt reported them, for planning outside hooks.
@@ -29,7 +38,9 @@ public struct SyncAddressBook: AddressBook {
     public init(input: SyncInput) { self.input = input }
 
     public func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
-    public func leasedAddress(bridge: String, mac: MACAddress) -> IPv4Address? { input.leases[bridge]?[mac] }
+    public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        input.leases[bridge]?[mac]?.first { $0.family == family }
+    }
 }
 
 public enum SyncPlanner {

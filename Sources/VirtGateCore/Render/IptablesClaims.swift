@@ -4,7 +4,15 @@ extension IptablesSnapshot {
     /// actually receives the packets. `names` maps chain ids to guest names; unknown ids stand for
     /// themselves.
     public func forwardClaims(names: [String: String] = [:]) -> [ForwardClaim] {
-        guard let nat = tables[.nat] else { return [] }
+        var claims: [ForwardClaim] = []
+        for table in [IptablesTable.nat, .nat6] {
+            guard let nat = tables[table] else { continue }
+            claims += forwardClaims(nat, family: table.family, names: names)
+        }
+        return claims
+    }
+
+    func forwardClaims(_ nat: Table, family: IPFamily, names: [String: String]) -> [ForwardClaim] {
         var claims: [ForwardClaim] = []
         for chain in nat.chains where chain.hasPrefix("VGD-") {
             let id = String(chain.dropFirst(4))
@@ -19,9 +27,9 @@ extension IptablesSnapshot {
                 guard let protoText = value(after: "-p"), let proto = TransportProtocol(rawValue: protoText),
                       let portText = value(after: "--dport"),
                       case .success(let ports) = PortRange.parse(portText.replacing(":", with: "-")) else { continue }
-                let hostAddress = value(after: "-d").flatMap { IPv4Network(parsing: $0) }.map(\.address)
-                let source = value(after: "-s").flatMap { IPv4Network(parsing: $0) }
-                let claim = ForwardClaim(guest: guest, proto: proto, hostAddress: hostAddress, hostPorts: ports,
+                let hostAddress = value(after: "-d").flatMap { IPNetwork(parsing: $0) }.map(\.address)
+                let source = value(after: "-s").flatMap { IPNetwork(parsing: $0) }
+                let claim = ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: hostAddress, hostPorts: ports,
                                          sources: source.map { [$0] } ?? [])
                 claims.append(claim)
             }

@@ -2,8 +2,24 @@
 /// that comparing the kernel's state with the desired state is a plain string comparison.
 public enum IptablesTable: String, CaseIterable, Hashable, Sendable, Comparable {
     // nat first: if the filter section then fails, the new DNATs are only harmless until rollback,
-    // as nothing accepts their connections yet.
-    case nat, filter
+    // as nothing accepts their connections yet. IPv6 tables live in ip6tables.
+    case nat, filter, nat6, filter6
+
+    public var family: IPFamily { self == .nat || self == .filter ? .v4 : .v6 }
+    /// The table's name in iptables-save/-restore.
+    public var name: String { self == .nat || self == .nat6 ? "nat" : "filter" }
+
+    public init?(name: String, family: IPFamily) {
+        switch (name, family) {
+        case ("nat", .v4): self = .nat
+        case ("filter", .v4): self = .filter
+        case ("nat", .v6): self = .nat6
+        case ("filter", .v6): self = .filter6
+        default: return nil
+        }
+    }
+
+    public static func tables(of family: IPFamily) -> [IptablesTable] { allCases.filter { $0.family == family } }
 
     public static func < (lhs: Self, rhs: Self) -> Bool {
         allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
@@ -17,15 +33,17 @@ public enum TopChain: String, CaseIterable, Hashable, Sendable {
     case dnat = "VIRTGATE-DNAT"
     case postrouting = "VIRTGATE-POST"
 
-    public var table: IptablesTable {
+    public func table(_ family: IPFamily) -> IptablesTable {
         switch self {
-        case .forward: .filter
-        case .dnat, .postrouting: .nat
+        case .forward: IptablesTable(name: "filter", family: family)!
+        case .dnat, .postrouting: IptablesTable(name: "nat", family: family)!
         }
     }
 
+    public func lives(in table: IptablesTable) -> Bool { self.table(table.family) == table }
+
     /// (built-in chain, rule spec after `-A CHAIN`) pairs, as iptables-save prints them.
-    public var builtinJumps: [(chain: String, spec: String)] {
+    public func builtinJumps(_ family: IPFamily) -> [(chain: String, spec: String)] {
         switch self {
         case .forward:
             [("FORWARD", "-j \(rawValue)")]
@@ -33,7 +51,7 @@ public enum TopChain: String, CaseIterable, Hashable, Sendable {
             // Any local address: wan clients, guests (hairpin) and the host itself reach forwards the
             // same way. Loopback is excluded from OUTPUT: reaching it needs route_localnet, an opt-in.
             [("PREROUTING", "-m addrtype --dst-type LOCAL -j \(rawValue)"),
-             ("OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j \(rawValue)")]
+             ("OUTPUT", "! -d \(family == .v4 ? "127.0.0.0/8" : "::1/128") -m addrtype --dst-type LOCAL -j \(rawValue)")]
         case .postrouting:
             [("POSTROUTING", "-j \(rawValue)")]
         }
@@ -85,14 +103,19 @@ public enum ChainNames {
         return hash
     }
 
+    /// The owner's chains, IPv4 then IPv6 (same names in iptables and ip6tables).
     public static func chains(of owner: Owner) -> [(table: IptablesTable, name: String, parent: TopChain)] {
+        let perFamily: [(String, TopChain)]
         switch owner {
         case .network(let name):
             let id = id(for: name)
-            return [(.filter, "VGN-\(id)", .forward), (.nat, "VGM-\(id)", .postrouting)]
+            perFamily = [("VGN-\(id)", .forward), ("VGM-\(id)", .postrouting)]
         case .guest(let name):
             let id = id(for: name)
-            return [(.nat, "VGD-\(id)", .dnat), (.filter, "VGF-\(id)", .forward), (.nat, "VGS-\(id)", .postrouting)]
+            perFamily = [("VGD-\(id)", .dnat), ("VGF-\(id)", .forward), ("VGS-\(id)", .postrouting)]
+        }
+        return IPFamily.allCases.flatMap { family in
+            perFamily.map { (table: $0.1.table(family), name: $0.0, parent: $0.1) }
         }
     }
 }
@@ -104,39 +127,43 @@ public enum IptablesRules {
         var chains = ChainNames.chains(of: plan.owner).map {
             OwnedChain(table: $0.table, name: $0.name, parent: $0.parent, rules: [])
         }
-        func append(_ parent: TopChain, _ spec: String) {
-            let index = chains.firstIndex { $0.parent == parent }!
+        func append(_ parent: TopChain, _ family: IPFamily, _ spec: String) {
+            let index = chains.firstIndex { $0.parent == parent && $0.table.family == family }!
             chains[index].rules.append("-A \(chains[index].name) \(spec)")
         }
         for intent in plan.intents {
             switch intent {
-            case .allowIntraBridge(let bridge):
-                append(.forward, "-i \(bridge) -o \(bridge) -j ACCEPT")
+            case .allowIntraBridge(let bridge, let family):
+                // Bridged frames are seen by iptables and ip6tables alike (br_netfilter).
+                append(.forward, family, "-i \(bridge) -o \(bridge) -j ACCEPT")
             case .allowOutbound(let bridge, let subnet):
-                append(.forward, "-s \(subnet) -i \(bridge) -j ACCEPT")
+                append(.forward, subnet.family, "-s \(subnet) -i \(bridge) -j ACCEPT")
             case .allowReplies(let bridge, let subnet):
-                append(.forward, "-d \(subnet) -o \(bridge) -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+                append(.forward, subnet.family, "-d \(subnet) -o \(bridge) -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
             case .masquerade(let subnet):
-                // As libvirt does it: multicast and broadcast stay un-NATed.
-                append(.postrouting, "-s \(subnet) -d 224.0.0.0/24 -j RETURN")
-                append(.postrouting, "-s \(subnet) -d 255.255.255.255/32 -j RETURN")
-                append(.postrouting, "-s \(subnet) ! -d \(subnet) -j MASQUERADE")
+                // As libvirt does it: multicast and broadcast stay un-NATed. IPv4 only (no NAT66).
+                append(.postrouting, .v4, "-s \(subnet) -d 224.0.0.0/24 -j RETURN")
+                append(.postrouting, .v4, "-s \(subnet) -d 255.255.255.255/32 -j RETURN")
+                append(.postrouting, .v4, "-s \(subnet) ! -d \(subnet) -j MASQUERADE")
+            case .allowMarkedForwards(let bridge, let mark, let family):
+                let m = "0x" + String(mark, radix: 16)
+                append(.forward, family, "-o \(bridge) -m connmark --mark \(m)/\(m) -m conntrack --ctstate DNAT -j ACCEPT")
             case .dnat(let forward):
-                let sources: [IPv4Network?] = forward.sources.isEmpty ? [nil] : forward.sources
+                let sources: [IPNetwork?] = forward.sources.isEmpty ? [nil] : forward.sources
                 for source in sources {
                     var spec = source.map { "-s \($0) " } ?? ""
-                    if let host = forward.hostAddress { spec += "-d \(host)/32 " }
+                    if let host = forward.hostAddress { spec += "-d \(IPNetwork(host: host)) " }
                     spec += match(forward.proto, forward.hostPorts)
                     spec += " -j DNAT --to-destination \(destination(forward))"
-                    append(.dnat, spec)
+                    append(.dnat, forward.family, spec)
                 }
             case .allowForwarded(let forward):
-                append(.forward, "-d \(forward.guestAddress)/32 -o \(forward.bridge) "
+                append(.forward, forward.family, "-d \(IPNetwork(host: forward.guestAddress)) -o \(forward.bridge) "
                     + match(forward.proto, forward.guestPorts)
                     + " -m conntrack --ctstate DNAT --ctorigdstport \(forward.hostPorts.matchSyntax) -j ACCEPT")
             case .hairpinMasquerade(let forward):
                 for subnet in forward.subnets {
-                    append(.postrouting, "-s \(subnet) -d \(forward.guestAddress)/32 "
+                    append(.postrouting, forward.family, "-s \(subnet) -d \(IPNetwork(host: forward.guestAddress)) "
                         + match(forward.proto, forward.guestPorts) + " -m conntrack --ctstate DNAT -j MASQUERADE")
                 }
             }
@@ -151,9 +178,9 @@ public enum IptablesRules {
     /// DNAT target. A range mapped onto a different range uses the kernel's shifted mapping
     /// (`/base`), so host port 5003 reaches guest port 6003 rather than any port of the range.
     static func destination(_ forward: BoundForward) -> String {
-        let address = forward.guestAddress.description
+        let address = forward.guestAddress.bracketed
         if forward.guestPorts == forward.hostPorts {
-            return forward.hostPorts.isSingle ? "\(address):\(forward.guestPorts.lower)" : address
+            return forward.hostPorts.isSingle ? "\(address):\(forward.guestPorts.lower)" : forward.guestAddress.description
         }
         if forward.guestPorts.isSingle { return "\(address):\(forward.guestPorts.lower)" }
         return "\(address):\(forward.guestPorts.lower)-\(forward.guestPorts.upper)/\(forward.hostPorts.lower)"

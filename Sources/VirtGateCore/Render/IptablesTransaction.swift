@@ -1,4 +1,5 @@
-/// The kernel's current rules for the tables virtgate touches, parsed from `iptables-save`.
+/// The kernel's current rules for the tables virtgate touches, parsed from `iptables-save` and
+/// `ip6tables-save`.
 public struct IptablesSnapshot: Hashable, Sendable {
     public struct Table: Hashable, Sendable {
         /// Chains in the order iptables-save lists them.
@@ -13,12 +14,17 @@ public struct IptablesSnapshot: Hashable, Sendable {
 
     public init() {}
 
-    public init(parsing text: String) {
+    /// `text` is one family's save output; `ip6tables` for IPv6 adds to the same snapshot.
+    public init(parsing text: String, family: IPFamily = .v4) {
+        add(parsing: text, family: family)
+    }
+
+    public mutating func add(parsing text: String, family: IPFamily) {
         var current: IptablesTable?
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: true) {
             let line = String(rawLine)
             if line.hasPrefix("*") {
-                current = IptablesTable(rawValue: String(line.dropFirst()))
+                current = IptablesTable(name: String(line.dropFirst()), family: family)
                 if let current { tables[current] = tables[current] ?? Table() }
             } else if line.hasPrefix(":"), let current {
                 let fields = line.dropFirst().split(separator: " ")
@@ -96,7 +102,7 @@ public enum IptablesTransaction {
     /// sorted by chain name, so the result depends only on the set of owners, not on event order.
     static func fullChains(_ desired: DesiredChains, table: IptablesTable) -> [String: [String]] {
         var chains = desired[table] ?? [:]
-        for top in TopChain.allCases where top.table == table {
+        for top in TopChain.allCases where top.lives(in: table) {
             let children = chains.keys.filter { parent(of: $0) == top }.sorted()
             if !children.isEmpty {
                 chains[top.rawValue] = children.map { "-A \(top.rawValue) -j \($0)" }
@@ -105,11 +111,19 @@ public enum IptablesTransaction {
         return chains
     }
 
-    /// `iptables-restore --noflush` input that turns `snapshot` into `desired` for virtgate's chains
-    /// and jumps, touching nothing else. Empty when the kernel already matches.
+    /// Both families' transactions as one text, for dry-runs and tests: the IPv6 part, when there is
+    /// one, follows a `# ip6tables-restore` comment line (which iptables-restore would skip).
     public static func render(from snapshot: IptablesSnapshot, to desired: DesiredChains) -> String {
+        let v4 = render(from: snapshot, to: desired, family: .v4)
+        let v6 = render(from: snapshot, to: desired, family: .v6)
+        return v6.isEmpty ? v4 : v4 + "# ip6tables-restore\n" + v6
+    }
+
+    /// `iptables-restore --noflush` (or ip6tables-) input that turns `snapshot` into `desired` for
+    /// virtgate's chains and jumps of one family, touching nothing else. Empty when the kernel matches.
+    public static func render(from snapshot: IptablesSnapshot, to desired: DesiredChains, family: IPFamily) -> String {
         var output = ""
-        for table in IptablesTable.allCases {
+        for table in IptablesTable.tables(of: family) {
             let dump = snapshot.tables[table] ?? IptablesSnapshot.Table()
             let want = fullChains(desired, table: table)
             let have = Set(dump.chains.filter(ChainNames.isOwned))
@@ -123,8 +137,8 @@ public enum IptablesTransaction {
             // Built-in chains in a fixed order, so output is stable.
             for builtin in ["PREROUTING", "OUTPUT", "FORWARD", "POSTROUTING"] {
                 let wanted = TopChain.allCases
-                    .filter { $0.table == table && want[$0.rawValue] != nil }
-                    .flatMap(\.builtinJumps).filter { $0.chain == builtin }
+                    .filter { $0.lives(in: table) && want[$0.rawValue] != nil }
+                    .flatMap { $0.builtinJumps(family) }.filter { $0.chain == builtin }
                     .map { "-A \(builtin) \($0.spec)" }
                 let rules = dump.rules[builtin] ?? []
                 let ours = rules.filter { rule in IptablesSnapshot.target(of: rule).map(ChainNames.isOwned) ?? false }
@@ -136,7 +150,7 @@ public enum IptablesTransaction {
             guard !(create.isEmpty && rewrite.isEmpty && delete.isEmpty && unjump.isEmpty && jump.isEmpty) else {
                 continue
             }
-            output += "*\(table.rawValue)\n"
+            output += "*\(table.name)\n"
             // Declaring a chain creates it, or flushes it when it exists: rewritten and doomed chains
             // are emptied first, so no reference blocks their deletion.
             for chain in create + rewrite + delete { output += ":\(chain) - [0:0]\n" }

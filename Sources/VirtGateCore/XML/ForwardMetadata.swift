@@ -2,8 +2,9 @@
 /// (`[HOST-ADDRESS:]HOST-PORTS[:GUEST-PORTS][/PROTO]`) and the metadata element virtgate writes back
 /// through libvirt. Both go through `ForwardSpec.parse(attributes:)`, so every path validates alike.
 public enum ForwardMetadata {
-    /// Parses e.g. `8080:80/tcp`, `198.51.100.10:53:53/udp`, `5000-5009:6000-6009`.
-    /// A leading IPv4 address is the host address; otherwise `A:B` is host port : guest port.
+    /// Parses e.g. `8080:80/tcp`, `198.51.100.10:53:53/udp`, `[2001:db8::10]:443`, `5000-5009:6000-6009`.
+    /// A leading IPv4 address, or an IPv6 one in brackets, is the host address; otherwise `A:B` is
+    /// host port : guest port.
     public static func parseShorthand(_ text: String, sources: [String] = [], guestAddress: String? = nil,
                                       mac: String? = nil, guest: String) -> Result<ForwardSpec, InputProblem> {
         var body = Substring(text)
@@ -12,23 +13,36 @@ public enum ForwardMetadata {
             attributes["proto"] = String(body[body.index(after: slash)...])
             body = body[..<slash]
         }
-        let parts = body.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        switch parts.count {
-        case 1:
-            attributes["host-port"] = parts[0]
-        case 2 where IPv4Address(parts[0]) != nil || parts[0].contains("."):
-            attributes["host-address"] = parts[0]
-            attributes["host-port"] = parts[1]
-        case 2:
-            attributes["host-port"] = parts[0]
-            attributes["guest-port"] = parts[1]
-        case 3:
-            attributes["host-address"] = parts[0]
-            attributes["host-port"] = parts[1]
-            attributes["guest-port"] = parts[2]
-        default:
-            return .failure(InputProblem(.guest(guest), field: "forward", value: text,
-                                         reason: "expected [HOST-ADDRESS:]HOST-PORTS[:GUEST-PORTS][/PROTO]"))
+        let usage = InputProblem(.guest(guest), field: "forward", value: text,
+                                 reason: "expected [HOST-ADDRESS:]HOST-PORTS[:GUEST-PORTS][/PROTO]")
+        if body.hasPrefix("[") {
+            // An IPv6 host address, bracketed as in URLs: its colons are not port separators.
+            guard let close = body.firstIndex(of: "]"), body[body.index(after: close)...].hasPrefix(":") else {
+                return .failure(usage)
+            }
+            let ports = body[body.index(close, offsetBy: 2)...].split(separator: ":", omittingEmptySubsequences: false)
+            guard ports.count <= 2 else { return .failure(usage) }
+            attributes["host-address"] = String(body[body.index(after: body.startIndex)..<close])
+            attributes["host-port"] = String(ports[0])
+            if ports.count == 2 { attributes["guest-port"] = String(ports[1]) }
+        } else {
+            let parts = body.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            switch parts.count {
+            case 1:
+                attributes["host-port"] = parts[0]
+            case 2 where IPAddress(parts[0]) != nil || parts[0].contains("."):
+                attributes["host-address"] = parts[0]
+                attributes["host-port"] = parts[1]
+            case 2:
+                attributes["host-port"] = parts[0]
+                attributes["guest-port"] = parts[1]
+            case 3:
+                attributes["host-address"] = parts[0]
+                attributes["host-port"] = parts[1]
+                attributes["guest-port"] = parts[2]
+            default:
+                return .failure(usage)
+            }
         }
         if !sources.isEmpty { attributes["source"] = sources.joined(separator: " ") }
         if let guestAddress { attributes["guest-address"] = guestAddress }

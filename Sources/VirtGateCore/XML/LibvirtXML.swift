@@ -44,40 +44,52 @@ public enum LibvirtXML {
             mode = .isolated
         }
         var subnets: [NetworkDefinition.Subnet] = []
-        var reservations: [MACAddress: IPv4Address] = [:]
+        var reservations: [MACAddress: IPAddress] = [:]
+        var namedReservations: [String: IPAddress] = [:]
         for ip in element.children("ip") {
-            // IPv6 subnets are ignored here: this backend renders IPv4 rules only.
-            guard (ip["family"] ?? "ipv4") == "ipv4", let addressText = ip["address"] else { continue }
-            guard let address = IPv4Address(addressText) else {
-                throw InputProblem(subject, field: "ip address", value: addressText, reason: "not an IPv4 address")
+            guard let addressText = ip["address"] else { continue }
+            let familyText = ip["family"] ?? "ipv4"
+            guard let family = IPFamily(rawValue: familyText) else {
+                throw InputProblem(subject, field: "ip family", value: familyText, reason: "expected ipv4 or ipv6")
+            }
+            guard let address = IPAddress(addressText), address.family == family else {
+                throw InputProblem(subject, field: "ip address", value: addressText, reason: "not an \(family.label) address")
             }
             let prefix: Int
             if let text = ip["prefix"] {
-                guard let value = Int(text), (0...32).contains(value) else {
-                    throw InputProblem(subject, field: "ip prefix", value: text, reason: "not a prefix length 0-32")
+                guard let value = Int(text), (0...family.bits).contains(value) else {
+                    throw InputProblem(subject, field: "ip prefix", value: text, reason: "not a prefix length 0-\(family.bits)")
                 }
                 prefix = value
-            } else if let text = ip["netmask"] {
-                guard let mask = IPv4Address(text), let value = IPv4Network.prefix(ofNetmask: mask) else {
+            } else if let text = ip["netmask"], family == .v4 {
+                guard let mask = IPAddress(text), let value = IPNetwork.prefix(ofNetmask: mask) else {
                     throw InputProblem(subject, field: "ip netmask", value: text, reason: "not a contiguous netmask")
                 }
                 prefix = value
             } else {
-                prefix = address.classfulPrefix
+                // libvirt's defaults: classful for IPv4, /64 for IPv6.
+                prefix = family == .v4 ? address.classfulPrefix : 64
             }
-            subnets.append(.init(gateway: address, network: IPv4Network(address: address, prefix: prefix)))
+            subnets.append(.init(gateway: address, network: IPNetwork(address: address, prefix: prefix)))
             for host in ip.child("dhcp")?.children("host") ?? [] {
-                guard let macText = host["mac"], let ipText = host["ip"] else { continue }
-                guard let mac = MACAddress(macText) else {
-                    throw InputProblem(subject, field: "dhcp host mac", value: macText, reason: "not a MAC address")
+                guard let ipText = host["ip"] else { continue }
+                guard let reserved = IPAddress(ipText), reserved.family == family else {
+                    throw InputProblem(subject, field: "dhcp host ip", value: ipText, reason: "not an \(family.label) address")
                 }
-                guard let reserved = IPv4Address(ipText) else {
-                    throw InputProblem(subject, field: "dhcp host ip", value: ipText, reason: "not an IPv4 address")
+                if let macText = host["mac"] {
+                    guard let mac = MACAddress(macText) else {
+                        throw InputProblem(subject, field: "dhcp host mac", value: macText, reason: "not a MAC address")
+                    }
+                    reservations[mac] = reserved
+                } else if family == .v6, let hostName = host["name"] {
+                    // DHCPv6 hosts are identified by DUID or name, never by MAC: virtgate binds a
+                    // name reservation to the guest of that name.
+                    namedReservations[hostName] = reserved
                 }
-                reservations[mac] = reserved
             }
         }
-        return NetworkDefinition(name: name, bridge: bridge, mode: mode, subnets: subnets, reservations: reservations)
+        return NetworkDefinition(name: name, bridge: bridge, mode: mode, subnets: subnets, reservations: reservations,
+                                 namedReservations: namedReservations)
     }
 
     // MARK: Domains
@@ -150,7 +162,7 @@ public enum LibvirtXML {
     }
 }
 
-extension IPv4Address {
+extension IPAddress {
     /// libvirt's default when an `<ip>` has neither prefix nor netmask.
     var classfulPrefix: Int {
         switch value >> 24 {
@@ -199,26 +211,34 @@ extension ForwardSpec {
                 return problem("guest-port", text, "range length differs from host-port \(hostPorts)")
             }
         }
-        var hostAddress: IPv4Address?
+        var hostAddress: IPAddress?
         if let text = attributes["host-address"] {
-            guard let value = IPv4Address(text) else { return problem("host-address", text, "not an IPv4 address") }
+            guard let value = IPAddress(text) else { return problem("host-address", text, "not an IP address") }
             hostAddress = value
         }
-        var sources: [IPv4Network] = []
+        var sources: [IPNetwork] = []
         if let text = attributes["source"] {
             let entries = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
             guard !entries.isEmpty else { return problem("source", text, "empty allow-list") }
             for entry in entries {
-                guard let network = IPv4Network(parsing: entry) else {
-                    return problem("source", String(entry), "not an IPv4 CIDR with zero host bits")
+                guard let network = IPNetwork(parsing: entry) else {
+                    return problem("source", String(entry), "not an IP network (CIDR) with zero host bits")
                 }
                 if !sources.contains(network) { sources.append(network) }
             }
         }
-        var guestAddress: IPv4Address?
+        var guestAddress: IPAddress?
         if let text = attributes["guest-address"] {
-            guard let value = IPv4Address(text) else { return problem("guest-address", text, "not an IPv4 address") }
+            guard let value = IPAddress(text) else { return problem("guest-address", text, "not an IP address") }
+            if let hostAddress, hostAddress.family != value.family {
+                return problem("guest-address", text, "\(value.family.label) address, but host-address is \(hostAddress.family.label)")
+            }
             guestAddress = value
+        }
+        // A forward that names an address is of that family; its sources must be too.
+        if let family = hostAddress?.family ?? guestAddress?.family,
+           let other = sources.first(where: { $0.family != family }) {
+            return problem("source", other.description, "\(other.family.label) network in an \(family.label) forward")
         }
         var mac: MACAddress?
         if let text = attributes["mac"] {

@@ -1,0 +1,224 @@
+/// The nftables backend's rendering: guests' forwards become elements of maps in virtgate's own
+/// `table inet virtgate`, so a new connection costs one hash lookup however many forwards exist.
+/// Filtering stays where the host's DROP is (iptables, see `Intent.allowMarkedForwards`): an
+/// accept in a table of our own cannot override a DROP in someone else's.
+///
+/// Each element's comment names its owner (the guest's chain id), so the kernel itself says which
+/// guest holds what, as virtgate's iptables chains do. (Not the forward's position: moving a forward
+/// within the metadata must not rewrite it.)
+public struct NftElement: Hashable, Sendable, Comparable {
+    /// The map or set.
+    public var set: String
+    public var key: String
+    /// For maps: the DNAT destination `address . port`.
+    public var value: String?
+    public var comment: String
+
+    public init(set: String, key: String, value: String?, comment: String) {
+        self.set = set
+        self.key = key
+        self.value = value
+        self.comment = comment
+    }
+
+    /// The owner id the comment names.
+    public var owner: String { String(comment.prefix { $0 != " " }) }
+
+    /// `key comment "…" : value`, as `add element` takes it.
+    var rendered: String {
+        "\(key) comment \"\(comment)\"" + (value.map { " : \($0)" } ?? "")
+    }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool {
+        (lhs.set, lhs.key, lhs.value ?? "", lhs.comment) < (rhs.set, rhs.key, rhs.value ?? "", rhs.comment)
+    }
+}
+
+/// Desired elements per owner id (`ChainNames.id(for:)` of the guest's name).
+public typealias DesiredElements = [String: [NftElement]]
+
+public enum NftLayout {
+    public static let table = "virtgate"
+    /// Bumped when the table's sets, maps or rules change shape: a table of another layout (or with
+    /// another connection mark) is rebuilt as a whole.
+    static let version = 1
+
+    /// An empty chain whose name records the layout and the mark; its presence is the check.
+    public static func marker(mark: UInt32) -> String { "layout-\(version)-\(hex(mark))" }
+
+    static func hex(_ mark: UInt32) -> String {
+        let digits = String(mark, radix: 16)
+        return String(repeating: "0", count: 8 - digits.count) + digits
+    }
+
+    /// DNAT map for forwards with a host address (no source list): exact-match hash lookup.
+    static func addressMap(_ family: IPFamily) -> String { "fwd\(family.digit)" }
+    /// DNAT map for forwards on any local address (no source list).
+    static func anyMap(_ family: IPFamily) -> String { "fwd\(family.digit)any" }
+    /// DNAT map for forwards limited to sources: source and host address are intervals.
+    static func sourceMap(_ family: IPFamily) -> String { "fwd\(family.digit)src" }
+    /// (guest subnet, guest address, protocol, guest ports) whose DNAT'ed connections are masqueraded.
+    static func hairpinSet(_ family: IPFamily) -> String { "hairpin\(family.digit)" }
+
+    /// The whole table with empty maps and sets.
+    public static func definition(mark: UInt32) -> String {
+        let m = "0x" + hex(mark)
+        var text = "table inet \(table) {\n"
+        for family in IPFamily.allCases {
+            let addr = family.nftAddressType
+            let value = "\(addr) . inet_service"
+            text += "\tmap \(addressMap(family)) { type \(addr) . inet_proto . inet_service : \(value); }\n"
+            text += "\tmap \(anyMap(family)) { type inet_proto . inet_service : \(value); }\n"
+            text += "\tmap \(sourceMap(family)) { type \(addr) . \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
+            text += "\tset \(hairpinSet(family)) { type \(addr) . \(addr) . inet_proto . inet_service; flags interval; }\n"
+        }
+        text += "\tchain \(marker(mark: mark)) {\n\t}\n"
+        // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
+        // (hairpin) and the host itself. Loopback needs route_localnet, an opt-in left out here.
+        text += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        text += "\t\tfib daddr type local jump forwards\n\t}\n"
+        text += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
+        text += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
+        text += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
+        // The mark is set only when a map holds the connection, so the filter side can admit
+        // exactly the connections virtgate forwarded, and nothing routed past it.
+        text += "\tchain forwards {\n"
+        for family in IPFamily.allCases {
+            let ip = family.nftPayload
+            let dnat = "ct mark set ct mark | \(m) dnat \(family.nftNat) to"
+            let proto = "meta l4proto { tcp, udp, sctp }"
+            text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(sourceMap(family)) \(dnat) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(sourceMap(family))\n"
+            text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(addressMap(family)) \(dnat) \(ip) daddr . meta l4proto . th dport map @\(addressMap(family))\n"
+            text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(anyMap(family)) \(dnat) meta l4proto . th dport map @\(anyMap(family))\n"
+        }
+        text += "\t}\n"
+        text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        for family in IPFamily.allCases {
+            let ip = family.nftPayload
+            text += "\t\tct status dnat ct mark & \(m) == \(m) meta l4proto { tcp, udp, sctp } \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(hairpinSet(family)) masquerade\n"
+        }
+        text += "\t}\n}\n"
+        return text
+    }
+}
+
+extension IPFamily {
+    var digit: String { self == .v4 ? "4" : "6" }
+    var nftAddressType: String { self == .v4 ? "ipv4_addr" : "ipv6_addr" }
+    var nftPayload: String { self == .v4 ? "ip" : "ip6" }
+    var nftNat: String { self == .v4 ? "ip" : "ip6" }
+    var nftProto: String { self == .v4 ? "ipv4" : "ipv6" }
+}
+
+extension IPNetwork {
+    /// How nft prints an interval element: a host network as a bare address.
+    var nftElement: String { prefix == family.bits ? address.description : description }
+}
+
+public enum NftRules {
+    /// The elements of a guest's plan. Filter intents have no element: `allowForwarded` is carried
+    /// by the connection mark the DNAT sets and the network's `allowMarkedForwards` accept.
+    /// Network plans have none either; their rules live in iptables with the host's DROP.
+    public static func elements(for plan: OwnerPlan) -> [NftElement] {
+        guard case .guest(let name) = plan.owner else { return [] }
+        let id = ChainNames.id(for: name)
+        var elements: [NftElement] = []
+        for intent in plan.intents {
+            switch intent {
+            case .dnat(let forward):
+                let comment = id
+                let family = forward.family
+                // One element per host port: a range maps port by port (5003 → 6003), as the
+                // iptables backend's shifted DNAT does.
+                for offset in 0..<forward.hostPorts.count {
+                    let hostPort = Int(forward.hostPorts.lower) + offset
+                    let value = "\(forward.guestAddress) . \(Int(forward.guestPorts.lower) + offset)"
+                    let tail = "\(forward.proto.rawValue) . \(hostPort)"
+                    if !forward.sources.isEmpty {
+                        let host = forward.hostAddress.map { IPNetwork(host: $0) } ?? family.any
+                        for source in forward.sources {
+                            elements.append(NftElement(set: NftLayout.sourceMap(family),
+                                                       key: "\(source.nftElement) . \(host.nftElement) . \(tail)",
+                                                       value: value, comment: comment))
+                        }
+                    } else if let host = forward.hostAddress {
+                        elements.append(NftElement(set: NftLayout.addressMap(family), key: "\(host) . \(tail)",
+                                                   value: value, comment: comment))
+                    } else {
+                        elements.append(NftElement(set: NftLayout.anyMap(family), key: tail, value: value, comment: comment))
+                    }
+                }
+            case .hairpinMasquerade(let forward):
+                let ports = forward.guestPorts.isSingle ? "\(forward.guestPorts.lower)" : "\(forward.guestPorts.lower)-\(forward.guestPorts.upper)"
+                for subnet in forward.subnets {
+                    elements.append(NftElement(
+                        set: NftLayout.hairpinSet(forward.family),
+                        key: "\(subnet.nftElement) . \(forward.guestAddress) . \(forward.proto.rawValue) . \(ports)",
+                        value: nil, comment: id))
+                }
+            case .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
+                break
+            }
+        }
+        return elements
+    }
+}
+
+public enum NftTransaction {
+    /// Replaces `owner`'s elements in `current` (no elements removes the owner).
+    public static func desired(_ current: DesiredElements, replacing owner: Owner, with elements: [NftElement]) -> DesiredElements {
+        guard case .guest(let name) = owner else { return current }
+        var result = current
+        result[ChainNames.id(for: name)] = elements.isEmpty ? nil : elements
+        return result
+    }
+
+    /// One `nft -f` script turning `state` into `desired`: only the elements that differ, or the whole
+    /// table when it is missing or of another layout. Empty when the kernel already matches.
+    public static func render(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
+        let want = Set(desired.values.joined())
+        // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
+        if want.isEmpty { return removal(from: state) }
+        let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
+        if !layoutCurrent {
+            var text = ""
+            if state.exists {
+                // Declaring it first makes the delete safe if it vanished meanwhile.
+                text += "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
+            }
+            text += NftLayout.definition(mark: mark)
+            text += addLines(want.sorted())
+            return text
+        }
+        let have = Set(state.elements)
+        let removed = have.subtracting(want).sorted()
+        let added = want.subtracting(have).sorted()
+        var text = ""
+        for (set, group) in grouped(removed) {
+            text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joined(separator: ", ")) }\n"
+        }
+        text += addLines(added)
+        return text
+    }
+
+    /// Removes virtgate's table, whatever it holds.
+    public static func removal(from state: NftState) -> String {
+        state.exists ? "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n" : ""
+    }
+
+    static func addLines(_ elements: [NftElement]) -> String {
+        grouped(elements).map { set, group in
+            "add element inet \(NftLayout.table) \(set) { \(group.map(\.rendered).joined(separator: ", ")) }\n"
+        }.joined()
+    }
+
+    static func grouped(_ elements: [NftElement]) -> [(String, [NftElement])] {
+        var order: [String] = []
+        var groups: [String: [NftElement]] = [:]
+        for element in elements {
+            if groups[element.set] == nil { order.append(element.set) }
+            groups[element.set, default: []].append(element)
+        }
+        return order.sorted().map { ($0, groups[$0]!) }
+    }
+}

@@ -1,0 +1,123 @@
+import FoundationEssentials
+import Testing
+@testable import VirtGateCore
+
+/// The nftables backend's rendering: every guest fixture as a whole-table script from an empty
+/// kernel, compared with its golden file; and the element difference against a table read back.
+@Suite("nftables rendering (golden files)")
+struct NftRenderTests {
+    struct Case: CustomTestStringConvertible, Sendable {
+        var golden: String
+        var networks: [String]
+        var domain: String
+        var testDescription: String { golden }
+    }
+
+    static let cases: [Case] = [
+        Case(golden: "web-on-default.nft", networks: ["network-default.xml"], domain: "domain-web-start.xml"),
+        Case(golden: "bad-guest.nft", networks: ["network-default.xml"], domain: "domain-bad.xml"),
+        Case(golden: "long-name-guest.nft", networks: ["network-default.xml"], domain: "domain-long-name.xml"),
+        Case(golden: "dual-stack.nft", networks: ["network-dual.xml"], domain: "domain-web6-start.xml"),
+    ]
+
+    static let mark = Settings().connectionMark
+
+    static func plan(_ testCase: Case) throws -> GuestPlan {
+        let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
+        let guest = try LibvirtXML.guest(fromXML: Files.fixture(testCase.domain))
+        return Planner.plan(guest: guest, addresses: MemoryAddressBook(networks: networks))
+    }
+
+    static func desired(_ testCase: Case) throws -> DesiredElements {
+        let plan = try plan(testCase)
+        return NftTransaction.desired([:], replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
+    }
+
+    @Test(arguments: cases)
+    func golden(_ testCase: Case) throws {
+        let rendered = NftTransaction.render(from: NftState(), to: try Self.desired(testCase), mark: Self.mark)
+        let url = Files.goldenURL("nft/\(testCase.golden)")
+        if ProcessInfo.processInfo.environment["VIRTGATE_UPDATE_GOLDEN"] == "1" {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try Data(rendered.utf8).write(to: url)
+        }
+        #expect(rendered == String(decoding: try Data(contentsOf: url), as: UTF8.self))
+    }
+
+    /// The kernel state the golden script leaves, as `nft -j` would report it.
+    static func kernel(_ desired: DesiredElements) -> NftState {
+        NftState(exists: true, layout: NftLayout.marker(mark: mark), elements: Array(desired.values.joined()))
+    }
+
+    @Test("Re-asserting the same forwards writes nothing")
+    func sameIsNoOp() throws {
+        let desired = try Self.desired(Self.cases[0])
+        #expect(NftTransaction.render(from: Self.kernel(desired), to: desired, mark: Self.mark) == "")
+    }
+
+    @Test("A changed forward replaces exactly its elements; other guests' stay untouched")
+    func exactDifference() throws {
+        var desired = try Self.desired(Self.cases[0])
+        desired["other"] = [NftElement(set: "fwd4any", key: "tcp . 7000", value: "192.168.122.99 . 7000", comment: "other")]
+        let kernel = Self.kernel(desired)
+        var moved = desired
+        moved["web"] = moved["web"]!.map { element in
+            var element = element
+            element.value = element.value?.replacing("192.168.122.10 . 22", with: "192.168.122.11 . 22")
+            return element
+        }
+        let script = NftTransaction.render(from: kernel, to: moved, mark: Self.mark)
+        #expect(script == """
+        delete element inet virtgate fwd4any { tcp . 2222 }
+        add element inet virtgate fwd4any { tcp . 2222 comment "web" : 192.168.122.11 . 22 }
+
+        """)
+    }
+
+    @Test("A table of another layout or mark is rebuilt whole; the last forward gone removes it")
+    func rebuildAndRemoval() throws {
+        let desired = try Self.desired(Self.cases[0])
+        var stale = Self.kernel(desired)
+        stale.layout = "layout-0-00200000"
+        let script = NftTransaction.render(from: stale, to: desired, mark: Self.mark)
+        #expect(script.hasPrefix("table inet virtgate\ndelete table inet virtgate\ntable inet virtgate {\n"))
+        #expect(NftTransaction.render(from: Self.kernel(desired), to: [:], mark: Self.mark)
+                == "table inet virtgate\ndelete table inet virtgate\n")
+        #expect(NftTransaction.render(from: NftState(), to: [:], mark: Self.mark) == "")
+    }
+
+    @Test("Claims read back from the elements are the plan's own")
+    func claimsRoundTrip() throws {
+        let plan = try Self.plan(Self.cases[3])
+        let state = Self.kernel(try Self.desired(Self.cases[3]))
+        let read = state.forwardClaims(names: ["web6": "web6"])
+        // Ranges come back port by port; every planned claim is covered and nothing else appears.
+        for claim in plan.claims {
+            #expect(read.contains { $0.overlaps(claim) && $0.family == claim.family })
+        }
+        for claim in read {
+            #expect(plan.claims.contains { $0.overlaps(claim) })
+        }
+    }
+
+    @Test func jsonListingIsParsed() throws {
+        let json = """
+        {"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "virtgate", "handle": 1}},
+        {"map": {"family": "inet", "name": "fwd6src", "table": "virtgate", "type": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
+         "handle": 1, "map": "ipv6_addr . inet_service", "flags": ["interval"], "elem": [[{"elem": {"val": {"concat": [
+         {"prefix": {"addr": "2001:db8:1::", "len": 48}}, {"prefix": {"addr": "::", "len": 0}}, "udp", 5000]}, "comment": "web6"}},
+         {"concat": ["fd00:126::10", 6000]}]]}},
+        {"set": {"family": "inet", "name": "hairpin4", "table": "virtgate", "elem": [{"elem": {"val": {"concat": [
+         {"prefix": {"addr": "192.168.126.0", "len": 24}}, "192.168.126.10", "udp", {"range": [6000, 6002]}]}, "comment": "web6"}}]}},
+        {"chain": {"family": "inet", "table": "virtgate", "name": "layout-1-00200000", "handle": 9}}]}
+        """
+        let state = try NftState(json: json)
+        #expect(state.exists)
+        #expect(state.layout == "layout-1-00200000")
+        #expect(state.elements == [
+            NftElement(set: "fwd6src", key: "2001:db8:1::/48 . ::/0 . udp . 5000", value: "fd00:126::10 . 6000", comment: "web6"),
+            NftElement(set: "hairpin4", key: "192.168.126.0/24 . 192.168.126.10 . udp . 6000-6002", value: nil, comment: "web6"),
+        ])
+        #expect(throws: FirewallError.self) { try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [1]}}]}"#) }
+    }
+}
