@@ -45,21 +45,16 @@ count "$log/swift-summary"
 bash Tests/install/install-test.sh 2>&1 | tee "$log/install"
 count "$log/install"
 
-# The traffic suite runs once per backend: both must give guests the same behaviour.
-for backend in iptables nft; do
-    echo "# netns suite, backend $backend"
-    VIRTGATE_BACKEND=$backend bash Tests/integration/netns-test.sh 2>&1 | tee "$log/netns-$backend"
-    count "$log/netns-$backend"
+# The namespace suites and the end-to-end suite (a real libvirtd runs the hooks) run once per backend: both must
+# give guests the same behaviour.
+for suite in integration/netns integration/admin integration/coexistence e2e/e2e; do
+    for backend in iptables nft; do
+        name=$(basename "$suite")-$backend
+        echo "# $name"
+        VIRTGATE_BACKEND=$backend bash "Tests/$suite-test.sh" 2>&1 | tee "$log/$name"
+        count "$log/$name"
+    done
 done
-
-bash Tests/integration/admin-test.sh 2>&1 | tee "$log/admin"
-count "$log/admin"
-
-bash Tests/integration/coexistence-test.sh 2>&1 | tee "$log/coexistence"
-count "$log/coexistence"
-
-bash Tests/e2e/e2e-test.sh 2>&1 | tee "$log/e2e"
-count "$log/e2e"
 
 echo
 echo "total: $passed passed, $failed failed"

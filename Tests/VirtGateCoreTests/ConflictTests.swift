@@ -50,4 +50,29 @@ struct ConflictTests {
         #expect(Set(claims) == Set(plan.claims))
         #expect(claims.count == 3)
     }
+
+    @Test("The claim index finds exactly the overlapping claims of other guests, narrow or wide")
+    func claimIndex() {
+        func claim(_ guest: String, _ family: IPFamily, _ lower: UInt16, _ upper: UInt16, proto: TransportProtocol = .tcp,
+                   host: String? = nil) -> ForwardClaim {
+            ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: host.map { IPAddress($0)! },
+                         hostPorts: PortRange(lower, upper), sources: [])
+        }
+        let index = ClaimIndex([claim("a", .v4, 8080, 8080), claim("b", .v4, 1000, 60000), claim("c", .v6, 443, 443),
+                                claim("d", .v4, 53, 53, proto: .udp), claim("e", .v4, 9000, 9000, host: "198.51.100.10")])
+        #expect(index.first(overlapping: claim("x", .v4, 8080, 8080))?.guest == "a")
+        #expect(index.first(overlapping: claim("x", .v4, 80, 80)) == nil)
+        #expect(index.first(overlapping: claim("x", .v4, 7000, 7000))?.guest == "b")   // inside the wide range
+        #expect(index.first(overlapping: claim("x", .v4, 443, 443)) == nil)            // c is IPv6 only
+        #expect(index.first(overlapping: claim("x", .v6, 400, 500))?.guest == "c")
+        #expect(index.first(overlapping: claim("x", .v4, 53, 53)) == nil)              // d is udp
+        #expect(index.first(overlapping: claim("x", .v4, 53, 53, proto: .udp))?.guest == "d")
+        #expect(index.first(overlapping: claim("b", .v4, 7000, 7000)) == nil)          // a guest never conflicts with itself
+        // different host addresses never compete; a claim on any address competes with all of them
+        #expect(index.first(overlapping: claim("x", .v4, 9000, 9000, host: "198.51.100.11"))?.guest == "b")
+        #expect(ClaimIndex([claim("e", .v4, 9000, 9000, host: "198.51.100.10")])
+            .first(overlapping: claim("x", .v4, 9000, 9000, host: "198.51.100.11")) == nil)
+        #expect(ClaimIndex([claim("e", .v4, 9000, 9000, host: "198.51.100.10")])
+            .first(overlapping: claim("x", .v4, 9000, 9000))?.guest == "e")
+    }
 }

@@ -118,6 +118,9 @@ struct NftRenderTests {
             NftElement(set: "fwd6src", key: "2001:db8:1::/48 . ::/0 . udp . 5000", value: "fd00:126::10 . 6000", comment: "web6"),
             NftElement(set: "hairpin4", key: "192.168.126.0/24 . 192.168.126.10 . udp . 6000-6002", value: nil, comment: "web6"),
         ])
-        #expect(throws: FirewallError.self) { try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [1]}}]}"#) }
+        // An element without a comment (added by hand) has no owner.
+        #expect(try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [1]}}]}"#).elements
+                == [NftElement(set: "x", key: "1", value: nil, comment: "")])
+        #expect(throws: FirewallError.self) { try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [{"odd": 1}]}}]}"#) }
     }
 }

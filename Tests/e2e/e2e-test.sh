@@ -491,6 +491,11 @@ main_inner() {
     check "install.sh installed /etc/virtgate/virtgate.conf" test -f /etc/virtgate/virtgate.conf
     # no syslog daemon here: virtgate's messages go to stderr, which the shim logs
     echo "SYSLOG=no" >>/etc/virtgate/virtgate.conf
+    # VIRTGATE_BACKEND picks the backend for the whole run (hooks run by libvirt read only this file); unset: auto
+    if [ -n "${VIRTGATE_BACKEND:-}" ]; then
+        echo "BACKEND=$VIRTGATE_BACKEND" >>/etc/virtgate/virtgate.conf
+    fi
+    echo "# backend: ${VIRTGATE_BACKEND:-auto}"
 
     step "ufw"
     out=$(ufw_ --force enable 2>&1)

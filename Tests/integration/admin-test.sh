@@ -350,10 +350,21 @@ expect_reply_diag() {
 rules_match() { lab_ruleset | grep -qE -- "$1"; }
 rules_lack() { ! lab_ruleset | grep -qE -- "$1"; }
 
+# The backend under test (VIRTGATE_BACKEND, see lab.sh). Checks of iptables internals have an nft counterpart.
+is_nft() { [ "$VG_BACKEND" = nft ]; }
+# dnat_text IP PORT: how a DNAT to IP:PORT reads in the backend's dry-run output
+dnat_text() { if is_nft; then echo ": $1 . $2"; else echo "--to-destination $1:$2"; fi; }
+# nft_dnat_elements REGEX: DNAT map elements whose JSON line matches REGEX
+nft_dnat_elements() { lab_nft_lines | grep -E '^nft fwd[46]' | grep -cE -- "$1"; }
+
 check_jump_positions() {
     local tag=$1 rule
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
+    if is_nft; then
+        lab_check_nft_hooks "$tag"
+        return
+    fi
     rule=$(lab_first_rule nat PREROUTING)
     check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT ('$rule')" \
         sh -c "echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
@@ -428,6 +439,9 @@ wipe_by_hand() {
             for c in $chains; do ip netns exec "$LAB_NS_HOST" "$ipt" -w -t "$t" -X "$c" || return 1; done
         done
     done
+    # and virtgate's nftables table, if there is one
+    ip netns exec "$LAB_NS_HOST" nft delete table inet virtgate 2>/dev/null
+    return 0
 }
 
 # delete_rule_matching TABLE CHAIN FIXED-STRING: delete the first rule of CHAIN that contains the string.
@@ -461,9 +475,15 @@ scenario_sync() {
     local before
     before=$(state_digest)
     vg_ok "dry-run: sync --dry-run" sync --dry-run --connect "$NODE"
-    check_stdout_has "dry-run: prints an iptables-restore transaction with the three forwards" \
-        '*nat' '*filter' 'COMMIT' '--to-destination 10.213.0.11:22' '--to-destination 10.213.0.11:53' \
-        '--to-destination 10.213.0.12:22' ':VGN-vgtnet' '-j VIRTGATE-FWD'
+    if is_nft; then
+        check_stdout_has "dry-run: prints the nft script with the three forwards and the iptables network rules" \
+            'table inet virtgate {' "$(dnat_text 10.213.0.11 22)" "$(dnat_text 10.213.0.11 53)" \
+            "$(dnat_text 10.213.0.12 22)" '*filter' 'COMMIT' ':VGN-vgtnet' '-j VIRTGATE-FWD' '-m connmark --mark'
+    else
+        check_stdout_has "dry-run: prints an iptables-restore transaction with the three forwards" \
+            '*nat' '*filter' 'COMMIT' '--to-destination 10.213.0.11:22' '--to-destination 10.213.0.11:53' \
+            '--to-destination 10.213.0.12:22' ':VGN-vgtnet' '-j VIRTGATE-FWD'
+    fi
     check_stdout_lacks "dry-run: nothing for the shut-off guest vgt-off (2230)" 'vgt-off' '2230'
     check_ruleset "dry-run: ruleset unchanged (baseline)" "$LAB_TMP/baseline.rules"
     check_eq "dry-run: state directory unchanged" "$before" "$(state_digest)"
@@ -556,9 +576,15 @@ scenario_repair() {
 
     # Partial damage: one accept deleted from g1's chain, one network rule deleted, a stray DNAT added to g1's chain,
     # libvirt's jump re-inserted above ours.
-    delete_rule_matching filter VGF-vgt-g1 '--dport 22 '
+    if is_nft; then
+        # the nft counterparts: g1's 2222 element deleted, a stray element for g1 added
+        ip netns exec "$LAB_NS_HOST" nft delete element inet virtgate fwd4any '{ tcp . 2222 }'
+        ip netns exec "$LAB_NS_HOST" nft add element inet virtgate fwd4any '{ tcp . 2299 comment "vgt-g1" : 10.213.0.11 . 22 }'
+    else
+        delete_rule_matching filter VGF-vgt-g1 '--dport 22 '
+        lab_ipt -t nat -A VGD-vgt-g1 -p tcp -m tcp --dport 2299 -j DNAT --to-destination 10.213.0.11:22
+    fi
     lab_ipt -D VGN-vgtnet 1
-    lab_ipt -t nat -A VGD-vgt-g1 -p tcp -m tcp --dport 2299 -j DNAT --to-destination 10.213.0.11:22
     lab_ipt -I FORWARD 1 -j LIBVIRT_FWX
     lab_ipt -t nat -D POSTROUTING -j VIRTGATE-POST
     status_json "status after partial damage" "$NODE"
@@ -573,7 +599,7 @@ scenario_repair() {
     expect_no_reply "damage: wan -> 198.18.0.1:2222 fails" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
     vg_ok "damage: sync" sync --connect "$NODE"
     check_jump_positions "damage repaired"
-    check "damage: the stray DNAT on 2299 is gone" rules_lack '--dport 2299'
+    check "damage: the stray DNAT on 2299 is gone" rules_lack '--dport 2299|"tcp", 2299|"tcp",2299'
     lab_ipt -D FORWARD -j LIBVIRT_FWX   # our duplicate of libvirt's jump
     check_ruleset "damage: with our duplicate libvirt jump removed, ruleset identical to the first sync's" \
         "$LAB_TMP/synced.rules"
@@ -584,22 +610,30 @@ scenario_repair() {
 
 scenario_orphans() {
     echo "# --- 3. guest gone: orphans, sync removes them"
+    local G2_ORPHANS="filter/VGF-vgt-g2 nat/VGD-vgt-g2 nat/VGS-vgt-g2"
+    is_nft && G2_ORPHANS="nft/vgt-g2"
     status_json "g2 gone, before sync" "$NODE_G2_GONE"
-    check_eq "orphans: status lists exactly g2's chains" "filter/VGF-vgt-g2 nat/VGD-vgt-g2 nat/VGS-vgt-g2" "$(orphans)"
+    check_eq "orphans: status lists exactly g2's chains" "$G2_ORPHANS" "$(orphans)"
     check_eq "orphans: vgt-g2 not among the guests" "" "$(sj '.guests[] | select(.name == "vgt-g2") | .name')"
     check_eq "orphans: vgt-g1 tcp 2222 still active" active "$(fwd state vgt-g1 tcp 2222)"
     vg_ok "orphans: status table" status --connect "$NODE_G2_GONE"
-    check_stdout_has "orphans: status table names the orphaned chains" orphan VGD-vgt-g2
+    check_stdout_has "orphans: status table names the orphaned chains" orphan "${G2_ORPHANS%% *}"
     check_ruleset "orphans: status changed nothing" "$LAB_TMP/synced.rules"
     vg_ok "orphans: sync --dry-run" sync --dry-run --connect "$NODE_G2_GONE"
-    check_stdout_has "orphans: dry-run removes g2's chains" '-X VGD-vgt-g2' '-X VGF-vgt-g2' '-X VGS-vgt-g2'
-    check_stdout_lacks "orphans: dry-run leaves g1's chains alone" '-X VGD-vgt-g1' '-F VGD-vgt-g1'
+    if is_nft; then
+        check_stdout_has "orphans: dry-run removes g2's elements" 'delete element inet virtgate fwd4any { tcp . 2223 }'
+        check_stdout_lacks "orphans: dry-run leaves g1's elements alone" 'tcp . 2222' 'add element'
+    else
+        check_stdout_has "orphans: dry-run removes g2's chains" '-X VGD-vgt-g2' '-X VGF-vgt-g2' '-X VGS-vgt-g2'
+        check_stdout_lacks "orphans: dry-run leaves g1's chains alone" '-X VGD-vgt-g1' '-F VGD-vgt-g1'
+    fi
     check_ruleset "orphans: dry-run changed nothing" "$LAB_TMP/synced.rules"
 
     vg_ok "orphans: sync with g2 gone" sync --connect "$NODE_G2_GONE"
     check "orphans: nat VGD-vgt-g2 removed" lab_chain_absent nat VGD-vgt-g2
     check "orphans: filter VGF-vgt-g2 removed" lab_chain_absent filter VGF-vgt-g2
     check "orphans: nat VGS-vgt-g2 removed" lab_chain_absent nat VGS-vgt-g2
+    check_eq "orphans: no nft element of vgt-g2" 0 "$(lab_nft_owner_elements vgt-g2)"
     check "orphans: no rule mentions 10.213.0.12 or vgt-g2" rules_lack '10\.213\.0\.12|vgt-g2'
     expect_no_reply "orphans: wan -> 198.18.0.1:2223 (g2) closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223
     expect_reply "orphans: wan -> 198.18.0.1:2222 still reaches g1-22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
@@ -620,7 +654,7 @@ scenario_orphans() {
     check_ruleset "orphans: g2 back: ruleset identical to the first sync's" "$LAB_TMP/synced.rules"
     expect_reply "orphans: g2 back: wan -> 198.18.0.1:2223 reaches g2-22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
     status_json "g2 shut off, before sync" "$NODE_G2_OFF"
-    check_eq "orphans: g2 shut off: status lists g2's chains" "filter/VGF-vgt-g2 nat/VGD-vgt-g2 nat/VGS-vgt-g2" "$(orphans)"
+    check_eq "orphans: g2 shut off: status lists g2's chains" "$G2_ORPHANS" "$(orphans)"
     vg_ok "orphans: sync with g2 shut off" sync --connect "$NODE_G2_OFF"
     check_ruleset "orphans: g2 shut off: same ruleset as with g2 gone" "$LAB_TMP/g1only.expected"
     expect_no_reply "orphans: g2 shut off: wan -> 198.18.0.1:2223 closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223
@@ -696,7 +730,7 @@ scenario_forward_edit() {
     expect_no_reply "add: wan routed straight to 10.213.0.11:80 stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 80
     lab_ruleset >"$LAB_TMP/add.rules"
     check_eq "add: the ruleset only gained lines about 8080/80" "" \
-        "$(diff "$LAB_TMP/synced.rules" "$LAB_TMP/add.rules" | grep '^[<>]' | grep -vE '^> .*(8080|--dport 80 )')"
+        "$(diff "$LAB_TMP/synced.rules" "$LAB_TMP/add.rules" | grep '^[<>]' | grep -vE '^> .*(8080|--dport 80 |"tcp", 80\]|"tcp",80\])')"
     check "add: the ruleset gained at least a DNAT and an accept" \
         sh -c "[ \$(diff '$LAB_TMP/synced.rules' '$LAB_TMP/add.rules' | grep -c '^>') -ge 2 ]"
     # what libvirt would have persisted (the test driver keeps it only inside the adding process)
@@ -718,9 +752,14 @@ scenario_forward_edit() {
     vg_ok "source: forward add vgt-g1 8080:80/tcp --source 192.0.2.0/24 (excludes wan)" \
         forward add vgt-g1 8080:80/tcp --source 192.0.2.0/24 --connect "$NODE"
     expect_no_reply "source: wan (198.18.0.2) -> 198.18.0.1:8080 not reachable" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080
-    check "source: the DNAT for 8080 is restricted to -s 192.0.2.0/24" rules_match '-s 192\.0\.2\.0/24 .*--dport 8080 '
-    check "source: no unrestricted DNAT for 8080" sh -c "! ip netns exec $LAB_NS_HOST iptables-save -t nat |
-        grep -- '--dport 8080 ' | grep -v -- '-s 192.0.2.0/24' | grep -q DNAT"
+    if is_nft; then
+        check_eq "source: the DNAT for 8080 is one element, restricted to 192.0.2.0/24" "1 1" \
+            "$(nft_dnat_elements '8080') $(nft_dnat_elements '^nft fwd4src .*192\.0\.2\.0.*8080')"
+    else
+        check "source: the DNAT for 8080 is restricted to -s 192.0.2.0/24" rules_match '-s 192\.0\.2\.0/24 .*--dport 8080 '
+        check "source: no unrestricted DNAT for 8080" sh -c "! ip netns exec $LAB_NS_HOST iptables-save -t nat |
+            grep -- '--dport 8080 ' | grep -v -- '-s 192.0.2.0/24' | grep -q DNAT"
+    fi
     vg_ok "source: sync --dry-run with that forward persisted" sync --dry-run --connect "$node_src"
     check_eq "source: what forward add applied is exactly what sync would make" "# sync: no changes" "$(cat "$VG_OUT")"
     vg_ok "source: forward add vgt-g1 8080:80/tcp --source 192.0.2.0/24 --source 198.18.0.2/32" \
@@ -783,7 +822,7 @@ scenario_late_binding() {
 
     lease_file "$LAB_G3_IP"
     vg_ok "lease: $REBIND --dry-run" "$REBIND" --dry-run
-    check_stdout_has "lease: $REBIND --dry-run binds 2240 to 10.213.0.113:22" '--to-destination 10.213.0.113:22'
+    check_stdout_has "lease: $REBIND --dry-run binds 2240 to 10.213.0.113:22" "$(dnat_text 10.213.0.113 22)"
     check_ruleset "lease: $REBIND --dry-run changed nothing" "$LAB_TMP/pending.rules"
     expect_no_reply "lease: wan -> 198.18.0.1:2240 still closed before $REBIND" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2240
     vg_ok "lease: $REBIND" "$REBIND"
@@ -810,16 +849,21 @@ scenario_late_binding() {
     expect_reply "move: wan -> 198.18.0.1:2240 reaches g3-22 at its new address" \
         "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2240 "g3-22 $LAB_WAN_IP"
     check "move: no rule mentions the old address 10.213.0.113" rules_lack '10\.213\.0\.113'
-    check_eq "move: exactly one DNAT for 2240, to 10.213.0.114:22" \
-        "-A VGD-vgt-g3 -p tcp -m tcp --dport 2240 -j DNAT --to-destination 10.213.0.114:22" \
-        "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -- '--dport 2240 ' | grep DNAT)"
+    if is_nft; then
+        check_eq "move: exactly one DNAT for 2240, to 10.213.0.114:22" "1 1" \
+            "$(nft_dnat_elements '2240') $(nft_dnat_elements '"tcp", ?2240.*"10\.213\.0\.114", ?22\]')"
+    else
+        check_eq "move: exactly one DNAT for 2240, to 10.213.0.114:22" \
+            "-A VGD-vgt-g3 -p tcp -m tcp --dport 2240 -j DNAT --to-destination 10.213.0.114:22" \
+            "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -- '--dport 2240 ' | grep DNAT)"
+    fi
     check_eq "move: the ruleset differs from the bound one only in the address" "" \
         "$(diff <(sed 's/10\.213\.0\.113/10.213.0.114/g' "$LAB_TMP/bound.rules") <(lab_ruleset))"
 
     # the lease goes away: the forward is pending again, and not left pointing at a stale address
     echo "[]" >"$VG_DNSMASQ/$LAB_BRIDGE.status"
     vg_ok "expired: $REBIND with the lease gone" "$REBIND"
-    check "expired: no DNAT for 2240 any more" rules_lack '--dport 2240 '
+    check "expired: no DNAT for 2240 any more" rules_lack '--dport 2240 |"tcp", ?2240'
     check_ruleset "expired: ruleset equals the pending one" "$LAB_TMP/pending.rules"
     lease_file "$LAB_G3_IP_MOVED"
     vg_ok "expired: $REBIND with the lease back" "$REBIND"
@@ -828,7 +872,7 @@ scenario_late_binding() {
 
     vg_hook_file "$VG_XML/vgt-g3-stopped.xml" qemu vgt-g3 stopped end -
     vg_hook_file "$VG_XML/vgt-g3-stopped.xml" qemu vgt-g3 release end -
-    check "stopped: no rule for vgt-g3" rules_lack 'vgt-g3|--dport 2240 '
+    check "stopped: no rule for vgt-g3" rules_lack 'vgt-g3|--dport 2240 |"tcp", ?2240'
     check_ruleset "stopped: ruleset identical to the first sync's" "$LAB_TMP/synced.rules"
     vg_ok "stopped: $REBIND after g3 stopped" "$REBIND"
     check_ruleset "stopped: $REBIND does not bring g3 back" "$LAB_TMP/synced.rules"
@@ -849,7 +893,11 @@ scenario_teardown() {
     vg_ok "teardown: sync again" sync --connect "$NODE"
     check_ruleset "teardown: synced again: ruleset identical to the first sync's" "$LAB_TMP/synced.rules"
     vg_ok "teardown: flush --dry-run" flush --dry-run
-    check_stdout_has "teardown: flush --dry-run prints the removal" '-X VIRTGATE-FWD' '-X VGD-vgt-g1'
+    if is_nft; then
+        check_stdout_has "teardown: flush --dry-run prints the removal" '-X VIRTGATE-FWD' 'delete table inet virtgate'
+    else
+        check_stdout_has "teardown: flush --dry-run prints the removal" '-X VIRTGATE-FWD' '-X VGD-vgt-g1'
+    fi
     check_ruleset "teardown: flush --dry-run changed nothing" "$LAB_TMP/synced.rules"
     vg_ok "teardown: flush" flush
     check_ruleset "teardown: flush: ruleset equals the baseline exactly" "$LAB_TMP/baseline.rules"
@@ -928,15 +976,27 @@ scenario_timing() {
     vg_timed "timing: sync --dry-run (100x5, from nothing)" sync --dry-run --connect "$uri"
     local t_dry=$LAST_MS
     # one DNAT per forward, two for the one with two sources
-    dnats=$(grep -c -- '-j DNAT' "$VG_OUT")
-    check_eq "timing: dry-run prints 600 DNAT rules (500 forwards, one with 2 sources)" 600 "$dnats"
+    if is_nft; then
+        # one element per host port and source: 22, 80, 443 x 2 sources, 53, and a 3-port range = 8 per guest
+        dnats=$(grep '^add element inet virtgate fwd4' "$VG_OUT" | grep -o ': 10\.214\.[0-9.]* \. [0-9]*' | wc -l)
+        check_eq "timing: dry-run adds 800 DNAT elements (500 forwards: sources and range ports one each)" 800 "$dnats"
+    else
+        dnats=$(grep -c -- '-j DNAT' "$VG_OUT")
+        check_eq "timing: dry-run prints 600 DNAT rules (500 forwards, one with 2 sources)" 600 "$dnats"
+    fi
     check_ruleset "timing: dry-run changed nothing" "$LAB_TMP/baseline.rules"
     vg_timed "timing: sync (100x5, apply)" sync --connect "$uri"
     local t_apply=$LAST_MS
-    check_eq "timing: kernel has 600 DNAT rules to 10.214.x.x" 600 \
-        "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c -- '-j DNAT --to-destination 10\.214\.')"
-    check_eq "timing: kernel has 100 VGD- chains" 100 \
-        "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c '^:VGD-big')"
+    if is_nft; then
+        check_eq "timing: kernel has 800 DNAT elements to 10.214.x.x" 800 "$(nft_dnat_elements '"10\.214\.')"
+        check_eq "timing: the elements belong to 100 guests" 100 \
+            "$(lab_nft_lines | grep -E '^nft fwd4' | grep -o '"comment": *"big[0-9]*"' | sort -u | wc -l)"
+    else
+        check_eq "timing: kernel has 600 DNAT rules to 10.214.x.x" 600 \
+            "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c -- '-j DNAT --to-destination 10\.214\.')"
+        check_eq "timing: kernel has 100 VGD- chains" 100 \
+            "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c '^:VGD-big')"
+    fi
     lab_ruleset >"$LAB_TMP/big.rules"
     vg_timed "timing: sync --dry-run (100x5, in sync)" sync --dry-run --connect "$uri"
     local t_dry2=$LAST_MS

@@ -344,6 +344,10 @@ cx_check_jumps() {
     local tag=$1 rule
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
+    if [ "$VG_BACKEND" = nft ]; then
+        lab_check_nft_hooks "$tag"
+        return
+    fi
     rule=$(lab_first_rule nat PREROUTING)
     check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT ('$rule')" \
         sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"

@@ -47,7 +47,7 @@ LAB_GW6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0001\\]"
 LAB_G1_IP6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0011\\]"
 
 # Tools the lab needs. A missing one is a failure, never a skip.
-LAB_TOOLS="ip iptables iptables-save iptables-restore ufw socat ss unshare mount timeout flock sha256sum sysctl diff"
+LAB_TOOLS="ip iptables iptables-save iptables-restore ufw socat ss unshare mount timeout flock sha256sum sysctl diff nft jq"
 
 # PIDs of the background processes this run started (services). Only these are killed by lab_stop_services.
 LAB_PIDS=""
@@ -327,9 +327,30 @@ RULES
 lab_ruleset() {
     # IPv6: only virtgate's lines (UFW's own IPv6 chains settle on their first reload), marked as such.
     ip netns exec "$LAB_NS_HOST" sh -c 'iptables-save -t filter; iptables-save -t nat; iptables-save -t mangle;
-        { ip6tables-save -t filter; ip6tables-save -t nat; } | grep -E "^[*]|VIRTGATE|VG[NMDFS]-" | sed "s/^/ip6 /";
-        nft list table inet virtgate 2>/dev/null' |
+        { ip6tables-save -t filter; ip6tables-save -t nat; } | grep -E "^[*]|VIRTGATE|VG[NMDFS]-" | sed "s/^/ip6 /"' |
         sed -e 's/\[[0-9]*:[0-9]*\]//' | grep -v '^#'
+    lab_nft_lines
+}
+
+# lab_nft_lines: virtgate's nft table, one line per element, rule and chain (nft's own listing wraps several
+# elements per line), so that diffs and greps see single objects.
+lab_nft_lines() {
+    ip netns exec "$LAB_NS_HOST" nft -j list table inet virtgate 2>/dev/null | jq -r '.nftables[] |
+        if (.map // .set) then ((.map // .set) as $s | ($s.elem // [])[] | "nft \($s.name) \(tojson)")
+        elif .rule then "nft rule \(.rule.chain) \(.rule.expr | tojson)"
+        elif .chain then "nft chain \(.chain.name)"
+        else empty end'
+}
+
+# lab_check_nft_hooks TAG: with the nft backend, DNAT lives in base chains of virtgate's own table (no UFW or libvirt
+# event touches it): its prerouting and output hooks must jump to the forwards chain, and iptables nat must hold no
+# virtgate jump at all.
+lab_check_nft_hooks() {
+    local tag=$1
+    check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
+        "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
+    check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
+        "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
 }
 
 # lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.

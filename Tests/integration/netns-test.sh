@@ -262,11 +262,7 @@ check_jump_positions() {
     check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
     if [ "$VG_BACKEND" = nft ]; then
-        # DNAT lives in nft base chains of virtgate's own table: there are no iptables nat jumps to keep first.
-        check "$tag: nft prerouting and output chains jump to the forwards chain" sh -c \
-            "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -c 'fib daddr type local jump forwards' | grep -qx 3"
-        check "$tag: no virtgate jumps in iptables nat (nft backend)" sh -c \
-            "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
+        lab_check_nft_hooks "$tag"
         return
     fi
     rule=$(lab_first_rule nat PREROUTING)
@@ -603,6 +599,31 @@ NFT
         "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
 }
 
+# Scenario 14: switching backends. reapply with the other backend moves every forward there and leaves nothing of
+# the old one; switching back restores the exact ruleset.
+scenario_backend_switch() {
+    local other=nft applied=$LAB_TMP/applied.rules
+    [ "$VG_BACKEND" = nft ] && other=iptables
+    echo "# --- 14. switching backends: $VG_BACKEND -> $other -> $VG_BACKEND"
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$VIRTGATE" /dev/null reapply --backend "$other"
+    check "switch: reapply --backend $other exits 0" test "$VG_RC" -eq 0
+    if [ "$other" = nft ]; then
+        check "switch: guests' iptables chains are gone" sh -c \
+            "! ip netns exec $LAB_NS_HOST iptables-save | grep -qE 'VG[DFS]-vgt-g'"
+        check "switch: g1's forwards are nft elements" test "$(lab_nft_owner_elements vgt-g1)" -gt 0
+    else
+        check "switch: virtgate's nft table is gone" sh -c "! ip netns exec $LAB_NS_HOST nft list table inet virtgate >/dev/null 2>&1"
+        check "switch: g1's chains are back in iptables" lab_chain_exists nat VGD-vgt-g1
+    fi
+    expect_reply "switch: wan -> 198.18.0.1:2222 reaches g1 with $other" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "switch: hairpin g2 -> 198.18.0.1:2222 reaches g1 with $other" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_GW"
+    vg_exec "$VIRTGATE" /dev/null reapply --backend "$VG_BACKEND"
+    check "switch: reapply --backend $VG_BACKEND exits 0" test "$VG_RC" -eq 0
+    check_ruleset "switch: back on $VG_BACKEND, the ruleset is identical to before" "$applied"
+}
+
 # Scenario 10: a dry run prints the iptables-restore input and changes neither the ruleset nor the state.
 scenario_dry_run() {
     echo "# --- 10. dry run"
@@ -740,6 +761,7 @@ main_inner() {
     scenario_bad_metadata
     scenario_ipv6
     scenario_foreign_nft_drop
+    scenario_backend_switch
     scenario_dry_run
     scenario_teardown
     scenario_network_from_run_dir

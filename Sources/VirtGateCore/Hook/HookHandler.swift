@@ -261,8 +261,8 @@ public struct HookHandler: Sendable {
                 let guestPlans = remembered.guestPlans(incumbents: state.forwardClaims(names: remembered.chainNames),
                                                        settings: settings.planner)
                 plans = guestPlans
-                return guestPlans.reduce(state.ownerElements) {
-                    NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan))
+                return guestPlans.reduce(into: state.ownerElements) {
+                    NftTransaction.replace(&$0, owner: $1.plan.owner, with: NftRules.elements(for: $1.plan))
                 }
             }
             done = await apply(event: "reapply") { snapshot in
@@ -434,15 +434,15 @@ public struct RememberedState {
         var desired = networkChains(on: base ?? snapshot.ownerChains, settings: settings)
         let plans = guestPlans(incumbents: snapshot.forwardClaims(names: chainNames), settings: settings)
         for plan in plans {
-            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+            IptablesTransaction.replace(&desired, owner: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         }
         return (desired, plans)
     }
 
     /// `base` with every remembered network's chains replaced.
     public func networkChains(on base: DesiredChains, settings: PlannerSettings) -> DesiredChains {
-        networks.reduce(base) { desired, network in
-            IptablesTransaction.desired(desired, replacing: .network(network.name),
+        networks.reduce(into: base) { desired, network in
+            IptablesTransaction.replace(&desired, owner: .network(network.name),
                 with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
         }
     }
@@ -455,11 +455,11 @@ public struct RememberedState {
     /// Every remembered guest planned, those holding forwards in the kernel (`incumbents`) first.
     public func guestPlans(incumbents: [ForwardClaim], settings: PlannerSettings) -> [GuestPlan] {
         let holders = Set(incumbents.map(\.guest))
-        var taken: [ForwardClaim] = []
+        var taken = ClaimIndex()
         var plans: [GuestPlan] = []
         for guest in guests.sorted(by: { (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name) }) {
             let plan = Planner.plan(guest: guest, addresses: addresses, taken: taken)
-            taken += plan.claims
+            for claim in plan.claims { taken.insert(claim) }
             plans.append(plan)
         }
         return plans

@@ -51,6 +51,11 @@ public enum Planner {
     /// `taken` are the forwards other guests already hold: an overlapping forward of this guest is
     /// refused with a problem naming the holder (the first guest keeps the port).
     public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: [ForwardClaim] = []) -> GuestPlan {
+        plan(guest: guest, addresses: addresses, taken: ClaimIndex(taken))
+    }
+
+    /// The same with an index of what others hold: planning many guests stays linear.
+    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex) -> GuestPlan {
         let subject = InputProblem.Subject.guest(guest.name)
         var intents: [Intent] = []
         var pending: [PendingForward] = []
@@ -110,7 +115,7 @@ public enum Planner {
                                                  reason: "overlaps forward #\(earlier.position)"))
                     continue
                 }
-                if let holder = taken.first(where: { $0.guest != guest.name && $0.overlaps(candidate.claim(by: guest.name)) }) {
+                if let holder = taken.first(overlapping: candidate.claim(by: guest.name)) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                                  value: forward.hostPorts.description,
                                                  reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
@@ -167,6 +172,38 @@ public struct ForwardClaim: Hashable, Sendable {
     public var summary: String {
         if let hostAddress { return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPorts)" }
         return "\(proto.rawValue) \(hostPorts)" + (family == .v6 ? " (IPv6)" : "")
+    }
+}
+
+/// Claims by family, protocol and host port, so a conflict check looks at the claims on its own
+/// ports only. Wide ranges (beyond `wideRange` ports) are kept aside and always compared.
+public struct ClaimIndex: Sendable {
+    struct Key: Hashable { var family: IPFamily, proto: TransportProtocol, port: UInt16 }
+    static let wideRange = 256
+
+    private var byPort: [Key: [ForwardClaim]] = [:]
+    private var wide: [ForwardClaim] = []
+
+    public init(_ claims: [ForwardClaim] = []) {
+        for claim in claims { insert(claim) }
+    }
+
+    public mutating func insert(_ claim: ForwardClaim) {
+        guard claim.hostPorts.count <= Self.wideRange else { return wide.append(claim) }
+        for port in claim.hostPorts.lower...claim.hostPorts.upper {
+            byPort[Key(family: claim.family, proto: claim.proto, port: port), default: []].append(claim)
+        }
+    }
+
+    /// A claim of another guest that competes with `claim` for the same packets.
+    public func first(overlapping claim: ForwardClaim) -> ForwardClaim? {
+        for port in claim.hostPorts.lower...claim.hostPorts.upper {
+            for other in byPort[Key(family: claim.family, proto: claim.proto, port: port)] ?? []
+            where other.guest != claim.guest && other.overlaps(claim) {
+                return other
+            }
+        }
+        return wide.first { $0.guest != claim.guest && $0.overlaps(claim) }
     }
 }
 

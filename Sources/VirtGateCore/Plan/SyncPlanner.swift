@@ -26,7 +26,7 @@ public struct SyncResult: Sendable {
     public var networkChains: DesiredChains { desired.withoutGuests }
     public var elements: DesiredElements {
         guestPlans.reduce(into: DesiredElements()) { result, entry in
-            result = NftTransaction.desired(result, replacing: entry.plan.plan.owner, with: NftRules.elements(for: entry.plan.plan))
+            NftTransaction.replace(&result, owner: entry.plan.plan.owner, with: NftRules.elements(for: entry.plan.plan))
         }
     }
 }
@@ -52,19 +52,19 @@ public enum SyncPlanner {
         for network in input.networks.sorted(by: { $0.name < $1.name }) {
             let plan = Planner.plan(network: network, settings: settings)
             networkPlans.append((network, plan))
-            desired = IptablesTransaction.desired(desired, replacing: plan.owner, with: IptablesRules.chains(for: plan))
+            IptablesTransaction.replace(&desired, owner: plan.owner, with: IptablesRules.chains(for: plan))
         }
         let holders = Set(incumbents.map(\.guest))
         let ordered = input.guests.sorted {
             (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name)
         }
-        var taken: [ForwardClaim] = []
+        var taken = ClaimIndex()
         var guestPlans: [(GuestDefinition, GuestPlan)] = []
         for guest in ordered {
             let plan = Planner.plan(guest: guest, addresses: book, taken: taken)
-            taken += plan.claims
+            for claim in plan.claims { taken.insert(claim) }
             guestPlans.append((guest, plan))
-            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+            IptablesTransaction.replace(&desired, owner: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
         }
         return SyncResult(desired: desired, networkPlans: networkPlans, guestPlans: guestPlans)
     }

@@ -79,13 +79,18 @@ public enum IptablesTransaction {
     /// Replaces the chains of `owner` in `current` with `chains` (an empty list removes the owner).
     public static func desired(_ current: DesiredChains, replacing owner: Owner, with chains: [OwnedChain]) -> DesiredChains {
         var result = current
+        replace(&result, owner: owner, with: chains)
+        return result
+    }
+
+    /// In place, for loops over many owners (no copy per owner).
+    public static func replace(_ desired: inout DesiredChains, owner: Owner, with chains: [OwnedChain]) {
         for chain in ChainNames.chains(of: owner) {
-            result[chain.table, default: [:]][chain.name] = nil
+            desired[chain.table, default: [:]][chain.name] = nil
         }
         for chain in chains where !chain.rules.isEmpty {
-            result[chain.table, default: [:]][chain.name] = chain.rules
+            desired[chain.table, default: [:]][chain.name] = chain.rules
         }
-        return result
     }
 
     /// The dispatch chain an owner chain hangs from, by its prefix.

@@ -167,10 +167,15 @@ public enum NftRules {
 public enum NftTransaction {
     /// Replaces `owner`'s elements in `current` (no elements removes the owner).
     public static func desired(_ current: DesiredElements, replacing owner: Owner, with elements: [NftElement]) -> DesiredElements {
-        guard case .guest(let name) = owner else { return current }
         var result = current
-        result[ChainNames.id(for: name)] = elements.isEmpty ? nil : elements
+        replace(&result, owner: owner, with: elements)
         return result
+    }
+
+    /// In place, for loops over many owners.
+    public static func replace(_ desired: inout DesiredElements, owner: Owner, with elements: [NftElement]) {
+        guard case .guest(let name) = owner else { return }
+        desired[ChainNames.id(for: name)] = elements.isEmpty ? nil : elements
     }
 
     /// One `nft -f` script turning `state` into `desired`: only the elements that differ, or the whole

@@ -53,13 +53,14 @@ public struct NftState: Hashable, Sendable {
             keyPart = pair[0]
             value = try text(pair[1])
         }
-        guard let elem = keyPart["elem"], let val = elem["val"] else {
-            throw FirewallError("nft -j: element without comment in \(set)")
+        // An element added by hand has no comment: it belongs to no guest, so guest events leave it
+        // alone and sync or reapply (which rebuild every owner) remove it.
+        if let elem = keyPart["elem"], let val = elem["val"] {
+            var comment = ""
+            if case .string(let text)? = elem["comment"] { comment = text }
+            return NftElement(set: set, key: try text(val), value: value, comment: comment)
         }
-        guard case .string(let comment)? = elem["comment"] else {
-            throw FirewallError("nft -j: element without comment in \(set): not virtgate's")
-        }
-        return NftElement(set: set, key: try text(val), value: value, comment: comment)
+        return NftElement(set: set, key: try text(keyPart), value: value, comment: "")
     }
 
     /// A key or value in the textual form `NftRules` renders.
