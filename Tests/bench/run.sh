@@ -710,7 +710,7 @@ for b in backends:
     p("")
 
 # 3. connections
-p("## 4. A new connection through a DNAT: 10 vs 10,000 forwards\n")
+p(f"## 4. A new connection through a DNAT: {int(conn_sizes[0]):,} vs {int(conn_sizes[-1]):,} forwards\n")
 p("Real TCP connections: a wan namespace (198.18.50.2) connects to the host namespace's address (198.18.50.1) on "
   "port 40000, which virtgate forwards to port 8080 of a guest namespace on the host's bridge (10.213.48.0/20). The "
   "host forwards with FORWARD policy DROP (as under UFW), so only virtgate's accept lets the connection through. "
