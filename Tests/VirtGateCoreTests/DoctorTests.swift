@@ -49,7 +49,7 @@ struct DoctorTests {
     @Test func healthyHostHasNoFindings() {
         #expect(Doctor.diagnose(Self.healthy()) == [])
         var nft = Self.healthy()
-        let elements = [NftElement(set: "fwd4any", key: "tcp . 2222", value: "192.168.122.10 . 22", comment: "web")]
+        let elements = [NftElement(set: "fwd4any", key: "6 . 2222", value: "192.168.122.10 . 22", comment: "web")]
         nft.desiredElements = ["web": elements]
         nft.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), elements: elements)
         #expect(Doctor.diagnose(nft) == [])
@@ -77,7 +77,7 @@ struct DoctorTests {
         case "ufw-after-init-missing": facts.afterInitIntegrated = false
         case "nft-elements-drift":
             // The nft backend remembers a guest with a forward; an admin flushed the ruleset.
-            facts.desiredElements = ["web": [NftElement(set: "fwd4any", key: "tcp . 2222", value: "192.168.122.10 . 22", comment: "web")]]
+            facts.desiredElements = ["web": [NftElement(set: "fwd4any", key: "6 . 2222", value: "192.168.122.10 . 22", comment: "web")]]
             facts.nftState = NftState()
         case "nft-forward-drop-elsewhere":
             facts.foreignForwardDrops = try! NftForeignChains.forwardDrops(json: """

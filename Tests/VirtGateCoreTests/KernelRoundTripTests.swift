@@ -81,7 +81,7 @@ struct KernelRoundTripTests {
 
         // Another guest's element added and the first guest removed, against the real kernel.
         var next = desired
-        next["other"] = [NftElement(set: "fwd4any", key: "tcp . 7000", value: "10.0.0.9 . 7000", comment: "other")]
+        next["other"] = [NftElement(set: "fwd4any", key: "6 . 7000", value: "10.0.0.9 . 7000", comment: "other")]
         next = NftTransaction.desired(next, replacing: try NftRenderTests.plan(testCase).plan.owner, with: [])
         try await backend.apply(NftTransaction.render(from: applied, to: next, mark: NftRenderTests.mark))
         #expect(try await backend.state().elements == next["other"]!)

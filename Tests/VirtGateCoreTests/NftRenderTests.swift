@@ -58,7 +58,7 @@ struct NftRenderTests {
     @Test("A changed forward replaces exactly its elements; other guests' stay untouched")
     func exactDifference() throws {
         var desired = try Self.desired(Self.cases[0])
-        desired["other"] = [NftElement(set: "fwd4any", key: "tcp . 7000", value: "192.168.122.99 . 7000", comment: "other")]
+        desired["other"] = [NftElement(set: "fwd4any", key: "6 . 7000", value: "192.168.122.99 . 7000", comment: "other")]
         let kernel = Self.kernel(desired)
         var moved = desired
         moved["web"] = moved["web"]!.map { element in
@@ -68,8 +68,8 @@ struct NftRenderTests {
         }
         let script = NftTransaction.render(from: kernel, to: moved, mark: Self.mark)
         #expect(script == """
-        delete element inet virtgate fwd4any { tcp . 2222 }
-        add element inet virtgate fwd4any { tcp . 2222 comment "web" : 192.168.122.11 . 22 }
+        delete element inet virtgate fwd4any { 6 . 2222 }
+        add element inet virtgate fwd4any { 6 . 2222 comment "web" : 192.168.122.11 . 22 }
 
         """)
     }
@@ -105,18 +105,18 @@ struct NftRenderTests {
         {"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "virtgate", "handle": 1}},
         {"map": {"family": "inet", "name": "fwd6src", "table": "virtgate", "type": ["ipv6_addr", "ipv6_addr", "inet_proto", "inet_service"],
          "handle": 1, "map": "ipv6_addr . inet_service", "flags": ["interval"], "elem": [[{"elem": {"val": {"concat": [
-         {"prefix": {"addr": "2001:db8:1::", "len": 48}}, {"prefix": {"addr": "::", "len": 0}}, "udp", 5000]}, "comment": "web6"}},
+         {"prefix": {"addr": "2001:db8:1::", "len": 48}}, {"prefix": {"addr": "::", "len": 0}}, 17, 5000]}, "comment": "web6"}},
          {"concat": ["fd00:126::10", 6000]}]]}},
         {"set": {"family": "inet", "name": "hairpin4", "table": "virtgate", "elem": [{"elem": {"val": {"concat": [
-         {"prefix": {"addr": "192.168.126.0", "len": 24}}, "192.168.126.10", "udp", {"range": [6000, 6002]}]}, "comment": "web6"}}]}},
+         {"prefix": {"addr": "192.168.126.0", "len": 24}}, "192.168.126.10", 17, {"range": [6000, 6002]}]}, "comment": "web6"}}]}},
         {"chain": {"family": "inet", "table": "virtgate", "name": "layout-1-00200000", "handle": 9}}]}
         """
         let state = try NftState(json: json)
         #expect(state.exists)
         #expect(state.layout == "layout-1-00200000")
         #expect(state.elements == [
-            NftElement(set: "fwd6src", key: "2001:db8:1::/48 . ::/0 . udp . 5000", value: "fd00:126::10 . 6000", comment: "web6"),
-            NftElement(set: "hairpin4", key: "192.168.126.0/24 . 192.168.126.10 . udp . 6000-6002", value: nil, comment: "web6"),
+            NftElement(set: "fwd6src", key: "2001:db8:1::/48 . ::/0 . 17 . 5000", value: "fd00:126::10 . 6000", comment: "web6"),
+            NftElement(set: "hairpin4", key: "192.168.126.0/24 . 192.168.126.10 . 17 . 6000-6002", value: nil, comment: "web6"),
         ])
         // An element without a comment (added by hand) has no owner.
         #expect(try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [1]}}]}"#).elements

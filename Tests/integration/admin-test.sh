@@ -621,8 +621,8 @@ scenario_orphans() {
     check_ruleset "orphans: status changed nothing" "$LAB_TMP/synced.rules"
     vg_ok "orphans: sync --dry-run" sync --dry-run --connect "$NODE_G2_GONE"
     if is_nft; then
-        check_stdout_has "orphans: dry-run removes g2's elements" 'delete element inet virtgate fwd4any { tcp . 2223 }'
-        check_stdout_lacks "orphans: dry-run leaves g1's elements alone" 'tcp . 2222' 'add element'
+        check_stdout_has "orphans: dry-run removes g2's elements" 'delete element inet virtgate fwd4any { 6 . 2223 }'
+        check_stdout_lacks "orphans: dry-run leaves g1's elements alone" '6 . 2222 ' 'add element'
     else
         check_stdout_has "orphans: dry-run removes g2's chains" '-X VGD-vgt-g2' '-X VGF-vgt-g2' '-X VGS-vgt-g2'
         check_stdout_lacks "orphans: dry-run leaves g1's chains alone" '-X VGD-vgt-g1' '-F VGD-vgt-g1'

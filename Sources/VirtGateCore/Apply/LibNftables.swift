@@ -23,7 +23,7 @@ public struct NftProcess: NftTransport {
     }
 
     public func list() async throws -> CommandResult {
-        try await runner.run(executable, ["-j", "list", "table", "inet", NftLayout.table], input: nil)
+        try await runner.run(executable, ["-j", "-p", "list", "table", "inet", NftLayout.table], input: nil)
     }
 
     public func apply(_ script: String) async throws -> CommandResult {
@@ -54,8 +54,10 @@ public final class LibNftables: NftTransport, Sendable {
     typealias SetFlags = @convention(c) (OpaquePointer?, UInt32) -> Void
     typealias Run = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Int32
 
-    /// NFT_CTX_OUTPUT_JSON in libnftables.h.
+    /// NFT_CTX_OUTPUT_JSON and NFT_CTX_OUTPUT_NUMERIC_PROTO in libnftables.h: protocols as numbers,
+    /// as virtgate writes them (a name costs a read of /etc/protocols per element).
     static let outputJSON: UInt32 = 1 << 4
+    static let outputNumericProtocol: UInt32 = 1 << 7
 
     struct Functions {
         let new: New, free: Free, bufferOutput: Buffer, bufferError: Buffer
@@ -88,7 +90,7 @@ public final class LibNftables: NftTransport, Sendable {
             _ = bufferOutput(context)
             _ = bufferError(context)
         }
-        setFlags(json, Self.outputJSON)
+        setFlags(json, Self.outputJSON | Self.outputNumericProtocol)
         contexts = Mutex((UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(plain))),
                           UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(json)))))
     }

@@ -187,4 +187,18 @@ public struct PortRange: Hashable, Sendable, CustomStringConvertible {
 
 public enum TransportProtocol: String, Hashable, Sendable, CaseIterable {
     case tcp, udp, sctp
+
+    /// The IP protocol number.
+    public var number: UInt8 {
+        switch self {
+        case .tcp: 6
+        case .udp: 17
+        case .sctp: 132
+        }
+    }
+
+    public init?(number: UInt8) {
+        guard let match = Self.allCases.first(where: { $0.number == number }) else { return nil }
+        self = match
+    }
 }

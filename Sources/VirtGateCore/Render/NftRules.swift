@@ -133,7 +133,9 @@ public enum NftRules {
                 for offset in 0..<forward.hostPorts.count {
                     let hostPort = Int(forward.hostPorts.lower) + offset
                     let value = "\(forward.guestAddress) . \(Int(forward.guestPorts.lower) + offset)"
-                    let tail = "\(forward.proto.rawValue) . \(hostPort)"
+                    // Protocols by number: nft resolves a name through /etc/protocols for every element
+                    // it reads or writes, which dominated reading back thousands of them.
+                    let tail = "\(forward.proto.number) . \(hostPort)"
                     if !forward.sources.isEmpty {
                         let host = forward.hostAddress.map { IPNetwork(host: $0) } ?? family.any
                         for source in forward.sources {
@@ -153,7 +155,7 @@ public enum NftRules {
                 for subnet in forward.subnets {
                     elements.append(NftElement(
                         set: NftLayout.hairpinSet(forward.family),
-                        key: "\(subnet.nftElement) . \(forward.guestAddress) . \(forward.proto.rawValue) . \(ports)",
+                        key: "\(subnet.nftElement) . \(forward.guestAddress) . \(forward.proto.number) . \(ports)",
                         value: nil, comment: id))
                 }
             case .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:

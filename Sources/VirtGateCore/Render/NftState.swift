@@ -95,16 +95,16 @@ public struct NftState: Hashable, Sendable {
                 }
                 switch element.set {
                 case NftLayout.anyMap(family) where parts.count == 2:
-                    claim = TransportProtocol(rawValue: parts[0]).flatMap { proto in ports(parts[1]).map {
+                    claim = UInt8(parts[0]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[1]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: nil, hostPorts: $0, sources: [])
                     } }
                 case NftLayout.addressMap(family) where parts.count == 3:
-                    claim = TransportProtocol(rawValue: parts[1]).flatMap { proto in ports(parts[2]).map {
+                    claim = UInt8(parts[1]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[2]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: IPAddress(parts[0]), hostPorts: $0, sources: [])
                     } }
                 case NftLayout.sourceMap(family) where parts.count == 4:
                     let host = IPNetwork(parsing: parts[1])
-                    claim = TransportProtocol(rawValue: parts[2]).flatMap { proto in ports(parts[3]).map {
+                    claim = UInt8(parts[2]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[3]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto,
                                      hostAddress: host?.prefix == 0 ? nil : host?.address, hostPorts: $0,
                                      sources: IPNetwork(parsing: parts[0]).map { [$0] } ?? [])
