@@ -56,6 +56,11 @@ for suite in integration/netns integration/admin integration/coexistence e2e/e2e
     done
 done
 
+# The benchmark suite as a smoke test (few runs, small sizes, the debug build): it must keep working; its
+# figures are not quoted from here (see BENCHMARKS.md).
+bash Tests/bench/run.sh --quick --binary .build/debug/virtgate 2>&1 >/dev/null | tee "$log/bench"
+count "$log/bench"
+
 echo
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
