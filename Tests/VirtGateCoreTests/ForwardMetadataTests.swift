@@ -11,6 +11,8 @@ struct ForwardMetadataTests {
         ("198.51.100.10:53/udp", "udp 198.51.100.10:53 -> 53"),
         ("5000-5009:6000-6009", "tcp 5000-5009 -> 6000-6009"),
         ("3868/sctp", "sctp 3868 -> 3868"),
+        ("[2001:db8::10]:443", "tcp [2001:db8::10]:443 -> 443"),
+        ("[2001:db8::10]:8443:443/tcp", "tcp [2001:db8::10]:8443 -> 443"),
     ])
     func valid(text: String, summary: String) throws {
         let forward = try ForwardMetadata.parseShorthand(text, guest: "web").get()
@@ -27,6 +29,9 @@ struct ForwardMetadataTests {
         ("a:b:c:d", "forward", "a:b:c:d"),
         ("", "host-port", ""),
         ("80:", "guest-port", ""),
+        ("[2001:db8::zz]:443", "host-address", "2001:db8::zz"),
+        ("[2001:db8::10]", "forward", "[2001:db8::10]"),
+        ("[2001:db8::10]:1:2:3", "forward", "[2001:db8::10]:1:2:3"),
     ])
     func invalid(text: String, field: String, value: String) {
         switch ForwardMetadata.parseShorthand(text, guest: "web") {

@@ -123,4 +123,47 @@ struct PlannerTests {
         bridged.mode = .other("bridge")
         #expect(Planner.plan(network: bridged, settings: settings).intents.isEmpty)
     }
+
+    @Test("A forward naming no family binds each family the guest has an address in; pending only with none")
+    func familiesBindWhereAddressesAre() {
+        var dual = network
+        dual.subnets.append(.init(gateway: ip("fd00::1"), network: IPNetwork(parsing: "fd00::/64")!))
+        dual.namedReservations = ["web": ip("fd00::10")]
+        let both = Planner.plan(guest: guest([forward("2222", "22")]), addresses: MemoryAddressBook(networks: [dual]))
+        #expect(boundAddresses(both) == [ip("192.168.122.10"), ip("fd00::10")])
+        #expect(both.pending.isEmpty)
+        // each family's hairpin covers that family's subnet only
+        let hairpins = both.plan.intents.compactMap { if case .hairpinMasquerade(let f) = $0 { f.subnets } else { nil } }
+        #expect(hairpins == [[IPNetwork(parsing: "192.168.122.0/24")!], [IPNetwork(parsing: "fd00::/64")!]])
+
+        // IPv4 only: no IPv6 address, nothing pending about it
+        let v4 = Planner.plan(guest: guest([forward("2222", "22")]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(boundAddresses(v4) == [ip("192.168.122.10")] && v4.pending.isEmpty)
+
+        // an IPv6 host address fixes the family: without an IPv6 address it is pending, naming IPv6
+        var v6only = forward("443")
+        v6only.hostAddress = ip("2001:db8::10")
+        let pending = Planner.plan(guest: guest([v6only]), addresses: MemoryAddressBook(networks: [network]))
+        #expect(boundAddresses(pending).isEmpty)
+        #expect(pending.pending.map(\.reason) == ["no IPv6 address known yet for 52:54:00:00:00:01"])
+
+        // sources of both families split per family
+        var mixed = forward("8080", "80")
+        mixed.sources = [IPNetwork(parsing: "203.0.113.0/24")!, IPNetwork(parsing: "2001:db8:1::/48")!]
+        let split = Planner.plan(guest: guest([mixed]), addresses: MemoryAddressBook(networks: [dual]))
+        let sources = split.plan.intents.compactMap { if case .dnat(let f) = $0 { f.sources } else { nil } }
+        #expect(sources == [[IPNetwork(parsing: "203.0.113.0/24")!], [IPNetwork(parsing: "2001:db8:1::/48")!]])
+    }
+
+    @Test("Mixed-family addresses in one forward are refused, naming the field")
+    func mixedFamilies() {
+        let problem = ForwardSpec.parse(attributes: ["host-port": "80", "host-address": "198.51.100.1", "guest-address": "fd00::5"],
+                                        subject: .guest("web"), position: 1)
+        guard case .failure(let error) = problem else { Issue.record("accepted"); return }
+        #expect(error.description == #"guest "web": forward #1 guest-address="fd00::5": IPv6 address, but host-address is IPv4"#)
+        let source = ForwardSpec.parse(attributes: ["host-port": "80", "host-address": "2001:db8::1", "source": "10.0.0.0/8"],
+                                       subject: .guest("web"), position: 2)
+        guard case .failure(let sourceError) = source else { Issue.record("accepted"); return }
+        #expect(sourceError.field == "forward #2 source")
+    }
 }
