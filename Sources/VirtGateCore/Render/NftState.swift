@@ -144,13 +144,15 @@ indirect enum JSONValue: Decodable, Hashable {
     case string(String), number(Double), bool(Bool), null, array([JSONValue]), object([String: JSONValue])
 
     init(from decoder: any Decoder) throws {
+        // Tried in the order nft's listing uses them most (strings, objects, numbers): every failed
+        // attempt is a thrown decoding error, and a table of thousands of elements has many nodes.
         let container = try decoder.singleValueContainer()
         if container.decodeNil() { self = .null }
-        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
-        else if let value = try? container.decode(Double.self) { self = .number(value) }
         else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([String: JSONValue].self) { self = .object(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
         else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
-        else { self = .object(try container.decode([String: JSONValue].self)) }
+        else { self = .bool(try container.decode(Bool.self)) }
     }
 
     subscript(key: String) -> JSONValue? {
