@@ -109,16 +109,7 @@ main_outer() {
     cp "$VIRTGATE" "$LAB_TMP/virtgate" || exit 1
     VIRTGATE=$LAB_TMP/virtgate
 
-    # The namespace names are fixed and shared with netns-test.sh and admin-test.sh: one lab at a time. Wait for a
-    # running one rather than fail.
-    exec 9>/tmp/vgt-lab.lock
-    if ! flock -n 9; then
-        echo "# another vgt lab run holds /tmp/vgt-lab.lock; waiting up to 15 minutes"
-        if ! flock -w 900 9; then
-            lab_not_ok "prerequisite: no other vgt lab run in progress (/tmp/vgt-lab.lock is held)"
-            exit 1
-        fi
-    fi
+    lab_take_lock || exit 1
 
     local ufw_sum_before root_rules_before root_forward_before
     ufw_sum_before=$(lab_ufw_checksum)

@@ -342,6 +342,19 @@ lab_nft_lines() {
         else empty end'
 }
 
+# lab_take_lock: the namespace names are fixed and shared by every suite: one lab at a time. Waits for a running
+# one (on fd 9, held until the process exits) rather than fail.
+lab_take_lock() {
+    exec 9>/tmp/vgt-lab.lock
+    if ! flock -n 9; then
+        echo "# another vgt lab run holds /tmp/vgt-lab.lock; waiting up to 15 minutes"
+        if ! flock -w 900 9; then
+            lab_not_ok "prerequisite: no other vgt lab run in progress (/tmp/vgt-lab.lock is held)"
+            return 1
+        fi
+    fi
+}
+
 # lab_check_nft_hooks TAG: with the nft backend, DNAT lives in base chains of virtgate's own table (no UFW or libvirt
 # event touches it): its prerouting and output hooks must jump to the forwards chain, and iptables nat must hold no
 # virtgate jump at all.

@@ -92,12 +92,7 @@ main_outer() {
         VIRTGATE=$LAB_TMP/virtgate
     fi
 
-    # One run at a time: the namespace names are fixed.
-    exec 9>/tmp/vgt-lab.lock
-    if ! flock -n 9; then
-        lab_not_ok "prerequisite: no other vgt lab run in progress (/tmp/vgt-lab.lock is held)"
-        exit 1
-    fi
+    lab_take_lock || exit 1
 
     local ufw_sum_before root_rules_before root_forward_before
     ufw_sum_before=$(lab_ufw_checksum)
