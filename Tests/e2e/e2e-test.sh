@@ -135,6 +135,12 @@ main_outer() {
         not_ok "must run as root (namespaces, iptables, libvirtd)"
         exit 1
     fi
+    # The namespace names are fixed: one end-to-end run at a time; wait for a running one rather than fail.
+    exec 8>/tmp/vgt-e2e.lock
+    if ! flock -n 8; then
+        echo "# another end-to-end run holds /tmp/vgt-e2e.lock; waiting up to 15 minutes"
+        flock -w 900 8 || { not_ok "no other end-to-end run in progress (/tmp/vgt-e2e.lock is held)"; exit 1; }
+    fi
     local t missing=""
     for t in $E2E_TOOLS; do
         command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || missing="$missing $t"
