@@ -85,7 +85,7 @@ public enum NftLayout {
         text += "\tchain forwards {\n"
         for family in IPFamily.allCases {
             let ip = family.nftPayload
-            let dnat = "ct mark set ct mark | \(m) dnat \(family.nftNat) to"
+            let dnat = "ct mark set ct mark | \(m) dnat \(family.nftPayload) to"
             let proto = "meta l4proto { tcp, udp, sctp }"
             text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(sourceMap(family)) \(dnat) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(sourceMap(family))\n"
             text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(addressMap(family)) \(dnat) \(ip) daddr . meta l4proto . th dport map @\(addressMap(family))\n"
@@ -105,8 +105,8 @@ public enum NftLayout {
 extension IPFamily {
     var digit: String { self == .v4 ? "4" : "6" }
     var nftAddressType: String { self == .v4 ? "ipv4_addr" : "ipv6_addr" }
+    /// The payload and NAT family keyword: `ip` or `ip6`.
     var nftPayload: String { self == .v4 ? "ip" : "ip6" }
-    var nftNat: String { self == .v4 ? "ip" : "ip6" }
     var nftProto: String { self == .v4 ? "ipv4" : "ipv6" }
 }
 
