@@ -43,11 +43,6 @@ let package = Package(
                 "VirtGateAdmin",
                 "Libvirt",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            linkerSettings: [
-                // libstdc++ linked statically (see the script in that folder): libvirt starts this
-                // binary for every hook event, and loading the shared libstdc++ is a third of a start.
-                .unsafeFlags(["-L", Context.packageDirectory + "/linker/static-libstdc++"], .when(configuration: .release)),
             ]
         ),
         .testTarget(
