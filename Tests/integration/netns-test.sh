@@ -357,8 +357,9 @@ scenario_idempotence() {
     lab_ipt -I FORWARD 1 -j LIBVIRT_FWX
     check_eq "foreign: a LIBVIRT_FWX jump now sits at position 1 of FORWARD" "-A FORWARD -j LIBVIRT_FWX" \
         "$(lab_first_rule filter FORWARD)"
-    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 started begin -
-    check_eq "foreign: after started, VIRTGATE-FWD is back at position 1 of FORWARD" "-A FORWARD -j VIRTGATE-FWD" \
+    # as after a libvirtd restart, which libvirt follows with `reconnect` (see the hook notes)
+    vg_hook "$LAB_FIXTURES/domain-vgt-g1.xml" qemu vgt-g1 reconnect begin -
+    check_eq "foreign: after reconnect, VIRTGATE-FWD is back at position 1 of FORWARD" "-A FORWARD -j VIRTGATE-FWD" \
         "$(lab_first_rule filter FORWARD)"
     check_eq "foreign: exactly one VIRTGATE-FWD jump in FORWARD" 1 \
         "$(lab_ipt -S FORWARD | grep -c -- '-j VIRTGATE-FWD$')"

@@ -43,8 +43,7 @@ public struct HookHandler: Sendable {
             guard let guest = parseGuest(name, stdin) else { return refuseOrPass() }
             return report(guest.problems) ? 0 : 1
         case .start, .started:
-            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0,
-                                     networks: invocation.operation == "started")
+            return await assertGuest(name, stdin: stdin, failureStatus: settings.onInvalid == .refuse ? 1 : 0)
         case .reconnect, .attach:
             return await assertGuest(name, stdin: stdin, failureStatus: 0, networks: invocation.operation == "reconnect")
         case .stopped, .release:
@@ -88,8 +87,9 @@ public struct HookHandler: Sendable {
     func refuseOrPass() -> Int32 { settings.onInvalid == .refuse ? 1 : 0 }
 
     /// `networks`: with the nftables backend, also re-assert the filter rules of the guest's networks
-    /// in iptables (on `started` and `reconnect`: libvirt has just put its own rules first again).
-    /// With iptables they always go in the guest's own transaction, at no extra cost.
+    /// in iptables (on `reconnect`: a libvirtd restart has just put libvirt's own rules first again).
+    /// Not on every `started`: that would add an iptables round to every guest start. With iptables
+    /// they always go in the guest's own transaction, at no extra cost.
     func assertGuest(_ name: String, stdin: String, failureStatus: Int32, networks: Bool = false) async -> Int32 {
         guard let guest = parseGuest(name, stdin) else { return failureStatus }
         if settings.onInvalid == .refuse && !guest.problems.isEmpty {
