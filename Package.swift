@@ -56,6 +56,8 @@ let package = Package(
             dependencies: ["VirtGateAdmin", "VirtGateCore", "Libvirt"],
             exclude: ["Fixtures"]
         ),
+        // Generated guest sets through both backends against the kernel, with real traffic (root).
+        .testTarget(name: "DifferentialTests", dependencies: ["VirtGateCore"]),
         // The libvirt wrapper against libvirt's real test:/// driver, loaded from a state file.
         .testTarget(
             name: "LibvirtTests",
