@@ -66,24 +66,4 @@ public struct LibvirtState: Sendable {
     public var chainNames: [String: String] {
         Dictionary(input.guests.map { (ChainNames.id(for: $0.name), $0.name) }, uniquingKeysWith: { first, _ in first })
     }
-
-    /// Desired rules for one guest (and its networks) on top of the kernel's current rules; other
-    /// owners stay as they are. Used when a forward is added or removed on a running guest.
-    public func desired(forGuest name: String, snapshot: IptablesSnapshot, settings: PlannerSettings) -> (DesiredChains, GuestPlan)? {
-        guard let plan = plan(guest: name, incumbents: snapshot.forwardClaims(names: chainNames)) else { return nil }
-        let book = SyncAddressBook(input: input)
-        var desired = snapshot.ownerChains
-        for network in plan.networks.compactMap({ book.network(named: $0) }) {
-            desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
-                                                  with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
-        }
-        desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
-        return (desired, plan)
-    }
-
-    /// One running guest planned against the forwards others hold in the kernel.
-    public func plan(guest name: String, incumbents: [ForwardClaim]) -> GuestPlan? {
-        guard let guest = input.guests.first(where: { $0.name == name }) else { return nil }
-        return Planner.plan(guest: guest, addresses: SyncAddressBook(input: input), taken: incumbents)
-    }
 }

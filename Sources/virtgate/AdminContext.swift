@@ -13,42 +13,41 @@ struct ConnectionOptions: ParsableArguments {
 
 extension BackendKind: ExpressibleByArgument {}
 
-/// What every admin command needs: settings, the firewall, the state directory and a libvirt
-/// connection. Admin commands run outside libvirt's hook callbacks, so they may call libvirt.
+/// What every admin command needs: the local context and a libvirt connection. Admin commands run
+/// outside libvirt's hook callbacks, so they may call libvirt.
 struct AdminContext {
     let local: LocalContext
     let connection: LibvirtConnection
 
     var settings: Settings { local.settings }
     var log: Log { local.log }
-    var firewall: Firewall { local.firewall }
     var store: StateStore { local.store }
 
     init(_ options: ConnectionOptions) async throws {
         local = try await LocalContext.load(backend: options.backend)
-        connection = try LibvirtConnection(uri: options.connect)
+        do {
+            connection = try LibvirtConnection(uri: options.connect)
+        } catch {
+            throw VirtGateError(.libvirt, "cannot connect to \(options.connect)", cause: error)
+        }
     }
 
     /// libvirt's current state; XML that cannot be used is logged and left out.
     func loadState() throws -> LibvirtState {
-        let state = try LibvirtState.load(connection)
+        let state: LibvirtState
+        do {
+            state = try LibvirtState.load(connection)
+        } catch {
+            throw VirtGateError(.libvirt, "cannot read libvirt's state", cause: error)
+        }
         for problem in state.problems { log.error(problem) }
         return state
     }
 
-    func locked<T>(dryRun: Bool, _ body: () async throws -> T) async throws -> T {
-        try await local.locked(dryRun: dryRun, body)
-    }
-
-    func report(_ result: SyncResult) {
-        for (_, plan) in result.guestPlans {
-            for problem in plan.problems { log.warning("\(problem); forward skipped") }
-        }
-        for (guest, plan) in result.guestPlans {
-            for problem in guest.problems { log.warning("\(problem); forward skipped") }
-            for pending in plan.pending {
-                log.info("guest \(InputProblem.quoted(guest.name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
-            }
-        }
+    /// Everything libvirt runs now, as `sync` applies it and `status` compares it.
+    func everything(_ state: LibvirtState) -> EngineInput {
+        var input = EngineInput.everything(state.input)
+        input.names = state.chainNames
+        return input
     }
 }

@@ -40,19 +40,26 @@ extension VirtGate {
         static func gather(_ local: LocalContext) async -> DoctorFacts {
             let environment = ProcessEnvironment.current()
             var facts = DoctorFacts()
-            facts.variant = local.firewall.backend.variant
             if let text = try? readFile("/proc/sys/net/ipv4/ip_forward") {
                 facts.ipForwarding = text.hasPrefix("1")
             }
+            facts.variant = local.firewall.iptables.variant
+            let handler = local.handler(dryRun: true) { _ in }
+            // What virtgate remembers, planned as `reapply` would, against the kernel.
+            let input = handler.rememberedInput(exclusive: true)
             do {
-                facts.snapshot = try await local.firewall.backend.snapshot()
+                let preview = try await local.firewall.preview(input, backend: local.backend, dryRun: false)
+                facts.snapshot = preview.state.iptables
+                facts.desired = preview.desired.chains
+                if local.backend.kind == .nft {
+                    facts.nftState = preview.state.nft
+                    facts.desiredElements = preview.desired.elements
+                }
             } catch {
                 facts.snapshotError = "\(error)"
             }
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: true) { _ in }
-            let remembered = handler.rememberedState()
             // Active networks: libvirt's own run directory, plus what the network hook reported.
-            var networks = remembered.networks
+            var networks = input.networks
             let runDirectory = local.settings.networkRunDirectory
             for file in (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? [] where file.hasSuffix(".xml") {
                 if let text = try? readFile("\(runDirectory)/\(file)"), let network = try? LibvirtXML.network(fromXML: text),
@@ -61,16 +68,7 @@ extension VirtGate {
                 }
             }
             facts.networks = networks
-            let nftBackend = local.settings.backend == .nft ? local.nftables : nil
-            if let nft = nftBackend, let state = try? await nft.backend.state() {
-                facts.nftState = state
-                facts.desiredElements = remembered.guestPlans(incumbents: state.forwardClaims(names: remembered.chainNames),
-                                                              settings: local.settings.planner)
-                    .reduce(into: DesiredElements()) { $0 = NftTransaction.desired($0, replacing: $1.plan.owner, with: NftRules.elements(for: $1.plan)) }
-            }
             if let snapshot = facts.snapshot {
-                let desired = remembered.desired(on: snapshot, settings: local.settings.planner, base: [:]).0
-                facts.desired = nftBackend == nil ? desired : desired.withoutGuests
                 facts.ufwActive = snapshot.tables[.filter]?.chains.contains { $0.hasPrefix("ufw-") } ?? false
             }
             if let chains = try? await ProcessRunner().run("/usr/sbin/nft", ["-j", "list", "chains"], input: nil), chains.status == 0 {

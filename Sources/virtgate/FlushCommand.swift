@@ -13,15 +13,11 @@ extension VirtGate {
 
         func run() async throws {
             let local = try await LocalContext.load()
-            let outcomes = try await local.locked(dryRun: dryRun) {
-                var outcomes = [try await local.firewall.replaceAll(with: [:], dryRun: dryRun)]
-                if let nft = local.nftables { outcomes.append(try await nft.remove(dryRun: dryRun)) }
-                return outcomes
-            }
-            let text = outcomes.map(\.transaction).filter { !$0.isEmpty }.joined(separator: "# nft -f\n")
+            // Nothing planned, everything else removed: both backends' objects go.
+            let outcome = try await local.run(EngineInput(exclusive: true, addresses: NoAddresses()), dryRun: dryRun)
             if dryRun {
-                writeAll(1, text.isEmpty ? "# nothing to remove\n" : text)
-            } else if outcomes.contains(where: \.applied) {
+                writeAll(1, outcome.transaction.isEmpty ? "# nothing to remove\n" : outcome.transaction.text)
+            } else if outcome.applied {
                 local.log.info("flush: removed every virtgate chain")
             } else {
                 local.log.info("flush: no virtgate rules present")

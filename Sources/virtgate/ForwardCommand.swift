@@ -108,31 +108,14 @@ func applyNow(_ context: AdminContext, guest name: String) async throws {
         return
     }
     let state = try context.loadState()
-    var plan: GuestPlan?
-    let settings = context.settings.planner
-    let outcome = try await context.locked(dryRun: false) {
-        if context.settings.backend == .nft, let nft = context.local.nftables {
-            return try await nft.apply(dryRun: false) { nftState in
-                guard let guestPlan = state.plan(guest: name, incumbents: nftState.forwardClaims(names: state.chainNames))
-                else { return nil }
-                plan = guestPlan
-                return NftTransaction.desired(nftState.ownerElements, replacing: guestPlan.plan.owner,
-                                              with: NftRules.elements(for: guestPlan.plan))
-            }
-        }
-        return try await context.firewall.apply(dryRun: false) { snapshot in
-            guard let (desired, guestPlan) = state.desired(forGuest: name, snapshot: snapshot, settings: settings)
-            else { return nil }
-            plan = guestPlan
-            return desired
-        }
+    guard let guest = state.input.guests.first(where: { $0.name == name }) else {
+        writeAll(1, "guest \(InputProblem.quoted(name)) is not running: the forward applies when it starts\n")
+        return
     }
-    if let plan {
-        for problem in plan.problems { context.log.warning("\(problem); forward skipped") }
-        for pending in plan.pending {
-            context.log.info("guest \(InputProblem.quoted(name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
-        }
-    }
+    let local = context.local
+    let input = EngineInput.guest(guest, addresses: SyncAddressBook(input: state.input), names: state.chainNames,
+                                  assertNetwork: { _ in local.backend.networksRideAlong })
+    let outcome = try await local.run(input, dryRun: false)
     if let xml = state.guestXML[name] { try? context.store.rememberGuest(name, xml: xml) }
     writeAll(1, outcome.applied ? "applied to the running guest \(InputProblem.quoted(name))\n" : "rules already in place\n")
 }

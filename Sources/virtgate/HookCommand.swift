@@ -57,12 +57,11 @@ enum HookEntry {
             log.error("\(invocation.summary): \(error)")
             return invocation.operation == "reconnect" ? 0 : (settings.onInvalid == .refuse ? 1 : 0)
         }
-        let firewall = local.firewall
         // libvirt does not read a hook's stdout (but for the migrate/restore XML): when the config
         // file asks for dry-run, which is how it reaches hooks run by libvirt, the transaction is
         // also logged, so the admin can read what would have been applied.
         let alsoLog = settings.dryRun && !flag && environment["VIRTGATE_DRY_RUN"] == nil
-        let handler = HookHandler(settings: settings, firewall: firewall, nftables: local.nftables, log: log, dryRun: dryRun) { text in
+        let handler = local.handler(dryRun: dryRun) { text in
             writeAll(1, text)
             if alsoLog && !text.hasPrefix("<") {
                 log.info("dry-run \(invocation.summary): \(text)")

@@ -1,25 +1,26 @@
 import VirtGateCore
 
-/// Settings, log and firewall: what every command that touches the rules needs, the hook included.
-/// Building it asks nothing of libvirt.
+/// Settings, log, the firewall and the backend: what every command that touches the rules needs,
+/// the hook included. The backend is chosen here, once. Building it asks nothing of libvirt.
 struct LocalContext {
     let settings: Settings
     let log: Log
     let firewall: Firewall
-    /// virtgate's nftables table, when nft is installed (see `HookHandler.nftables`).
-    let nftables: NftFirewall?
+    let backend: any Backend
 
     init(settings: Settings, log: Log? = nil) throws {
         self.settings = settings
         self.log = log ?? Log(syslog: settings.syslog)
         guard let variant = settings.iptablesVariant ?? IptablesVariant.detect() else {
-            throw FirewallError("cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
+            throw VirtGateError(.firewall, "cannot tell whether /usr/sbin/iptables is iptables-nft or iptables-legacy")
         }
-        firewall = Firewall(backend: IptablesBackend(variant: variant, runner: ProcessRunner()), log: self.log)
-        nftables = NftFirewall.ifInstalled(settings: settings, runner: ProcessRunner(), log: self.log)
-        if settings.backend == .nft && nftables == nil {
-            throw FirewallError("BACKEND=nft, but \(NftBackend.defaultPath) is not installed")
+        let nft = NftCommands.ifInstalled(runner: ProcessRunner())
+        if settings.backend == .nft && nft == nil {
+            throw VirtGateError(.input, "BACKEND=nft, but \(NftCommands.defaultPath) is not installed")
         }
+        firewall = Firewall(iptables: IptablesCommands(variant: variant, runner: ProcessRunner()), nft: nft,
+                            mark: settings.connectionMark, log: self.log)
+        backend = Backends.make(settings, nftInstalled: nft != nil)
     }
 
     /// `backend` is the `--backend` flag, which wins over the config and the environment.
@@ -34,14 +35,15 @@ struct LocalContext {
 
     var store: StateStore { StateStore(directory: settings.stateDirectory) }
 
-    /// Runs `body` holding virtgate's lock (not for dry-runs, which change nothing).
-    func locked<T>(dryRun: Bool, _ body: () async throws -> T) async throws -> T {
-        var lock: FileLock?
-        if !dryRun {
-            try store.prepare()
-            lock = try FileLock(path: store.lockPath)
-        }
-        defer { withExtendedLifetime(lock) {} }
-        return try await body()
+    /// One change through the engine, under the lock (not for dry-runs); problems and pending
+    /// forwards are logged.
+    func run(_ input: EngineInput, dryRun: Bool) async throws -> Firewall.Outcome {
+        let outcome = try await firewall.run(input, backend: backend, dryRun: dryRun, store: dryRun ? nil : store)
+        log.report(outcome.plan)
+        return outcome
+    }
+
+    func handler(dryRun: Bool, output: @escaping @Sendable (String) -> Void) -> HookHandler {
+        HookHandler(settings: settings, firewall: firewall, backend: backend, log: log, dryRun: dryRun, output: output)
     }
 }

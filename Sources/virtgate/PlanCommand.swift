@@ -27,38 +27,29 @@ extension VirtGate {
         }
 
         func run() async throws {
-            let mark = Settings().connectionMark
-            let settings = PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted,
-                                           forwardMark: backend == .nft ? mark : nil)
-            var elements = DesiredElements()
+            var settings = Settings()
+            settings.backend = backend
+            settings.masqueradeRoutedNetworks = masqueradeRouted
+            // The same engine as the hook, against an empty kernel: what a first run would write.
+            let chosen = Backends.make(settings, nftInstalled: false)
             var networks: [NetworkDefinition] = []
             for path in network {
                 networks.append(try LibvirtXML.network(fromXML: try readFile(path)))
             }
-            var changes: [(Owner, [OwnedChain])] = networks.map {
-                (.network($0.name), IptablesRules.chains(for: Planner.plan(network: $0, settings: settings)))
-            }
+            var input = EngineInput(networks: networks, addresses: StaticAddressBook(networks: networks))
             if let domain {
-                let guest = try LibvirtXML.guest(fromXML: try readFile(domain))
-                let book = StaticAddressBook(networks: networks)
-                let plan = Planner.plan(guest: guest, addresses: book)
-                for problem in guest.problems + plan.problems { printError("# invalid: \(problem)") }
-                for pending in plan.pending {
+                input.guests = [try LibvirtXML.guest(fromXML: try readFile(domain))]
+            }
+            let preview = Firewall.preview(input, backend: chosen, state: KernelState(iptables: IptablesSnapshot(), nft: NftState()),
+                                           mark: settings.connectionMark)
+            for guest in preview.plan.guests {
+                for problem in guest.problems { printError("# invalid: \(problem)") }
+                for pending in guest.plan.pending {
                     printError("# pending: forward #\(pending.forward.position) \(pending.forward.summary): \(pending.reason)")
                 }
-                if backend == .nft {
-                    elements = NftTransaction.desired(elements, replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
-                } else {
-                    changes.append((plan.plan.owner, IptablesRules.chains(for: plan.plan)))
-                }
             }
-            var desired = DesiredChains()
-            for (owner, chains) in changes {
-                desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
-            }
-            print(IptablesTransaction.render(from: IptablesSnapshot(), to: desired), terminator: "")
-            let script = NftTransaction.render(from: NftState(), to: elements, mark: mark)
-            if !script.isEmpty { print("# nft -f\n" + script, terminator: "") }
+            let transaction = preview.transaction
+            print(transaction.text, terminator: "")
         }
     }
 }

@@ -21,10 +21,7 @@ extension VirtGate {
 
         func run() async throws {
             let local = try await LocalContext.load(backend: backend)
-            let handler = HookHandler(settings: local.settings, firewall: local.firewall, nftables: local.nftables, log: local.log, dryRun: dryRun) {
-                writeAll(1, $0)
-            }
-            guard await handler.reapplyAll() else { throw ExitCode(1) }
+            guard await local.handler(dryRun: dryRun, output: { writeAll(1, $0) }).reapplyAll() else { throw ExitCode(1) }
         }
     }
 }

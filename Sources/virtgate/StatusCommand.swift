@@ -20,17 +20,17 @@ extension VirtGate {
         func run() async throws {
             let context = try await AdminContext(connection)
             let state = try context.loadState()
-            let snapshot = try await context.firewall.backend.snapshot()
+            let preview = try await context.local.firewall.preview(context.everything(state), backend: context.local.backend,
+                                                                   dryRun: false)
             let settings = context.settings
-            let variant = context.firewall.backend.variant.rawValue
-            let nft = settings.backend == .nft ? try await context.local.nftables?.backend.state() : nil
-            let result = SyncPlanner.plan(state.input, settings: settings.planner,
-                                          incumbents: nft?.forwardClaims(names: state.chainNames)
-                                              ?? snapshot.forwardClaims(names: state.chainNames))
-            let backend = settings.backend == .nft
+            let variant = context.local.firewall.iptables.variant.rawValue
+            let nft = context.local.backend.kind == .nft
+            let backend = nft
                 ? "nft: forwards in table inet \(NftLayout.table), filtering in iptables-\(variant) (\(settings.backendReason))"
                 : "iptables-\(variant) (\(settings.backendReason))"
-            let report = StatusReport.build(sync: result, snapshot: snapshot, nft: nft, backend: backend,
+            let report = StatusReport.build(plan: preview.plan, desired: preview.desired,
+                                            snapshot: preview.state.iptables ?? IptablesSnapshot(),
+                                            nft: nft ? preview.state.nft ?? NftState() : nil, backend: backend,
                                             listening: ListeningSockets.current())
             if json {
                 let encoder = JSONEncoder()

@@ -20,43 +20,14 @@ extension VirtGate {
         func run() async throws {
             let context = try await AdminContext(connection)
             let state = try context.loadState()
-            let settings = context.settings
-            var result: SyncResult?
-            let outcomes = try await context.locked(dryRun: dryRun) {
-                // Claims of both backends count: after a switch, guests keep the ports they held.
-                let nftState = context.local.nftables == nil ? NftState() : (try? await context.local.nftables!.backend.state()) ?? NftState()
-                var outcomes: [Firewall.Outcome] = []
-                if settings.backend == .nft, let nft = context.local.nftables {
-                    // Forwards first, then the filter side (which also drops guests' iptables chains).
-                    outcomes.append(try await nft.apply(dryRun: dryRun) { nftState in
-                        let planned = SyncPlanner.plan(state.input, settings: settings.planner,
-                                                       incumbents: nftState.forwardClaims(names: state.chainNames))
-                        result = planned
-                        return planned.elements
-                    })
-                    outcomes.append(try await context.firewall.apply(dryRun: dryRun) { _ in result?.networkChains })
-                } else {
-                    outcomes.append(try await context.firewall.apply(dryRun: dryRun) { snapshot in
-                        let planned = SyncPlanner.plan(state.input, settings: settings.planner,
-                                                       incumbents: snapshot.forwardClaims(names: state.chainNames)
-                                                           + nftState.forwardClaims(names: state.chainNames))
-                        result = planned
-                        return planned.desired
-                    })
-                    // Nothing of the other backend stays.
-                    if let nft = context.local.nftables { outcomes.append(try await nft.remove(dryRun: dryRun)) }
-                }
-                return outcomes
-            }
-            if let result { context.report(result) }
-            let text = outcomes.map(\.transaction).filter { !$0.isEmpty }.joined(separator: "# nft -f\n")
+            let outcome = try await context.local.run(context.everything(state), dryRun: dryRun)
             if dryRun {
-                writeAll(1, text.isEmpty ? "# sync: no changes\n" : text)
+                writeAll(1, outcome.transaction.isEmpty ? "# sync: no changes\n" : outcome.transaction.text)
                 return
             }
             rememberState(context, state)
-            if outcomes.contains(where: \.applied) {
-                context.log.info("sync: applied \(text.split(separator: "\n").count) lines (backend \(settings.backend.rawValue))")
+            if outcome.applied {
+                context.log.info("sync: applied \(outcome.transaction.summary) (backend \(context.settings.backend.rawValue))")
             } else {
                 context.log.info("sync: already in sync")
             }

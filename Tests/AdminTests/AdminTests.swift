@@ -24,34 +24,39 @@ struct AdminTests {
         #expect(state.input.leases["virbr0"]?[MACAddress("52:54:00:aa:00:01")!] == [IPAddress("192.168.122.101")!])
     }
 
+    /// The engine's sync of `state` against `kernel` (by default an empty one), as `virtgate sync` plans it.
+    static func sync(_ state: LibvirtState, kernel: KernelState = KernelState(iptables: IptablesSnapshot())) -> Firewall.Preview {
+        var input = EngineInput.everything(state.input)
+        input.names = state.chainNames
+        return Firewall.preview(input, backend: IptablesChainBackend(), state: kernel, mark: 0x0020_0000)
+    }
+
     @Test func syncPlansEveryRunningGuestAndActiveNetwork() throws {
         let state = try LibvirtState.load(try testConnection())
-        let result = SyncPlanner.plan(state.input, settings: PlannerSettings())
+        let desired = try #require(Self.sync(state).desired.chains)
         // The reservation wins over the lease.
-        #expect(result.desired[.nat]?["VGD-web"] == ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"])
-        #expect(result.desired[.filter]?.keys.sorted() == ["VGF-web", "VGN-default", "VGN-isolated"])
+        #expect(desired[.nat]?["VGD-web"] == ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"])
+        #expect(desired[.filter]?.keys.sorted() == ["VGF-web", "VGN-default", "VGN-isolated"])
         // db has no forwards: no guest chains.
-        #expect(result.desired[.nat]?["VGD-db"] == nil)
+        #expect(desired[.nat]?["VGD-db"] == nil)
     }
 
     @Test("Sync equals the sequence of hook events over the same state")
     func syncEqualsHookSequence() throws {
         let state = try LibvirtState.load(try testConnection())
         let book = SyncAddressBook(input: state.input)
-        var sequence = DesiredChains()
+        let backend = IptablesChainBackend()
+        // Each event planned by the engine against what the previous ones left in the "kernel".
+        var kernel = IptablesSnapshot()
+        func event(_ input: EngineInput) {
+            let desired = Firewall.preview(input, backend: backend, state: KernelState(iptables: kernel), mark: 0x0020_0000).desired
+            kernel = IptablesSnapshot(chains: desired.chains ?? [:])
+        }
+        for network in state.input.networks { event(EngineInput(networks: [network], addresses: book)) }
         for guest in state.input.guests.reversed() {
-            for network in Planner.plan(guest: guest, addresses: book).networks.compactMap(book.network(named:)) {
-                sequence = IptablesTransaction.desired(sequence, replacing: .network(network.name),
-                                                       with: IptablesRules.chains(for: Planner.plan(network: network, settings: PlannerSettings())))
-            }
-            let plan = Planner.plan(guest: guest, addresses: book)
-            sequence = IptablesTransaction.desired(sequence, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
+            event(.guest(guest, addresses: book, assertNetwork: { _ in true }))
         }
-        for network in state.input.networks {
-            sequence = IptablesTransaction.desired(sequence, replacing: .network(network.name),
-                                                   with: IptablesRules.chains(for: Planner.plan(network: network, settings: PlannerSettings())))
-        }
-        #expect(SyncPlanner.plan(state.input, settings: PlannerSettings()).desired == sequence)
+        #expect(Self.sync(state).desired.chains?.filter { !$0.value.isEmpty } == kernel.ownerChains)
     }
 
     @Test func forwardAddWritesMetadataLiveAndConfig() throws {
@@ -124,11 +129,22 @@ struct AdminTests {
 
     @Test func statusOfAFreshHostShowsMissingRules() throws {
         let state = try LibvirtState.load(try testConnection())
-        let result = SyncPlanner.plan(state.input, settings: PlannerSettings())
-        let empty = StatusReport.build(sync: result, snapshot: IptablesSnapshot(), backend: "test", listening: ["tcp/2222"])
+        let preview = Self.sync(state)
+        let empty = StatusReport.build(plan: preview.plan, desired: preview.desired, snapshot: IptablesSnapshot(),
+                                       backend: "test", listening: ["tcp/2222"])
         #expect(empty.networks.map(\.rules) == ["missing", "missing"])
         #expect(empty.guests.first?.forwards.first?.state == "drift")
         #expect(empty.guests.first?.forwards.first?.warnings.count == 1)
         #expect(empty.jumpsInPlace == false, "sync wants jumps the kernel lacks")
+    }
+}
+
+extension IptablesSnapshot {
+    /// The kernel as if `chains` had been applied (owner chains only, as virtgate reads them).
+    init(chains: DesiredChains) {
+        self.init()
+        for (table, owned) in chains {
+            tables[table] = Table(chains: owned.keys.sorted(), rules: owned, policies: [:])
+        }
     }
 }

@@ -52,7 +52,7 @@ struct HookHandlerTests {
         settings.networkConfigDirectory = "/nonexistent"
         settings.dnsmasqDirectory = "/nonexistent"
         let log = Log(syslog: false, stderr: false)
-        return HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+        return HookHandler(settings: settings, firewall: Firewall(iptables: IptablesCommands(variant: .nft, runner: runner), nft: nil, log: log), backend: IptablesChainBackend(),
                            log: log, dryRun: dryRun) { output.append($0) }
     }
 
@@ -224,7 +224,7 @@ struct HookConflictTests {
         """
         for policy in [Settings.InvalidPolicy.warn, .refuse] {
             settings.onInvalid = policy
-            let handler = HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+            let handler = HookHandler(settings: settings, firewall: Firewall(iptables: IptablesCommands(variant: .nft, runner: runner), nft: nil, log: log), backend: IptablesChainBackend(),
                                       log: log, dryRun: false) { _ in }
             let before = runner.restores.count
             let status = await handler.handle(HookInvocation(driver: .qemu, arguments: ["db", "start", "begin", "-"])!, stdin: xml)
@@ -255,7 +255,7 @@ struct RebindTests {
         settings.dnsmasqDirectory = directory + "/dnsmasq"
         let log = Log(syslog: false, stderr: false)
         let runner = RecordingRunner()
-        let handler = HookHandler(settings: settings, firewall: Firewall(backend: IptablesBackend(variant: .nft, runner: runner), log: log),
+        let handler = HookHandler(settings: settings, firewall: Firewall(iptables: IptablesCommands(variant: .nft, runner: runner), nft: nil, log: log), backend: IptablesChainBackend(),
                                   log: log, dryRun: false) { _ in }
         let network = """
         <hookData><network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>

@@ -28,28 +28,26 @@ struct IptablesRenderTests {
         Case(golden: "dual-stack-nft-backend.rules", networks: ["network-dual.xml"], nftBackend: true),
     ]
 
+    /// The engine's preview of a case against an empty kernel: the same entry the hook uses.
+    static func preview(_ testCase: Case) throws -> Firewall.Preview {
+        let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
+        var input = EngineInput(networks: networks, addresses: MemoryAddressBook(networks: networks))
+        if let domain = testCase.domain { input.guests = [try LibvirtXML.guest(fromXML: Files.fixture(domain))] }
+        let backend: any Backend = testCase.nftBackend
+            ? NftMapBackend(mark: Settings().connectionMark, masqueradeRouted: testCase.masqueradeRouted)
+            : IptablesChainBackend(masqueradeRouted: testCase.masqueradeRouted)
+        return Firewall.preview(input, backend: backend, state: KernelState(iptables: IptablesSnapshot(), nft: NftState()),
+                                mark: Settings().connectionMark)
+    }
+
     /// The chains a case wants, as the hook would compute them.
     static func desired(_ testCase: Case) throws -> DesiredChains {
-        let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
-        let settings = PlannerSettings(masqueradeRoutedNetworks: testCase.masqueradeRouted,
-                                       forwardMark: testCase.nftBackend ? Settings().connectionMark : nil)
-        var desired = DesiredChains()
-        for network in networks {
-            desired = IptablesTransaction.desired(desired, replacing: .network(network.name),
-                                                  with: IptablesRules.chains(for: Planner.plan(network: network, settings: settings)))
-        }
-        if let domain = testCase.domain {
-            let guest = try LibvirtXML.guest(fromXML: Files.fixture(domain))
-            let plan = Planner.plan(guest: guest, addresses: MemoryAddressBook(networks: networks))
-            desired = IptablesTransaction.desired(desired, replacing: plan.plan.owner, with: IptablesRules.chains(for: plan.plan))
-        }
-        return desired
+        try preview(testCase).desired.chains ?? [:]
     }
 
     @Test(arguments: cases)
     func golden(_ testCase: Case) throws {
-        let desired = try Self.desired(testCase)
-        let rendered = IptablesTransaction.render(from: IptablesSnapshot(), to: desired)
+        let rendered = try Self.preview(testCase).transaction.text
         let url = Files.goldenURL("iptables/\(testCase.golden)")
         if ProcessInfo.processInfo.environment["VIRTGATE_UPDATE_GOLDEN"] == "1" {
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)

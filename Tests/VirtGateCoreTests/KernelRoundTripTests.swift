@@ -40,7 +40,7 @@ struct KernelRoundTripTests {
         let namespace = "vgt-rt-\(getpid())-\(variant.rawValue)-\(testCase.golden.split(separator: ".")[0])"
         #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
         defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
-        let backend = IptablesBackend(variant: variant, runner: NamespaceRunner(namespace: namespace, base: runner))
+        let backend = IptablesCommands(variant: variant, runner: NamespaceRunner(namespace: namespace, base: runner))
 
         let desired = try IptablesRenderTests.desired(testCase)
         let empty = try await backend.snapshot()
@@ -68,7 +68,7 @@ struct KernelRoundTripTests {
         let namespace = "vgt-rt-\(getpid())-nft-\(testCase.golden.split(separator: ".")[0])"
         #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
         defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
-        let backend = NftBackend(runner: NamespaceRunner(namespace: namespace, base: runner))
+        let backend = NftCommands(runner: NamespaceRunner(namespace: namespace, base: runner))
         let desired = try NftRenderTests.desired(testCase)
 
         #expect(try await backend.state() == NftState())
@@ -96,28 +96,37 @@ struct KernelRoundTripTests {
         let namespace = "vgt-rt-\(getpid())-rollback"
         #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
         defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
-        let backend = IptablesBackend(variant: .nft, runner: NamespaceRunner(namespace: namespace, base: runner))
-        let firewall = Firewall(backend: backend, log: Log(syslog: false, stderr: false))
+        let commands = IptablesCommands(variant: .nft, runner: NamespaceRunner(namespace: namespace, base: runner))
+        let nft = NftCommands(runner: NamespaceRunner(namespace: namespace, base: runner))
+        let firewall = Firewall(iptables: commands, nft: nft, log: Log(syslog: false, stderr: false))
 
         let network = try LibvirtXML.network(fromXML: Files.fixture("network-default.xml"))
-        let before = try await firewall.apply([(.network("default"), IptablesRules.chains(for: Planner.plan(network: network, settings: PlannerSettings())))], dryRun: false)
+        let before = try await firewall.run(EngineInput(networks: [network], addresses: NoAddresses()),
+                                            backend: IptablesChainBackend(), dryRun: false, store: nil)
         #expect(before.applied)
-        let baseline = try await backend.snapshot()
+        let baseline = try await commands.snapshot()
 
         // A guest whose nat rules are fine but whose filter rule the kernel rejects (a bad interface
         // name slipped past validation): nat is committed first, then filter fails.
-        let broken = [
-            OwnedChain(table: .nat, name: "VGD-web", parent: .dnat,
-                       rules: ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"]),
-            OwnedChain(table: .filter, name: "VGF-web", parent: .forward,
-                       rules: ["-A VGF-web -p tcp -m tcp --dport 22 -j NO-SUCH-TARGET"]),
-        ]
-        await #expect(throws: FirewallError.self) {
-            _ = try await firewall.apply([(.guest("web"), broken)], dryRun: false)
+        var broken = baseline.ownerChains
+        broken[.nat, default: [:]]["VGD-web"] = ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"]
+        broken[.filter, default: [:]]["VGF-web"] = ["-A VGF-web -p tcp -m tcp --dport 22 -j NO-SUCH-TARGET"]
+        let state = KernelState(iptables: baseline)
+        await #expect(throws: VirtGateError.self) {
+            try await firewall.apply(Firewall.render(DesiredState(chains: broken), on: state, mark: firewall.mark), on: state)
         }
-        let after = try await backend.snapshot()
+        var after = try await commands.snapshot()
         #expect(after.ownerChains == baseline.ownerChains)
         #expect(after.tables[.nat]?.rules["PREROUTING"] ?? [] == baseline.tables[.nat]?.rules["PREROUTING"] ?? [])
+
+        // Valid iptables rules followed by an nft script the kernel refuses: the iptables part goes back too.
+        var valid = baseline.ownerChains
+        valid[.nat, default: [:]]["VGD-web"] = broken[.nat]!["VGD-web"]
+        var transaction = Firewall.render(DesiredState(chains: valid), on: state, mark: firewall.mark)
+        transaction.nft = "add element inet virtgate no-such-map { 1 }\n"
+        await #expect(throws: VirtGateError.self) { try await firewall.apply(transaction, on: state) }
+        after = try await commands.snapshot()
+        #expect(after.ownerChains == baseline.ownerChains)
     }
 }
 

@@ -22,20 +22,25 @@ struct NftRenderTests {
 
     static let mark = Settings().connectionMark
 
-    static func plan(_ testCase: Case) throws -> GuestPlan {
+    /// The engine's preview of a case against an empty kernel: the same entry the hook uses.
+    static func preview(_ testCase: Case) throws -> Firewall.Preview {
         let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
         let guest = try LibvirtXML.guest(fromXML: Files.fixture(testCase.domain))
-        return Planner.plan(guest: guest, addresses: MemoryAddressBook(networks: networks))
+        let input = EngineInput(guests: [guest], addresses: MemoryAddressBook(networks: networks))
+        return Firewall.preview(input, backend: NftMapBackend(mark: mark), state: KernelState(nft: NftState()), mark: mark)
+    }
+
+    static func plan(_ testCase: Case) throws -> GuestPlan {
+        try #require(try preview(testCase).plan.guests.first).plan
     }
 
     static func desired(_ testCase: Case) throws -> DesiredElements {
-        let plan = try plan(testCase)
-        return NftTransaction.desired([:], replacing: plan.plan.owner, with: NftRules.elements(for: plan.plan))
+        try preview(testCase).desired.elements ?? [:]
     }
 
     @Test(arguments: cases)
     func golden(_ testCase: Case) throws {
-        let rendered = NftTransaction.render(from: NftState(), to: try Self.desired(testCase), mark: Self.mark)
+        let rendered = try Self.preview(testCase).transaction.nft
         let url = Files.goldenURL("nft/\(testCase.golden)")
         if ProcessInfo.processInfo.environment["VIRTGATE_UPDATE_GOLDEN"] == "1" {
             try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -121,6 +126,6 @@ struct NftRenderTests {
         // An element without a comment (added by hand) has no owner.
         #expect(try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [1]}}]}"#).elements
                 == [NftElement(set: "x", key: "1", value: nil, comment: "")])
-        #expect(throws: FirewallError.self) { try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [{"odd": 1}]}}]}"#) }
+        #expect(throws: VirtGateError.self) { try NftState(json: #"{"nftables": [{"set": {"name": "x", "elem": [{"odd": 1}]}}]}"#) }
     }
 }

@@ -16,7 +16,7 @@ struct SettingsLoadingTests {
             file = ConfigReader(provider: try await EnvironmentVariablesProvider(
                 environmentFilePath: FilePath(path), allowMissing: true))
         } catch {
-            throw FirewallError("config \(path): \(error)")
+            throw VirtGateError(.firewall, "config \(path): \(error)")
         }
         let env = ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment))
             .scoped(to: "virtgate")

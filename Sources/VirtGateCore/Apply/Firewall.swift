@@ -1,65 +1,91 @@
-/// Applies owner plans as one `iptables-restore` transaction: read the kernel's rules, compute the
-/// exact difference for virtgate's chains, write it, and put the previous state back if the write
-/// fails half way (iptables-restore commits table by table).
+/// The engine's only effects: read virtgate's objects from the kernel, render the difference to
+/// what the backend wants, and apply it as one transaction, putting the previous state back if a
+/// part fails (iptables commits table by table; nft all or nothing, but after iptables).
 public struct Firewall: Sendable {
-    public let backend: IptablesBackend
+    public let iptables: IptablesCommands
+    /// nil where nft is not installed.
+    public let nft: NftCommands?
+    /// The nftables backend's connection mark, which its table's layout records.
+    public let mark: UInt32
     public let log: Log
 
-    public init(backend: IptablesBackend, log: Log) {
-        self.backend = backend
+    public init(iptables: IptablesCommands, nft: NftCommands?, mark: UInt32 = Settings().connectionMark, log: Log) {
+        self.iptables = iptables
+        self.nft = nft
+        self.mark = mark
         self.log = log
     }
 
+    /// One change, rendered: `iptables-restore --noflush` input per family and one `nft -f` script.
+    public struct Transaction: Sendable, Equatable {
+        public var iptables: [IPFamily: String] = [:]
+        public var nft = ""
+        /// One line for the log, counted from the difference itself.
+        public var summary = ""
+
+        public var isEmpty: Bool { nft.isEmpty && iptables.values.allSatisfy(\.isEmpty) }
+
+        /// As a dry-run prints it: iptables-restore input (IPv6 after `# ip6tables-restore`), then
+        /// the nft script after `# nft -f`.
+        public var text: String {
+            let v4 = iptables[.v4] ?? "", v6 = iptables[.v6] ?? ""
+            let rules = v6.isEmpty ? v4 : v4 + "# ip6tables-restore\n" + v6
+            if nft.isEmpty { return rules }
+            return rules + "# nft -f\n" + nft
+        }
+    }
+
     public struct Outcome: Sendable {
-        /// The `iptables-restore` input; empty when the kernel already had the desired rules.
-        public var transaction: String
+        public var plan: EnginePlan
+        public var transaction: Transaction
         public var applied: Bool
+        /// The plan had problems under `ON_INVALID=refuse`: nothing was written.
+        public var refused: Bool
     }
 
-    /// `changes` replace each owner's chains (an empty chain list removes the owner).
-    public func apply(_ changes: [(Owner, [OwnedChain])], dryRun: Bool) async throws -> Outcome {
-        try await apply(dryRun: dryRun) { snapshot in
-            var desired = snapshot.ownerChains
-            for (owner, chains) in changes {
-                desired = IptablesTransaction.desired(desired, replacing: owner, with: chains)
-            }
-            return desired
+    /// A change planned against the kernel and rendered, not yet applied.
+    public struct Preview: Sendable {
+        public var state: KernelState
+        public var plan: EnginePlan
+        public var desired: DesiredState
+        public var transaction: Transaction
+    }
+
+    /// Reads what `input` needs, plans it (`Engine.plan`) and renders the difference. Changes nothing.
+    public func preview(_ input: EngineInput, backend: any Backend, dryRun: Bool) async throws -> Preview {
+        Self.preview(input, backend: backend, state: try await read(backend.reads(for: input), dryRun: dryRun), mark: mark)
+    }
+
+    /// What `preview` does once the kernel was read. Pure: golden tests and `plan` use it directly.
+    public static func preview(_ input: EngineInput, backend: any Backend, state: KernelState, mark: UInt32) -> Preview {
+        let plan = Engine.plan(input, incumbents: state.claims(names: Engine.names(input)), settings: backend.plannerSettings)
+        let desired = backend.desired(plan, on: state)
+        return Preview(state: state, plan: plan, desired: desired, transaction: render(desired, on: state, mark: mark))
+    }
+
+    /// Plans `input` against the kernel and applies the difference, under virtgate's lock (`store`;
+    /// none for dry-runs, which change nothing). Someone else (libvirt, UFW, an admin, another
+    /// tool) may change the kernel between our read and our write; the transaction then fails as a
+    /// whole and a second round sees their change.
+    public func run(_ input: EngineInput, backend: any Backend, dryRun: Bool, store: StateStore?) async throws -> Outcome {
+        var lock: FileLock?
+        if !dryRun, let store {
+            try store.prepare()
+            lock = try FileLock(path: store.lockPath)
         }
-    }
-
-    /// Makes virtgate's chains exactly `desired`, removing every owner not in it.
-    public func replaceAll(with desired: DesiredChains, dryRun: Bool) async throws -> Outcome {
-        try await apply(dryRun: dryRun) { _ in desired }
-    }
-
-    /// `desired` maps the kernel's rules to what virtgate wants; nil means write nothing at all.
-    public func apply(dryRun: Bool, desired: (IptablesSnapshot) -> DesiredChains?) async throws -> Outcome {
-        if dryRun {
-            let snapshot: IptablesSnapshot
-            do {
-                snapshot = try await backend.snapshot()
-            } catch {
-                // Without root the kernel's rules cannot be read: show the rules as a first run would.
-                log.warning("dry-run: \(error); showing changes against an empty ruleset")
-                snapshot = IptablesSnapshot()
-            }
-            guard let target = desired(snapshot) else { return Outcome(transaction: "", applied: false) }
-            return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: target), applied: false)
-        }
-        // Someone else (libvirt, ufw, an admin) may change a built-in chain between our read and our
-        // write; the transaction then fails as a whole table and a second round sees their change.
+        defer { withExtendedLifetime(lock) {} }
         for attempt in 1...2 {
-            let snapshot = try await backend.snapshot()
-            guard let target = desired(snapshot) else { return Outcome(transaction: "", applied: false) }
-            let texts = IPFamily.allCases.map { IptablesTransaction.render(from: snapshot, to: target, family: $0) }
-            if texts.allSatisfy(\.isEmpty) { return Outcome(transaction: "", applied: false) }
+            let preview = try await preview(input, backend: backend, dryRun: dryRun)
+            if input.refuseOnProblems && !preview.plan.problems.isEmpty {
+                return Outcome(plan: preview.plan, transaction: Transaction(), applied: false, refused: true)
+            }
+            if dryRun || preview.transaction.isEmpty {
+                return Outcome(plan: preview.plan, transaction: preview.transaction, applied: false, refused: false)
+            }
             do {
-                for (family, text) in zip(IPFamily.allCases, texts) where !text.isEmpty {
-                    try await backend.restore(text, family: family)
-                }
-                return Outcome(transaction: IptablesTransaction.render(from: snapshot, to: target), applied: true)
+                try await apply(preview.transaction, on: preview.state)
+                return Outcome(plan: preview.plan, transaction: preview.transaction, applied: true, refused: false)
             } catch {
-                try await rollback(to: snapshot)
                 if attempt == 2 { throw error }
                 log.warning("\(error); retrying once")
             }
@@ -67,16 +93,103 @@ public struct Firewall: Sendable {
         fatalError("unreachable")
     }
 
-    /// Puts virtgate's chains back as they were in `snapshot` (tables committed before the failure).
-    func rollback(to snapshot: IptablesSnapshot) async throws {
-        let now = try await backend.snapshot()
+    /// Reads what `reads` names. A dry-run that cannot read (no root) shows the change against an
+    /// empty ruleset, as a first run would.
+    public func read(_ reads: KernelReads, dryRun: Bool) async throws -> KernelState {
+        do {
+            var state = KernelState()
+            if reads.iptables { state.iptables = try await iptables.snapshot() }
+            if reads.nft, let nft { state.nft = try await nft.state() }
+            return state
+        } catch where dryRun {
+            log.warning("dry-run: \(error); showing changes against an empty ruleset")
+            return KernelState(iptables: reads.iptables ? IptablesSnapshot() : nil, nft: reads.nft && nft != nil ? NftState() : nil)
+        }
+    }
+
+    /// The difference between `state` and `desired`. Pure.
+    public static func render(_ desired: DesiredState, on state: KernelState, mark: UInt32) -> Transaction {
+        var transaction = Transaction()
+        var summary: [String] = []
+        if let chains = desired.chains {
+            let snapshot = state.iptables ?? IptablesSnapshot()
+            for family in IPFamily.allCases {
+                transaction.iptables[family] = IptablesTransaction.render(from: snapshot, to: chains, family: family)
+            }
+            if !transaction.iptables.values.allSatisfy(\.isEmpty) {
+                summary.append(IptablesTransaction.summary(from: snapshot, to: chains))
+            }
+        }
+        if let elements = desired.elements {
+            let current = state.nft ?? NftState()
+            transaction.nft = NftTransaction.render(from: current, to: elements, mark: mark)
+            if !transaction.nft.isEmpty { summary.append(NftTransaction.summary(from: current, to: elements, mark: mark)) }
+        }
+        transaction.summary = summary.joined(separator: "; ")
+        return transaction
+    }
+
+    /// iptables first (both families), then nft. If a later part fails, the iptables part is put
+    /// back as `state` had it, so nothing stays half applied.
+    public func apply(_ transaction: Transaction, on state: KernelState) async throws {
+        var restored: [IPFamily] = []
         do {
             for family in IPFamily.allCases {
-                let text = IptablesTransaction.render(from: now, to: snapshot.ownerChains, family: family)
-                if !text.isEmpty { try await backend.restore(text, family: family) }
+                guard let text = transaction.iptables[family], !text.isEmpty else { continue }
+                restored.append(family)
+                try await iptables.restore(text, family: family)
+            }
+            if !transaction.nft.isEmpty {
+                guard let nft else { throw VirtGateError(.firewall, "\(NftCommands.defaultPath) is not installed") }
+                try await nft.apply(transaction.nft)
             }
         } catch {
-            throw FirewallError("rollback failed, virtgate's rules may be incomplete (run the event again): \(error)")
+            if !restored.isEmpty, let snapshot = state.iptables { try await rollback(to: snapshot, families: restored) }
+            throw error
         }
+    }
+
+    /// Puts virtgate's chains of `families` back as they were in `snapshot`.
+    func rollback(to snapshot: IptablesSnapshot, families: [IPFamily]) async throws {
+        do {
+            let now = try await iptables.snapshot()
+            for family in families {
+                let text = IptablesTransaction.render(from: now, to: snapshot.ownerChains, family: family)
+                if !text.isEmpty { try await iptables.restore(text, family: family) }
+            }
+        } catch {
+            throw VirtGateError(.firewall, "rollback failed, virtgate's rules may be incomplete (run the event again)", cause: error)
+        }
+    }
+}
+
+extension IptablesTransaction {
+    /// "3 rules written, 1 removed (VGD-web, VGF-web)": owner chains whose rules change.
+    static func summary(from snapshot: IptablesSnapshot, to desired: DesiredChains) -> String {
+        let have = snapshot.ownerChains
+        var written = 0, removed = 0
+        var touched: [String] = []
+        for table in IptablesTable.allCases {
+            let mine = have[table] ?? [:], want = desired[table] ?? [:]
+            for chain in Set(mine.keys).union(want.keys).sorted() where mine[chain] != want[chain] {
+                written += want[chain]?.count ?? 0
+                removed += mine[chain]?.count ?? 0
+                if !touched.contains(chain) { touched.append(chain) }
+            }
+        }
+        return "\(written) rules written, \(removed) removed" + (touched.isEmpty ? "" : " (\(touched.joined(separator: ", ")))")
+    }
+}
+
+extension NftTransaction {
+    /// "5 elements added, 2 removed" (or the table created or removed).
+    static func summary(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
+        let want = Set(desired.values.joined())
+        if want.isEmpty { return "table inet \(NftLayout.table) removed (its last forward went)" }
+        if state.layout != NftLayout.marker(mark: mark) {
+            return "\(want.count) elements added (table inet \(NftLayout.table) created)"
+        }
+        let have = Set(state.elements)
+        return "\(want.subtracting(have).count) elements added, \(have.subtracting(want).count) removed"
     }
 }

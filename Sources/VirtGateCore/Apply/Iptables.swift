@@ -2,11 +2,6 @@
 import Glibc
 #endif
 
-public struct FirewallError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// The iptables family the host's other rules live in. Rules added through the other family are
 /// invisible to, and do not override, a DROP in this one (measured: see firewall-coexistence notes).
 public enum IptablesVariant: String, Sendable {
@@ -34,7 +29,7 @@ extension IPFamily {
 
 /// Reads and writes the kernel's iptables rules through one `iptables-save` and one
 /// `iptables-restore --noflush` per family and change.
-public struct IptablesBackend: Sendable {
+public struct IptablesCommands: Sendable {
     public let variant: IptablesVariant
     public let runner: any CommandRunner
 
@@ -49,7 +44,7 @@ public struct IptablesBackend: Sendable {
             let tool = variant.save(family)
             let result = try await runner.run(tool, [], input: nil)
             guard result.status == 0 else {
-                throw FirewallError("\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
+                throw VirtGateError(.firewall, "\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
             }
             snapshot.add(parsing: result.output, family: family)
         }
@@ -60,7 +55,7 @@ public struct IptablesBackend: Sendable {
         let tool = variant.restore(family)
         let result = try await runner.run(tool, ["-w", "--noflush"], input: text)
         guard result.status == 0 else {
-            throw FirewallError("\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
+            throw VirtGateError(.firewall, "\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
         }
     }
 }

@@ -17,7 +17,7 @@ public struct NftProcess: NftTransport {
     public let runner: any CommandRunner
     public let executable: String
 
-    public init(runner: any CommandRunner, executable: String = NftBackend.defaultPath) {
+    public init(runner: any CommandRunner, executable: String = NftCommands.defaultPath) {
         self.runner = runner
         self.executable = executable
     }

@@ -11,13 +11,13 @@ public final class FileLock {
     public init(path: String, timeout: Double = 30) throws {
         descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
-            throw FirewallError("cannot open lock \(path): \(String(cString: strerror(errno)))")
+            throw VirtGateError(.lock, "cannot open lock \(path): \(String(cString: strerror(errno)))")
         }
         var waited = 0.0
         while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
             guard errno == EWOULDBLOCK || errno == EINTR, waited < timeout else {
                 close(descriptor)
-                throw FirewallError("lock \(path) still held after \(Int(timeout)) s")
+                throw VirtGateError(.lock, "lock \(path) still held after \(Int(timeout)) s")
             }
             usleep(10_000)
             waited += 0.01

@@ -27,6 +27,7 @@ public struct StateStore: Sendable {
 
     public func rememberGuest(_ name: String, xml: String) throws { try write(path("guests", name), xml) }
     public func forgetGuest(_ name: String) { try? FileManager.default.removeItem(atPath: path("guests", name)) }
+    public func guestXML(_ name: String) -> String? { read(path("guests", name)) }
 
     /// Remembered guests, by name.
     public func guests() -> [(name: String, xml: String)] { list("guests") }

@@ -131,6 +131,27 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
 
     /// The form iptables-save prints: always with the prefix length.
     public var description: String { "\(address)/\(prefix)" }
+
+    /// `self` covers all of `other`.
+    public func covers(_ other: IPNetwork) -> Bool {
+        family == other.family && prefix <= other.prefix && contains(other.address)
+    }
+
+    /// An allow-list as the kernel wants it, in its own order: no entry twice or covered by another
+    /// (an interval set refuses overlapping elements), and empty (anyone) when an entry is a whole
+    /// family (`0.0.0.0/0`: iptables prints no `-s` for it, so a rule with one never reads back the same).
+    public static func normalizedAllowList(_ networks: [IPNetwork]) -> [IPNetwork] {
+        if networks.contains(where: { $0.prefix == 0 }) { return [] }
+        var kept: [IPNetwork] = []
+        for (index, network) in networks.enumerated() {
+            // Dropped when another entry covers it: a wider one, or the same one earlier in the list.
+            let covered = networks.enumerated().contains { other, wider in
+                other != index && wider.covers(network) && (wider.prefix < network.prefix || other < index)
+            }
+            if !covered { kept.append(network) }
+        }
+        return kept
+    }
 }
 
 public struct MACAddress: Hashable, Sendable, CustomStringConvertible {

@@ -25,6 +25,8 @@ public struct BoundForward: Hashable, Sendable {
     public var subnets: [IPNetwork]
     /// The forward's position in the metadata, to report its state.
     public var position: Int = 0
+    /// The NIC is on a host bridge that is not a libvirt network (`<interface type='bridge'>`).
+    public var onPlainBridge = false
 
     /// Every address of a bound forward is of this family (the parser and planner see to it).
     public var family: IPFamily { guestAddress.family }

@@ -50,12 +50,14 @@ public enum Planner {
     /// Binds each valid forward to the guest's NIC, bridge and address, in metadata order.
     /// `taken` are the forwards other guests already hold: an overlapping forward of this guest is
     /// refused with a problem naming the holder (the first guest keeps the port).
-    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: [ForwardClaim] = []) -> GuestPlan {
-        plan(guest: guest, addresses: addresses, taken: ClaimIndex(taken))
+    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: [ForwardClaim] = [],
+                            settings: PlannerSettings = PlannerSettings()) -> GuestPlan {
+        plan(guest: guest, addresses: addresses, taken: ClaimIndex(taken), settings: settings)
     }
 
     /// The same with an index of what others hold: planning many guests stays linear.
-    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex) -> GuestPlan {
+    public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex,
+                            settings: PlannerSettings = PlannerSettings()) -> GuestPlan {
         let subject = InputProblem.Subject.guest(guest.name)
         var intents: [Intent] = []
         var pending: [PendingForward] = []
@@ -103,12 +105,21 @@ public enum Planner {
                     continue
                 }
                 settled = true
+                // A given guest address must lie on the NIC's network: anything else is not this
+                // guest's (and the network's filter rules, which admit the forward, cover only its subnets).
+                if let network, forward.guestAddress == address,
+                   !network.subnets.contains(where: { $0.network.contains(address) }) {
+                    problems.append(InputProblem(subject, field: "forward #\(forward.position) guest-address",
+                                                 value: address.description,
+                                                 reason: "not in a subnet of network \(InputProblem.quoted(network.name))"))
+                    continue
+                }
                 let candidate = BoundForward(
                     proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
-                    sources: forward.sources.filter { $0.family == family }, guestAddress: address,
+                    sources: IPNetwork.normalizedAllowList(forward.sources.filter { $0.family == family }), guestAddress: address,
                     guestPorts: forward.guestPorts, bridge: bridge,
                     subnets: network?.subnets.map(\.network).filter { $0.family == family } ?? [],
-                    position: forward.position)
+                    position: forward.position, onPlainBridge: network == nil)
                 if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                                  value: forward.hostPorts.description,
@@ -132,6 +143,14 @@ public enum Planner {
 
         for (_, forward) in bound { intents += [.dnat(forward), .allowForwarded(forward)] }
         for (_, forward) in bound where !forward.subnets.isEmpty { intents.append(.hairpinMasquerade(forward)) }
+        // A NIC on a host bridge that is no libvirt network has no network rules to admit the marked
+        // connections (nftables backend): the guest carries that accept itself, once per bridge and family.
+        if let mark = settings.forwardMark {
+            var seen = Set<String>()
+            for (_, forward) in bound where forward.onPlainBridge && seen.insert("\(forward.bridge) \(forward.family)").inserted {
+                intents.append(.allowMarkedForwards(bridge: forward.bridge, mark: mark, family: forward.family))
+            }
+        }
         return GuestPlan(plan: OwnerPlan(owner: .guest(guest.name), intents: intents), pending: pending,
                          problems: problems, networks: networks)
     }

@@ -43,15 +43,16 @@ extension StatusReport {
     /// Compares what `sync` would make with what the kernel has. `listening` holds `proto/port` of
     /// host sockets, to warn that a forward hides a local service.
     /// `nft` is virtgate's nftables table when guests' forwards live there (the nft backend).
-    public static func build(sync: SyncResult, snapshot: IptablesSnapshot, nft: NftState? = nil, backend: String,
-                             listening: Set<String> = []) -> StatusReport {
-        let desiredChains = nft == nil ? sync.desired : sync.networkChains
+    /// `plan` is everything `sync` would plan; `desired` what the backend makes of it.
+    public static func build(plan everything: EnginePlan, desired: DesiredState, snapshot: IptablesSnapshot,
+                             nft: NftState? = nil, backend: String, listening: Set<String> = []) -> StatusReport {
+        let desiredChains = desired.chains ?? [:]
         func kernelRules(_ table: IptablesTable, _ chain: String) -> [String]? {
             guard let dump = snapshot.tables[table], dump.chains.contains(chain) else { return nil }
             return dump.rules[chain] ?? []
         }
         var networks: [Network] = []
-        for (network, plan) in sync.networkPlans {
+        for (network, plan) in everything.networks.map({ ($0.network, $0.plan) }) {
             let chains = IptablesRules.chains(for: plan).filter { !$0.rules.isEmpty }
             let state: String
             if chains.isEmpty {
@@ -68,7 +69,7 @@ extension StatusReport {
         }
 
         var guests: [Guest] = []
-        for (guest, plan) in sync.guestPlans.sorted(by: { $0.guest.name < $1.guest.name }) {
+        for (guest, plan) in everything.guests.map({ ($0.guest, $0.plan) }).sorted(by: { $0.0.name < $1.0.name }) {
             var forwards: [Forward] = []
             for problem in guest.problems {
                 forwards.append(Forward(position: problem.position ?? 0, sources: [], state: "invalid",
@@ -135,7 +136,7 @@ extension StatusReport {
         let wanted = Set(desiredChains.flatMap { table, chains in chains.keys.map { "\(table.rawValue)/\($0)" } })
         var orphans = owned.subtracting(wanted).sorted()
         if let nft {
-            let running = Set(sync.guestPlans.map { ChainNames.id(for: $0.guest.name) })
+            let running = Set(everything.guests.map { ChainNames.id(for: $0.guest.name) })
             orphans += Set(nft.elements.map(\.owner)).subtracting(running).sorted().map { "nft/\($0)" }
         }
         // The jumps sync would (re)insert: missing or displaced ones, for the chains it wants.

@@ -40,8 +40,8 @@ public typealias DesiredElements = [String: [NftElement]]
 public enum NftLayout {
     public static let table = "virtgate"
     /// Bumped when the table's sets, maps or rules change shape: a table of another layout (or with
-    /// another connection mark) is rebuilt as a whole.
-    static let version = 1
+    /// another connection mark) is rebuilt as a whole. 2: hairpin by route, not by a set.
+    static let version = 2
 
     /// An empty chain whose name records the layout and the mark; its presence is the check.
     public static func marker(mark: UInt32) -> String { "layout-\(version)-\(hex(mark))" }
@@ -57,8 +57,6 @@ public enum NftLayout {
     static func anyMap(_ family: IPFamily) -> String { "fwd\(family.digit)any" }
     /// DNAT map for forwards limited to sources: source and host address are intervals.
     static func sourceMap(_ family: IPFamily) -> String { "fwd\(family.digit)src" }
-    /// (guest subnet, guest address, protocol, guest ports) whose DNAT'ed connections are masqueraded.
-    static func hairpinSet(_ family: IPFamily) -> String { "hairpin\(family.digit)" }
 
     /// The whole table with empty maps and sets.
     public static func definition(mark: UInt32) -> String {
@@ -70,7 +68,6 @@ public enum NftLayout {
             text += "\tmap \(addressMap(family)) { type \(addr) . inet_proto . inet_service : \(value); }\n"
             text += "\tmap \(anyMap(family)) { type inet_proto . inet_service : \(value); }\n"
             text += "\tmap \(sourceMap(family)) { type \(addr) . \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
-            text += "\tset \(hairpinSet(family)) { type \(addr) . \(addr) . inet_proto . inet_service; flags interval; }\n"
         }
         text += "\tchain \(marker(mark: mark)) {\n\t}\n"
         // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
@@ -92,11 +89,16 @@ public enum NftLayout {
             text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(anyMap(family)) \(dnat) meta l4proto . th dport map @\(anyMap(family))\n"
         }
         text += "\t}\n"
+        // Hairpin: a guest reaching a forward (through the host's address) to a guest on its own
+        // bridge must see its connection masqueraded, or the target would answer it directly. Such a
+        // connection leaves through the interface it came in by: the route to its new destination
+        // goes out of its input interface. Decided once per connection by a route lookup, with no
+        // per-forward element (and so nothing to overlap between forwards or guests); the packet
+        // mark carries the decision to the NAT hook, which clears it again.
+        text += "\tchain hairpin {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
+        text += "\t\tct state new ct status dnat ct mark & \(m) == \(m) fib daddr . iif oif exists meta mark set meta mark | \(m)\n\t}\n"
         text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        for family in IPFamily.allCases {
-            let ip = family.nftPayload
-            text += "\t\tct status dnat ct mark & \(m) == \(m) meta l4proto { tcp, udp, sctp } \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(hairpinSet(family)) masquerade\n"
-        }
+        text += "\t\tmeta mark & \(m) == \(m) meta mark set meta mark & 0x\(hex(~mark)) masquerade\n"
         text += "\t}\n}\n"
         return text
     }
@@ -150,15 +152,7 @@ public enum NftRules {
                         elements.append(NftElement(set: NftLayout.anyMap(family), key: tail, value: value, comment: comment))
                     }
                 }
-            case .hairpinMasquerade(let forward):
-                let ports = forward.guestPorts.isSingle ? "\(forward.guestPorts.lower)" : "\(forward.guestPorts.lower)-\(forward.guestPorts.upper)"
-                for subnet in forward.subnets {
-                    elements.append(NftElement(
-                        set: NftLayout.hairpinSet(forward.family),
-                        key: "\(subnet.nftElement) . \(forward.guestAddress) . \(forward.proto.number) . \(ports)",
-                        value: nil, comment: id))
-                }
-            case .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
+            case .hairpinMasquerade, .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
                 break
             }
         }

@@ -30,7 +30,7 @@ public struct NftState: Hashable, Sendable {
     public init(json: String) throws {
         let document = try JSONDecoder().decode(JSONValue.self, from: Data(json.utf8))
         guard case .array(let objects)? = document["nftables"] else {
-            throw FirewallError("nft -j: no nftables array")
+            throw VirtGateError(.firewall, "nft -j: no nftables array")
         }
         for object in objects {
             if object["table"] != nil { exists = true }
@@ -49,7 +49,7 @@ public struct NftState: Hashable, Sendable {
         var keyPart = item
         var value: String?
         if isMap {
-            guard case .array(let pair) = item, pair.count == 2 else { throw FirewallError("nft -j: unreadable element in \(set)") }
+            guard case .array(let pair) = item, pair.count == 2 else { throw VirtGateError(.firewall, "nft -j: unreadable element in \(set)") }
             keyPart = pair[0]
             value = try text(pair[1])
         }
@@ -78,7 +78,7 @@ public struct NftState: Hashable, Sendable {
             }
         default: break
         }
-        throw FirewallError("nft -j: unexpected element part")
+        throw VirtGateError(.firewall, "nft -j: unexpected element part")
     }
 
     /// The forwards guests hold in the kernel, for conflict checks (the first guest keeps a port).
