@@ -90,6 +90,64 @@ struct KernelRoundTripTests {
         #expect(try await backend.state() == NftState())
     }
 
+    @Test("Shapes the nft backend once failed on: the kernel accepts every event, a repeat writes nothing, stops leave nothing",
+          arguments: ["iptables", "nft"])
+    func engineShapes(backendName: String) async throws {
+        try #require(Root.isRoot, "needs root to create a network namespace")
+        let namespace = "vgt-rt-\(getpid())-shapes-\(backendName)"
+        #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
+        defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
+        let inside = NamespaceRunner(namespace: namespace, base: runner)
+        let firewall = Firewall(iptables: IptablesCommands(variant: .nft, runner: inside), nft: NftCommands(runner: inside),
+                                log: Log(syslog: false, stderr: false))
+        let backend: any Backend = backendName == "nft" ? NftMapBackend(mark: firewall.mark) : IptablesChainBackend(nftInstalled: true)
+        let network = try LibvirtXML.network(fromXML: EngineTests.network)
+        let book = MemoryAddressBook(networks: [network])
+        let domains = [
+            EngineTests.domain("a", """
+                <vg:forward host-port="8080" guest-port="80"/><vg:forward host-port="2222" guest-port="22"/>
+                <vg:forward host-port="8090-8091" guest-port="80-81"/><vg:forward host-port="8443" guest-port="80" source="192.0.2.0/24"/>
+                <vg:forward host-port="9000-9010"/><vg:forward host-port="9100-9110" guest-port="9005-9015"/>
+                <vg:forward host-port="7000" source="10.0.0.0/8 10.1.0.0/16"/><vg:forward host-port="7100" source="0.0.0.0/0 ::/0"/>
+                <vg:forward host-port="7200-7210" guest-port="80-90" guest-address="192.168.122.20"/>
+                """),
+            EngineTests.domain("b", mac: "52:54:00:aa:00:02", """
+                <vg:forward host-port="80"/><vg:forward host-port="7000" source="10.2.0.0/16"/><vg:forward host-port="7300"/>
+                """),
+            EngineTests.domain("lan", mac: "52:54:00:aa:00:03", bridgeNIC: true,
+                               #"<vg:forward host-port="7400" guest-address="203.0.113.5"/>"#),
+        ]
+        let guests = try domains.map { try LibvirtXML.guest(fromXML: $0) }
+        let baseline = try await firewall.read(KernelReads(iptables: true, nft: true), dryRun: false)
+        #expect(try await firewall.run(EngineInput(networks: [network], addresses: book), backend: backend, dryRun: false, store: nil).applied)
+        for guest in guests {
+            let input = EngineInput.guest(guest, addresses: book, assertNetwork: { _ in true })
+            let first = try await firewall.run(input, backend: backend, dryRun: false, store: nil)
+            #expect(first.applied, "\(guest.name): the kernel accepted the transaction")
+            let again = try await firewall.run(input, backend: backend, dryRun: false, store: nil)
+            #expect(!again.applied && again.transaction.isEmpty, "\(guest.name): a repeated event writes nothing")
+        }
+        // b's 7000 clashes with a's allow-list: refused in planning, b's other forwards stand.
+        let kernel = try await firewall.read(KernelReads(iptables: true, nft: true), dryRun: false)
+        let claims = kernel.claims(names: [:])
+        #expect(claims.filter { $0.guest == "b" }.map(\.hostPorts.lower).sorted() == [80, 7300])
+        #expect(claims.contains { $0.guest == "lan" })
+        for guest in guests {
+            let stop = EngineInput(removed: [.guest(guest.name)], addresses: NoAddresses(),
+                                   removesPlainBridgeRules: EngineInput.usesPlainBridge(guest))
+            _ = try await firewall.run(stop, backend: backend, dryRun: false, store: nil)
+        }
+        _ = try await firewall.run(EngineInput(removed: [.network("default")], addresses: NoAddresses()), backend: backend,
+                                   dryRun: false, store: nil)
+        let after = try await firewall.read(KernelReads(iptables: true, nft: true), dryRun: false)
+        // iptables-nft leaves the empty built-in tables it created: compare what is in them.
+        #expect(after.iptables?.ownerChains.isEmpty == true, "every owner gone: no virtgate chain")
+        #expect(after.iptables?.tables.values.allSatisfy { $0.rules.values.allSatisfy(\.isEmpty) } == true,
+                "every owner gone: no jump left; the namespace started with no rules at all")
+        #expect(baseline.iptables?.tables.isEmpty == true)
+        #expect(after.nft == baseline.nft, "every owner gone: no virtgate table")
+    }
+
     @Test("A failing table is rolled back: nothing is half-applied")
     func rollback() async throws {
         try #require(Root.isRoot, "needs root to create a network namespace")

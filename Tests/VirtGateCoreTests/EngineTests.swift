@@ -1,0 +1,131 @@
+import Testing
+@testable import VirtGateCore
+
+/// Shapes that once made the nftables backend's transactions fail in the kernel, or the two
+/// backends disagree, planned through the engine as the hook plans them. The kernel's verdict on
+/// each lives in `KernelRoundTripTests.engineShapes`; generated cases in `Tests/DifferentialTests`.
+@Suite("The engine on shapes the backends once disagreed on")
+struct EngineTests {
+    static let network = """
+        <network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+          <ip address='192.168.122.1' netmask='255.255.255.0'>
+            <dhcp><host mac='52:54:00:aa:00:01' ip='192.168.122.10'/><host mac='52:54:00:aa:00:02' ip='192.168.122.20'/></dhcp>
+          </ip>
+        </network>
+        """
+
+    static func domain(_ name: String, mac: String = "52:54:00:aa:00:01", bridgeNIC: Bool = false, _ forwards: String) -> String {
+        let nic = bridgeNIC
+            ? "<interface type='bridge'><mac address='\(mac)'/><source bridge='br-lan'/><target dev='vnet9'/></interface>"
+            : "<interface type='network'><mac address='\(mac)'/><source network='default' bridge='virbr0'/><target dev='vnet0'/></interface>"
+        return """
+            <domain type='kvm'><name>\(name)</name><metadata><vg:forwards xmlns:vg="urn:virtgate:forwards:1">\(forwards)</vg:forwards></metadata>
+            <devices>\(nic)</devices></domain>
+            """
+    }
+
+    /// The engine's plan and rendering of these guests (in this order, as successive events would
+    /// see each other through `incumbents`) against an empty kernel.
+    static func preview(_ domains: [String], backend: any Backend) throws -> Firewall.Preview {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let guests = try domains.map { try LibvirtXML.guest(fromXML: $0) }
+        let input = EngineInput(networks: [network], guests: guests, addresses: MemoryAddressBook(networks: [network]))
+        return Firewall.preview(input, backend: backend, state: KernelState(iptables: IptablesSnapshot(), nft: NftState()),
+                                mark: Settings().connectionMark)
+    }
+
+    static let backends: [any Backend] = [IptablesChainBackend(), NftMapBackend(mark: Settings().connectionMark)]
+
+    @Test("Overlapping guest ports within a guest are all planned", arguments: backends.indices)
+    func overlappingGuestPorts(backend: Int) throws {
+        let preview = try Self.preview([Self.domain("web", """
+            <vg:forward host-port="8080" guest-port="80"/><vg:forward host-port="2222" guest-port="22"/>
+            <vg:forward host-port="8090-8091" guest-port="80-81"/><vg:forward host-port="8443" guest-port="80" source="192.0.2.0/24"/>
+            <vg:forward host-port="9000-9010"/><vg:forward host-port="9100-9110" guest-port="9005-9015"/>
+            """)], backend: Self.backends[backend])
+        #expect(preview.plan.problems.isEmpty)
+        #expect(preview.plan.guests[0].plan.claims.count == 6)
+        // No per-forward hairpin element remains whose intervals could overlap.
+        #expect(!preview.transaction.nft.contains("hairpin4 {"))
+    }
+
+    @Test func allowListsAreNormalised() {
+        let list = ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.7/32", "10.0.0.0/8", "192.0.2.0/24"].compactMap(IPNetwork.init(parsing:))
+        #expect(IPNetwork.normalizedAllowList(list).map(\.description) == ["10.0.0.0/8", "192.0.2.0/24"])
+        let anyone = ["198.51.100.0/24", "0.0.0.0/0"].compactMap(IPNetwork.init(parsing:))
+        #expect(IPNetwork.normalizedAllowList(anyone).isEmpty)
+    }
+
+    @Test("A prefix-0 source renders as no source at all (iptables-save prints none)")
+    func prefixZeroSource() throws {
+        let preview = try Self.preview([Self.domain("web", #"<vg:forward host-port="8080" source="0.0.0.0/0"/>"#)],
+                                       backend: IptablesChainBackend())
+        let dnat = preview.desired.chains?[.nat]?["VGD-web"] ?? []
+        #expect(dnat == ["-A VGD-web -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.122.10:8080"])
+    }
+
+    @Test("An allow-list clash between guests is a conflict naming both, not a kernel error", arguments: backends.indices)
+    func allowListClash(backend: Int) throws {
+        let preview = try Self.preview([
+            Self.domain("a", #"<vg:forward host-port="7000" source="10.0.0.0/8"/>"#),
+            Self.domain("b", mac: "52:54:00:aa:00:02", #"<vg:forward host-port="7000" source="10.1.0.0/16"/><vg:forward host-port="7001"/>"#),
+        ], backend: Self.backends[backend])
+        let problems = preview.plan.problems.map(\.description)
+        #expect(problems.count == 1)
+        #expect(problems.first?.contains(#"guest "b""#) == true && problems.first?.contains(#"guest "a""#) == true)
+        #expect(preview.plan.guests.map { $0.plan.claims.count } == [1, 1], "b keeps its other forward")
+    }
+
+    @Test("A host-address claim and an any-address claim on one port conflict", arguments: backends.indices)
+    func hostAddressVersusAny(backend: Int) throws {
+        let preview = try Self.preview([
+            Self.domain("a", #"<vg:forward host-port="7000"/>"#),
+            Self.domain("b", mac: "52:54:00:aa:00:02", #"<vg:forward host-port="7000" host-address="198.51.100.10"/>"#),
+        ], backend: Self.backends[backend])
+        #expect(preview.plan.problems.count == 1)
+    }
+
+    @Test("A guest-address outside the NIC's network is refused on both backends", arguments: backends.indices)
+    func guestAddressOutsideNetwork(backend: Int) throws {
+        let preview = try Self.preview([Self.domain("web", """
+            <vg:forward host-port="8080" guest-address="fd00::10"/><vg:forward host-port="8081" guest-address="10.9.9.9"/>
+            <vg:forward host-port="8082"/>
+            """)], backend: Self.backends[backend])
+        #expect(preview.plan.problems.map(\.field) == ["forward #1 guest-address", "forward #2 guest-address"])
+        #expect(preview.plan.guests[0].plan.claims.count == 1)
+    }
+
+    @Test("A NIC on a plain host bridge gets the mark accept from its guest with nft, and a forward-accept with iptables")
+    func plainBridge() throws {
+        let domain = Self.domain("lan", bridgeNIC: true, #"<vg:forward host-port="8080" guest-address="203.0.113.5"/>"#)
+        let nft = try Self.preview([domain], backend: NftMapBackend(mark: 0x0020_0000))
+        #expect(nft.desired.chains?[.filter]?["VGF-lan"] == ["-A VGF-lan -o br-lan -m connmark --mark 0x200000/0x200000 -m conntrack --ctstate DNAT -j ACCEPT"])
+        #expect(nft.desired.elements?["lan"]?.count == 1)
+        let iptables = try Self.preview([domain], backend: IptablesChainBackend())
+        #expect(iptables.desired.chains?[.filter]?["VGF-lan"]?.first?.contains("-o br-lan") == true)
+        // Stopping it with nft removes that accept too (the engine reads iptables for it).
+        let stop = EngineInput(removed: [.guest("lan")], addresses: NoAddresses(), removesPlainBridgeRules: true)
+        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: stop) == KernelReads(iptables: true, nft: true))
+    }
+
+    @Test("A guest event on a libvirt network never reads iptables with nft")
+    func nftGuestEventsStayInNft() throws {
+        let guest = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward host-port="8080"/>"#))
+        let input = EngineInput(guests: [guest], addresses: NoAddresses())
+        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: input) == KernelReads(iptables: false, nft: true))
+        #expect(IptablesChainBackend(nftInstalled: true).reads(for: input) == KernelReads(iptables: true, nft: false))
+    }
+
+    @Test("Exit statuses: only refuse stops a guest; reconnect never fails")
+    func hookPolicy() {
+        let warn = HookPolicy(.warn), refuse = HookPolicy(.refuse)
+        for result in [HookPolicy.Result.problems, .failed, .invalidInput] {
+            #expect(warn.status(QemuOperation.start, result) == 0)
+            #expect(refuse.status(QemuOperation.start, result) == 1)
+            #expect(refuse.status(QemuOperation.reconnect, result) == 0)
+            #expect(refuse.status(QemuOperation.release, result) == 0)
+        }
+        #expect(refuse.status(QemuOperation.start, .done) == 0)
+        #expect(refuse.status(NetworkOperation.started, .failed) == 1)
+    }
+}
