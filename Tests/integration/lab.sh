@@ -46,6 +46,20 @@ LAB_WAN_IP6_PEER="\\[2001:0db8:0018:0000:0000:0000:0000:0002\\]"
 LAB_GW6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0001\\]"
 LAB_G1_IP6_PEER="\\[fd00:0213:0000:0000:0000:0000:0000:0011\\]"
 
+# Field-report shapes (netns-test.sh, scenarios 15-22): a second host bridge that is no libvirt network, with a
+# guest namespace vgt-pb on it (a NIC of type='bridge'), and a second wan address that no allow-list of the shapes names.
+# Created by lab_add_shape_topology, in the outer part, after lab_create_topology.
+#
+#   vgt-pb (eth0 10.214.0.13) --vgt-pbh--- vgt-br1 10.214.0.1/24 [vgt-host]      vgt-wh + 198.18.1.2/32 [vgt-wan]
+LAB_NS_PB=vgt-pb
+LAB_EXTRA_NAMESPACES="$LAB_NS_PB"
+LAB_BRIDGE2=vgt-br1
+LAB_SUBNET2=10.214.0.0/24
+LAB_GW2=10.214.0.1
+LAB_PB_IP=10.214.0.13
+LAB_PB_MAC=52:54:00:00:01:13
+LAB_WAN_ALT_IP=198.18.1.2      # a second outside client, in none of the shapes' allow-lists
+
 # Tools the lab needs. A missing one is a failure, never a skip.
 LAB_TOOLS="ip iptables iptables-save iptables-restore ufw socat ss unshare mount timeout flock sha256sum sysctl diff nft jq"
 
@@ -170,14 +184,14 @@ lab_delete_namespace() {
 
 lab_delete_namespaces() {
     local ns
-    for ns in $LAB_NAMESPACES; do
+    for ns in $LAB_NAMESPACES $LAB_EXTRA_NAMESPACES; do
         lab_delete_namespace "$ns"
     done
 }
 
 lab_namespaces_left() {
     local ns
-    for ns in $LAB_NAMESPACES; do
+    for ns in $LAB_NAMESPACES $LAB_EXTRA_NAMESPACES; do
         ip netns list 2>/dev/null | awk '{print $1}' | grep -x -- "$ns" || true
     done
 }
@@ -221,6 +235,28 @@ lab_create_topology() {
     # routing in the host namespace only (sysctls under /proc/sys/net are per network namespace)
     ip netns exec "$LAB_NS_HOST" sysctl -qw net.ipv4.ip_forward=1 || return 1
     ip netns exec "$LAB_NS_HOST" sysctl -qw net.ipv6.conf.all.forwarding=1 || return 1
+    return 0
+}
+
+# lab_add_shape_topology: the additions of the field-report shapes (see LAB_NS_PB above). No libvirt rules, no
+# virtgate network for vgt-br1: only UFW's FORWARD DROP stands between wan and vgt-pb. wan routes 10.214.0.0/24
+# straight at the host, so that routed (not forwarded) access to vgt-pb can be shown to stay blocked.
+lab_add_shape_topology() {
+    ip netns add "$LAB_NS_PB" || return 1
+    ip -n "$LAB_NS_PB" link set lo up || return 1
+    ip -n "$LAB_NS_HOST" link add "$LAB_BRIDGE2" type bridge stp_state 0 forward_delay 0 || return 1
+    ip -n "$LAB_NS_HOST" addr add "$LAB_GW2/24" dev "$LAB_BRIDGE2" || return 1
+    ip -n "$LAB_NS_HOST" link set "$LAB_BRIDGE2" up || return 1
+    ip -n "$LAB_NS_HOST" link add vgt-pbh type veth peer name eth0 netns "$LAB_NS_PB" || return 1
+    ip -n "$LAB_NS_HOST" link set vgt-pbh master "$LAB_BRIDGE2" || return 1
+    ip -n "$LAB_NS_HOST" link set vgt-pbh up || return 1
+    ip -n "$LAB_NS_PB" link set eth0 address "$LAB_PB_MAC" || return 1
+    ip -n "$LAB_NS_PB" addr add "$LAB_PB_IP/24" dev eth0 || return 1
+    ip -n "$LAB_NS_PB" link set eth0 up || return 1
+    ip -n "$LAB_NS_PB" route add default via "$LAB_GW2" || return 1
+    ip -n "$LAB_NS_WAN" route add "$LAB_SUBNET2" via "$LAB_HOST_WAN_IP" || return 1
+    # the second client address; the host reaches it through its default route (via wan)
+    ip -n "$LAB_NS_WAN" addr add "$LAB_WAN_ALT_IP/32" dev vgt-wh || return 1
     return 0
 }
 
@@ -465,12 +501,13 @@ lab_stop_services() {
 
 # lab_probe NS PROTO ADDR PORT: print the first line the service answered, nothing if no answer. Every client has a
 # connect timeout, an idle timeout and an overall timeout.
+# LAB_PROBE_BIND (set by expect_reply_from/expect_no_reply_from): the client's source address, for tcp.
 lab_probe() {
     local ns=$1 proto=$2 addr=$3 port=$4
-    local v=""
+    local v="" bind=${LAB_PROBE_BIND:+,bind=$LAB_PROBE_BIND}
     case $addr in *:*) v=6; addr="[$addr]" ;; esac   # IPv6: socat's TCP6/UDP6 with a bracketed address
     if [ "$proto" = tcp ]; then
-        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2" - 2>/dev/null | head -n1
+        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2$bind" - 2>/dev/null | head -n1
     else
         # UDP has no handshake: a lost datagram or a slow forked responder on a busy machine looks like "closed".
         # One more try tells them apart.
@@ -504,6 +541,20 @@ expect_no_reply() {
         lab_not_ok "$desc"
         echo "#   $ns -> $proto $addr:$port: expected no answer, observed '$reply'"
     fi
+}
+
+# expect_reply_from DESCRIPTION BIND NS tcp ADDR PORT PATTERN: expect_reply from the client address BIND.
+expect_reply_from() {
+    local desc=$1 LAB_PROBE_BIND=$2
+    shift 2
+    expect_reply "$desc" "$@"
+}
+
+# expect_no_reply_from DESCRIPTION BIND NS tcp ADDR PORT: expect_no_reply from the client address BIND.
+expect_no_reply_from() {
+    local desc=$1 LAB_PROBE_BIND=$2
+    shift 2
+    expect_no_reply "$desc" "$@"
 }
 
 # info_reply DESCRIPTION NS PROTO ADDR PORT: report what happens, without a verdict.

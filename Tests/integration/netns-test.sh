@@ -21,7 +21,12 @@
 # (br_netfilter off; "on" reported as info); 5 guest egress under UFW; 6 idempotence, jump positions, foreign rules
 # at position 1, ufw reload; 7 ten concurrent hook runs; 8 invalid metadata (warn and refuse); 10 dry run (needs the
 # applied state, so it runs before 9); 9 stopped/release and network stopped back to the exact baseline; 11 network
-# known only from libvirt's status file. Fixtures (hookData, domain XML) are in fixtures/.
+# known only from libvirt's status file; 12 IPv6; 13 a foreign nftables drop; 14 switching backends; 15-22 field-report
+# shapes, each from the baseline back to it (overlapping guest ports of one guest; two ranges overlapping on the
+# guest side; an allow-list with overlapping entries; allow-list and host-address clashes between two guests; a
+# forward at another guest's address; a NIC of type='bridge' on a plain host bridge; an IPv6 guest-address on an
+# IPv4-only network; prefix-0 sources), each with "a second identical event writes nothing". Fixtures (hookData,
+# domain XML, the shapes' domain template) are in fixtures/.
 
 set -u
 
@@ -107,7 +112,11 @@ main_outer() {
         lab_not_ok "lab: create namespaces, links and addresses"
         exit 1
     fi
-    lab_ok "lab: namespaces $LAB_NAMESPACES created"
+    if ! lab_add_shape_topology; then
+        lab_not_ok "lab: plain bridge $LAB_BRIDGE2 with $LAB_NS_PB, second wan address $LAB_WAN_ALT_IP"
+        exit 1
+    fi
+    lab_ok "lab: namespaces $LAB_NAMESPACES $LAB_EXTRA_NAMESPACES created"
 
     # In the background so that an INT/TERM trap of ours runs at once and can stop the inner part by its PID
     # (unshare execs bash, so $! is the inner bash itself).
@@ -732,6 +741,413 @@ scenario_network_from_run_dir() {
         "$LAB_TMP/baseline.rules"
 }
 
+# =================================================================================================================
+# Field-report shapes (scenarios 15-22). Ordinary guest metadata that once made the nft backend's transactions fail
+# ("File exists": overlapping interval-set elements) or made the backends disagree. Each scenario starts from the
+# baseline, starts the network and its guests as libvirt does, proves the outcome with real traffic, proves that a
+# second identical event writes nothing, and stops everything back to the baseline exactly.
+
+# shape_domain OUT NAME ID FORWARDS [bridge BRIDGE MAC DEV]: a domain XML as libvirt hands it to qemu `start`. The
+# NIC is g1's or g2's on the network vgtnet (by NAME), or with "bridge" a NIC of type='bridge' on BRIDGE.
+shape_domain() {
+    local out=$1 name=$2 id=$3 forwards=$4 nic mac dev bridge=""
+    if [ "${5:-}" = bridge ]; then
+        nic=$(<"$LAB_FIXTURES/shape-interface-bridge.xml")
+        bridge=$6 mac=$7 dev=$8
+    else
+        nic=$(<"$LAB_FIXTURES/shape-interface-network.xml")
+        case $name in
+            vgt-g1) mac=$LAB_G1_MAC dev=vgt-g1h ;;
+            vgt-g2) mac=$LAB_G2_MAC dev=vgt-g2h ;;
+            *) echo "# shape_domain: no network NIC for $name" >&2; return 1 ;;
+        esac
+    fi
+    nic=${nic//@MAC@/$mac}
+    nic=${nic//@DEV@/$dev}
+    nic=${nic//@BRIDGE@/$bridge}
+    nic=${nic//@ID@/$id}
+    local xml
+    xml=$(<"$LAB_FIXTURES/shape-domain-template.xml")
+    xml=${xml//@NAME@/$name}
+    xml=${xml//@ID@/$id}
+    xml=${xml//@FORWARDS@/$forwards}
+    xml=${xml//@INTERFACE@/$nic}
+    printf '%s\n' "$xml" >"$out"
+}
+
+# shape_unresolved IN OUT [keep-id]: the shape of `prepare` (keep-id) and of `stopped`/`release`: no portid, no
+# <target dev>, no bridge= on a network NIC. A NIC of type='bridge' keeps its <source bridge=…/>: that is its
+# configuration, not something libvirt resolved.
+shape_unresolved() {
+    local in=$1 out=$2 keep_id=${3:-} drop_id='s/^<domain type=.qemu. id=.[0-9]*.>/<domain type='"'qemu'"'>/'
+    [ -n "$keep_id" ] && drop_id=''
+    sed -e "$drop_id" -e "s/ portid='[^']*'//" -e "/<source network=/s/ bridge='[^']*'//" -e "/<target dev=/d" \
+        "$in" >"$out"
+}
+
+# shape_net_up NETXML / shape_net_down NETXML: the network vgtnet's start+started / stopped events.
+shape_net_up() {
+    vg_hook "$1" network vgtnet start begin -
+    vg_hook "$1" network vgtnet started begin -
+    shape_no_error "network vgtnet started"
+}
+shape_net_down() {
+    vg_hook "$1" network vgtnet stopped end -
+    shape_no_error "network vgtnet stopped"
+}
+
+# shape_no_error WHAT: the last call's stderr holds no error line.
+shape_no_error() {
+    if grep -q 'error:' "$VG_ERR"; then
+        lab_not_ok "$1: no error logged (the transaction was accepted)"
+        lab_diag "$VG_ERR"
+    else
+        lab_ok "$1: no error logged (the transaction was accepted)"
+    fi
+}
+
+# shape_guest_up NAME XML: prepare, start, started. start's stderr is kept in XML.start.err, its exit status in
+# SHAPE_START_RC. A failed transaction of a guest event may still exit 0 (the guest must not be stopped by it), so
+# the log is checked for errors as well.
+shape_guest_up() {
+    local name=$1 xml=$2 ev
+    shape_unresolved "$xml" "$xml.prepare" keep-id
+    vg_hook "$xml.prepare" qemu "$name" prepare begin -
+    for ev in start started; do
+        vg_hook "$xml" qemu "$name" "$ev" begin -
+        [ "$ev" = start ] && SHAPE_START_RC=$VG_RC && cp "$VG_ERR" "$xml.start.err"
+        shape_no_error "$name $ev"
+    done
+}
+
+# shape_guest_down NAME XML: stopped and release, with the XML libvirt passes then.
+shape_guest_down() {
+    local name=$1 xml=$2
+    shape_unresolved "$xml" "$xml.stopped"
+    vg_hook "$xml.stopped" qemu "$name" stopped end -
+    vg_hook "$xml.stopped" qemu "$name" release end -
+}
+
+# shape_same_again TAG NAME XML: a second identical start writes nothing. The dry run prints only "no changes"
+# lines; the real one logs no "applied" line and leaves the ruleset (iptables and virtgate's nft table) as it was.
+shape_same_again() {
+    local tag=$1 name=$2 xml=$3 before=$LAB_TMP/shape-same.rules
+    lab_ruleset >"$before"
+    VG_OUT=$LAB_TMP/vg.out
+    VG_ERR=$LAB_TMP/vg.err
+    vg_exec "$VIRTGATE" "$xml" hook --dry-run qemu "$name" start begin -
+    if [ "$VG_RC" -eq 0 ] && grep -q 'no changes' "$VG_OUT" && ! grep -v '^# .*: no changes$' "$VG_OUT" | grep -q .; then
+        lab_ok "$tag: second identical start of $name, dry run: '$(head -n1 "$VG_OUT")'"
+    else
+        lab_not_ok "$tag: second identical start of $name, dry run prints only '# …: no changes' (exit $VG_RC)"
+        echo "#   stdout (first 30 lines):"
+        head -n 30 "$VG_OUT" | lab_diag
+        head -n 10 "$VG_ERR" | lab_diag
+    fi
+    vg_hook "$xml" qemu "$name" start begin -
+    if grep -q -e 'applied' -e 'error:' "$VG_ERR"; then
+        lab_not_ok "$tag: second identical start of $name logs no apply and no error"
+        lab_diag "$VG_ERR"
+    else
+        lab_ok "$tag: second identical start of $name logs no apply and no error"
+    fi
+    check_ruleset "$tag: second identical start of $name leaves the ruleset identical" "$before"
+}
+
+# shape_back_to_baseline TAG: after every guest and the network stopped.
+shape_back_to_baseline() {
+    check_ruleset "$1: everything stopped, the ruleset equals the baseline exactly" "$LAB_TMP/baseline.rules"
+}
+
+# check_stderr_line DESCRIPTION FILE WORD...: one line of FILE holds every WORD (fixed strings).
+check_stderr_line() {
+    local desc=$1 file=$2 word lines
+    shift 2
+    lines=$(cat "$file")
+    for word in "$@"; do
+        lines=$(printf '%s\n' "$lines" | grep -F -- "$word")
+    done
+    if [ -n "$lines" ]; then
+        lab_ok "$desc"
+        printf '%s\n' "$lines" | head -n 3 | lab_diag
+    else
+        lab_not_ok "$desc"
+        echo "#   no line with all of: $*; stderr was:"
+        lab_diag "$file"
+    fi
+}
+
+shape_services() {
+    local ok=yes p
+    for p in 81 9005 9010 9015; do
+        lab_serve "$LAB_NS_G1" tcp "$p" "g1-$p" || ok=no
+    done
+    lab_serve "$LAB_NS_PB" tcp 22 pb-22 || ok=no
+    # IPv6 beside g1's IPv4 services (scenario 12 may have started some already: a second listener on the same
+    # port would fail, so only the missing ones)
+    for p in 22 80; do
+        ip netns exec "$LAB_NS_G1" ss -Hltn6 "sport = :$p" | grep -q . || lab_serve6 "$LAB_NS_G1" tcp "$p" "g1-$p-v6" || ok=no
+    done
+    check "shapes: services listening (g1 81, 9005, 9010, 9015, IPv6 22 and 80; vgt-pb 22)" test "$ok" = yes
+    # the controls the "refused" checks of the second wan address lean on: the host routes to it, and vgt-pb is
+    # reachable on its bridge
+    expect_reply "shapes: the host reaches wan's second address $LAB_WAN_ALT_IP (lab)" \
+        "$LAB_NS_HOST" tcp "$LAB_WAN_ALT_IP" 7000 "wan-7000 $LAB_HOST_WAN_IP"
+    expect_reply "shapes: the host reaches vgt-pb:22 on $LAB_BRIDGE2 directly (lab)" \
+        "$LAB_NS_HOST" tcp "$LAB_PB_IP" 22 "pb-22 $LAB_GW2"
+}
+
+# Scenario 15: one guest whose forwards' guest ports overlap (80 three times, 80-81 as a range, one with sources).
+scenario_shape_guest_ports() {
+    echo "# --- 15. shapes: one guest, overlapping guest ports (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-ports.xml t="guest ports"
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="8080" guest-port="80"/>
+      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>
+      <vg:forward proto="tcp" host-port="8090-8091" guest-port="80-81"/>
+      <vg:forward proto="tcp" host-port="8443" guest-port="80" source="198.18.0.0/30"/>'
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    expect_reply "$t: wan -> :8080 reaches g1:80" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080 "g1-80 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :2222 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :8090 (range 8090-8091 -> 80-81) reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8090 "g1-80 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :8091 reaches g1:81" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8091 "g1-81 $LAB_WAN_IP"
+    expect_reply "$t: wan $LAB_WAN_IP (in source=198.18.0.0/30) -> :8443 reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8443 "g1-80 $LAB_WAN_IP"
+    expect_no_reply_from "$t: wan $LAB_WAN_ALT_IP (not in source=) -> :8443 is refused" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8443
+    expect_reply_from "$t: wan $LAB_WAN_ALT_IP -> :8080 (no source=) reaches g1:80" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080 "g1-80 $LAB_WAN_ALT_IP"
+    expect_reply "$t: hairpin g2 -> :8080 reaches g1:80" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 8080 "g1-80 *"
+    expect_reply "$t: hairpin g2 -> :2222 reaches g1:22" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
+    expect_reply "$t: hairpin g2 -> :8090 reaches g1:80" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 8090 "g1-80 *"
+    expect_reply "$t: hairpin g2 -> :8091 reaches g1:81" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 8091 "g1-81 *"
+    expect_no_reply "$t: hairpin g2 (not in source=) -> :8443 is refused" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 8443
+    expect_no_reply "$t: routed wan -> 10.213.0.11:81 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 81
+    shape_same_again "$t" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    expect_no_reply "$t: after stopped, wan -> :8091 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8091
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 16: two ranges of one guest overlapping on the guest side (9005-9010 twice).
+scenario_shape_guest_ranges() {
+    echo "# --- 16. shapes: one guest, two ranges overlapping on the guest side (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-ranges.xml t="guest ranges" p
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="9000-9010" guest-port="9000-9010"/>
+      <vg:forward proto="tcp" host-port="9100-9110" guest-port="9005-9015"/>'
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    for p in 9000 9005 9010; do
+        expect_reply "$t: wan -> :$p (9000-9010 -> 9000-9010) reaches g1:$p" \
+            "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" "$p" "g1-$p $LAB_WAN_IP"
+    done
+    expect_reply "$t: wan -> :9100 (9100-9110 -> 9005-9015) reaches g1:9005" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 9100 "g1-9005 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :9105 reaches g1:9010" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 9105 "g1-9010 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :9110 reaches g1:9015" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 9110 "g1-9015 $LAB_WAN_IP"
+    expect_reply "$t: hairpin g2 -> :9105 reaches g1:9010" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 9105 "g1-9010 *"
+    expect_reply "$t: hairpin g2 -> :9010 reaches g1:9010" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 9010 "g1-9010 *"
+    expect_no_reply "$t: routed wan -> 10.213.0.11:9015 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_G1_IP" 9015
+    shape_same_again "$t" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    expect_no_reply "$t: after stopped, wan -> :9105 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 9105
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 17: allow-lists whose entries overlap (a subnet and a host route inside it, in either order).
+scenario_shape_allow_list() {
+    echo "# --- 17. shapes: an allow-list with overlapping entries (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-allow.xml t="allow-list"
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="7300" guest-port="80" source="198.18.0.0/30 198.18.0.2/32"/>
+      <vg:forward proto="tcp" host-port="7301" guest-port="443" source="198.18.0.2/32 198.18.0.0/16"/>
+      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>'
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    expect_reply "$t: wan $LAB_WAN_IP (in both entries) -> :7300 reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7300 "g1-80 $LAB_WAN_IP"
+    expect_no_reply_from "$t: wan $LAB_WAN_ALT_IP (in neither) -> :7300 is refused" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7300
+    expect_reply "$t: wan $LAB_WAN_IP -> :7301 (source=198.18.0.2/32 198.18.0.0/16) reaches g1:443" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7301 "g1-443 $LAB_WAN_IP"
+    expect_reply_from "$t: wan $LAB_WAN_ALT_IP (in 198.18.0.0/16 only) -> :7301 reaches g1:443" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7301 "g1-443 $LAB_WAN_ALT_IP"
+    expect_reply_from "$t: wan $LAB_WAN_ALT_IP -> :2222 (no source=) reaches g1:22" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_ALT_IP"
+    expect_no_reply "$t: hairpin g2 (in neither) -> :7300 is refused" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 7300
+    shape_same_again "$t" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 18: two guests ask for the same port: with overlapping allow-lists, and host address against any address
+# (both ways). The first keeps it; the second starts (ON_INVALID=warn) with a line naming both guests, and its
+# other forwards work.
+scenario_shape_conflicts() {
+    echo "# --- 18. shapes: allow-list and host-address clashes between guests (backend $VG_BACKEND)"
+    local x1=$LAB_TMP/shape-clash-g1.xml x2=$LAB_TMP/shape-clash-g2.xml t="clash" p
+    shape_domain "$x1" vgt-g1 21 '      <vg:forward proto="tcp" host-port="7000" guest-port="80" source="198.18.0.0/30"/>
+      <vg:forward proto="tcp" host-port="7100" guest-port="80" host-address="198.18.0.5"/>
+      <vg:forward proto="tcp" host-port="7200" guest-port="443"/>'
+    shape_domain "$x2" vgt-g2 22 '      <vg:forward proto="tcp" host-port="2223" guest-port="22"/>
+      <vg:forward proto="tcp" host-port="7000" guest-port="22" source="198.18.0.2/32"/>
+      <vg:forward proto="tcp" host-port="7100" guest-port="22"/>
+      <vg:forward proto="tcp" host-port="7200" guest-port="22" host-address="198.18.0.5"/>'
+    VG_CONFIG=$VG_CONF_WARN
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x1"
+    shape_guest_up vgt-g2 "$x2"
+    check_eq "$t: g2's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    for p in 7000 7100 7200; do
+        check_stderr_line "$t: g2's start warns about tcp $p, naming vgt-g2 and vgt-g1 ('conflicts with guest')" \
+            "$x2.start.err" 'vgt-g2' "conflicts with guest" 'vgt-g1' "$p"
+    done
+    expect_reply "$t: wan $LAB_WAN_IP -> :7000 still reaches g1:80 (g1 holds it)" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7000 "g1-80 $LAB_WAN_IP"
+    expect_reply "$t: wan -> 198.18.0.5:7100 (g1's host-address forward) reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_ALT_IP" 7100 "g1-80 $LAB_WAN_IP"
+    expect_no_reply "$t: wan -> 198.18.0.1:7100 (g2's any-address ask, refused) gets nothing" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7100
+    expect_reply "$t: wan -> 198.18.0.1:7200 reaches g1:443 (g1 holds any address)" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7200 "g1-443 $LAB_WAN_IP"
+    expect_reply "$t: wan -> 198.18.0.5:7200 reaches g1:443, not g2 (g2's host-address ask refused)" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_ALT_IP" 7200 "g1-443 $LAB_WAN_IP"
+    expect_reply "$t: g2's other forward wan -> :2223 reaches g2:22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+    expect_reply "$t: hairpin g1 -> :2223 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
+    shape_same_again "$t" vgt-g1 "$x1"
+    shape_same_again "$t" vgt-g2 "$x2"
+    shape_guest_down vgt-g2 "$x2"
+    expect_reply "$t: after g2 stopped, wan -> :7000 still reaches g1:80" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7000 "g1-80 $LAB_WAN_IP"
+    shape_guest_down vgt-g1 "$x1"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 19: g1 forwards a range to g2's address (guest-address=), over g2's own guest port; g2 starts after it.
+scenario_shape_foreign_address() {
+    echo "# --- 19. shapes: a forward at another guest's address (backend $VG_BACKEND)"
+    local x1=$LAB_TMP/shape-foreign-g1.xml x2=$LAB_TMP/shape-foreign-g2.xml t="other guest's address"
+    shape_domain "$x1" vgt-g1 21 '      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>
+      <vg:forward proto="tcp" host-port="6100-6102" guest-port="21-23" guest-address="10.213.0.12"/>'
+    shape_domain "$x2" vgt-g2 22 '      <vg:forward proto="tcp" host-port="2223" guest-port="22"/>'
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x1"
+    shape_guest_up vgt-g2 "$x2"
+    expect_reply "$t: g2's own forward wan -> :2223 reaches g2:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+    expect_reply "$t: g1's forward wan -> :6101 reaches g2:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6101 "g2-22 $LAB_WAN_IP"
+    expect_reply "$t: g1's own forward wan -> :2222 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_reply "$t: hairpin g1 -> :2223 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
+    expect_reply "$t: hairpin g1 -> :6101 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 6101 "g2-22 *"
+    shape_same_again "$t" vgt-g2 "$x2"
+    shape_same_again "$t" vgt-g1 "$x1"
+    # g1 goes first: removing its elements must leave g2's own
+    shape_guest_down vgt-g1 "$x1"
+    expect_no_reply "$t: g1 stopped, wan -> :6101 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6101
+    expect_reply "$t: g1 stopped, g2's wan -> :2223 still reaches g2:22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+    expect_reply "$t: g1 stopped, hairpin g1's namespace -> :2223 still reaches g2:22" \
+        "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
+    shape_same_again "$t (g1 stopped)" vgt-g2 "$x2"
+    shape_guest_down vgt-g2 "$x2"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 20: a NIC of type='bridge' on a host bridge that is no libvirt network (vgt-br1), address given.
+scenario_shape_plain_bridge() {
+    echo "# --- 20. shapes: a NIC of type='bridge' on a plain host bridge (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-bridge.xml t="bridge NIC"
+    shape_domain "$x" vgt-pb 23 "      <vg:forward proto=\"tcp\" host-port=\"7400\" guest-port=\"22\" guest-address=\"$LAB_PB_IP\"/>" \
+        bridge "$LAB_BRIDGE2" "$LAB_PB_MAC" vgt-pbh
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    expect_no_reply "$t: before start, wan -> :7400 gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7400
+    shape_guest_up vgt-pb "$x"
+    expect_reply "$t: wan -> :7400 reaches vgt-pb:22 on $LAB_BRIDGE2, source unchanged" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7400 "pb-22 $LAB_WAN_IP"
+    expect_reply "$t: host itself -> :7400 reaches vgt-pb:22" "$LAB_NS_HOST" tcp "$LAB_HOST_WAN_IP" 7400 "pb-22 *"
+    expect_no_reply "$t: routed wan -> $LAB_PB_IP:22 directly stays blocked" "$LAB_NS_WAN" tcp "$LAB_PB_IP" 22
+    shape_same_again "$t" vgt-pb "$x"
+    shape_guest_down vgt-pb "$x"
+    expect_no_reply "$t: after stopped, wan -> :7400 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7400
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 21: an IPv6 guest-address on a network without an IPv6 subnet: refused with one line (guest, field,
+# value, why), the guest's other forwards applied, exit 0 under ON_INVALID=warn; the same on both backends.
+scenario_shape_v6_address() {
+    echo "# --- 21. shapes: an IPv6 guest-address on an IPv4-only network (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-v6addr.xml t="IPv6 guest-address"
+    shape_domain "$x" vgt-g1 21 "      <vg:forward proto=\"tcp\" host-port=\"2222\" guest-port=\"22\"/>
+      <vg:forward proto=\"tcp\" host-port=\"7500\" guest-port=\"22\" guest-address=\"$LAB_G1_IP6\"/>"
+    VG_CONFIG=$VG_CONF_WARN
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    check_eq "$t: g1's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_eq "$t: g1's start prints exactly one line about $LAB_G1_IP6" 1 "$(grep -c -- "$LAB_G1_IP6" "$x.start.err")"
+    check_stderr_line "$t: the line names the guest, the field guest-address, the value and 'not in a subnet'" \
+        "$x.start.err" 'vgt-g1' 'guest-address' "$LAB_G1_IP6" 'not in a subnet'
+    expect_reply "$t: g1's other forward wan -> :2222 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    expect_no_reply "$t: wan -> [$LAB_HOST_WAN_IP6]:7500 gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 7500
+    expect_no_reply "$t: wan -> $LAB_HOST_WAN_IP:7500 gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7500
+    check "$t: no rule or element holds $LAB_G1_IP6 or port 7500" sh -c \
+        "! { ip netns exec $LAB_NS_HOST ip6tables-save; ip netns exec $LAB_NS_HOST iptables-save; \
+             ip netns exec $LAB_NS_HOST nft list table inet virtgate 2>/dev/null; } | grep -qE 'fd00:213::11|dport 7500|[.] 7500 '"
+    shape_same_again "$t" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 22: prefix-0 sources (0.0.0.0/0, ::/0): open to every source, and a second event writes nothing
+# (iptables-save leaves out "-s 0.0.0.0/0", so a comparison of rule text must not see a difference there).
+scenario_shape_prefix_zero() {
+    echo "# --- 22. shapes: source=0.0.0.0/0 and ::/0 (backend $VG_BACKEND)"
+    local x=$LAB_TMP/shape-prefix0.xml t="prefix-0 source" net=$LAB_FIXTURES/network-vgtnet-dual.xml
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="7600" guest-port="22" source="0.0.0.0/0"/>
+      <vg:forward proto="tcp" host-port="7601" guest-port="22" source="::/0"/>
+      <vg:forward proto="tcp" host-port="7602" guest-port="80" source="0.0.0.0/0 ::/0"/>'
+    shape_net_up "$net"
+    shape_guest_up vgt-g1 "$x"
+    expect_reply "$t: wan $LAB_WAN_IP -> :7600 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7600 "g1-22 $LAB_WAN_IP"
+    expect_reply_from "$t: wan $LAB_WAN_ALT_IP -> :7600 reaches g1:22" \
+        "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7600 "g1-22 $LAB_WAN_ALT_IP"
+    expect_reply "$t: hairpin g2 -> :7600 reaches g1:22" "$LAB_NS_G2" tcp "$LAB_HOST_WAN_IP" 7600 "g1-22 *"
+    expect_reply "$t: wan -> [$LAB_HOST_WAN_IP6]:7601 (::/0) reaches g1:22 over IPv6" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 7601 "g1-22-v6 $LAB_WAN_IP6_PEER"
+    expect_no_reply "$t: the IPv6-only forward 7601 is not on $LAB_HOST_WAN_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7601
+    expect_reply "$t: wan -> :7602 (0.0.0.0/0 ::/0) reaches g1:80 over IPv4" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7602 "g1-80 $LAB_WAN_IP"
+    expect_reply "$t: wan -> [$LAB_HOST_WAN_IP6]:7602 reaches g1:80 over IPv6" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP6" 7602 "g1-80-v6 $LAB_WAN_IP6_PEER"
+    shape_same_again "$t" vgt-g1 "$x"
+    # the network's own event again, too
+    lab_ruleset >"$LAB_TMP/shape-prefix0.rules"
+    vg_hook "$net" network vgtnet started begin -
+    shape_no_error "$t: network started again"
+    check_ruleset "$t: network started again leaves the ruleset identical" "$LAB_TMP/shape-prefix0.rules"
+    shape_guest_down vgt-g1 "$x"
+    shape_net_down "$net"
+    shape_back_to_baseline "$t"
+}
+
+scenario_shapes() {
+    shape_services
+    scenario_shape_guest_ports
+    scenario_shape_guest_ranges
+    scenario_shape_allow_list
+    scenario_shape_conflicts
+    scenario_shape_foreign_address
+    scenario_shape_plain_bridge
+    scenario_shape_v6_address
+    scenario_shape_prefix_zero
+}
+
 main_inner() {
     local mode=${1:-full}
     trap inner_cleanup EXIT
@@ -761,6 +1177,7 @@ main_inner() {
     scenario_dry_run
     scenario_teardown
     scenario_network_from_run_dir
+    scenario_shapes
     exit 0
 }
 
