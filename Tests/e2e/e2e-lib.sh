@@ -7,6 +7,8 @@
 #   guest A (10.213.50.10, reserved) --vnet--+
 #                                            +-- vgte2e-br0 10.213.50.1/24 [vgt-e2e-host] vgt-e2e-hw 198.18.0.1/30
 #   guest B (DHCP range, no reservation) ----+        (libvirtd, dnsmasq, QEMU, UFW)          |
+#   guest C (10.213.50.12, reserved) --------+                                                |
+#   guest D (10.213.51.10) -- vgt-e2e-br1 10.213.51.1/24 (plain bridge, no libvirt network)   |
 #                                                                             vgt-e2e-wh 198.18.0.2/30 + 198.18.0.6/32
 #                                                                                         [vgt-e2e-wan]
 # vgt-e2e-wan is "the internet": it routes 10.213.50.0/24 straight at the host, so that routed (not
@@ -29,6 +31,17 @@ E2E_A_IP=10.213.50.10
 E2E_A_MAC=52:54:00:e2:e0:0a
 E2E_B_MAC=52:54:00:e2:e0:0b
 E2E_WAN_PORT=9999     # the wan listener for guest egress
+# Field-report shapes (step "shapes"): guest C on the network (reserved) with overlapping guest ports; guest D with
+# a NIC of type='bridge' on a plain host bridge that is no libvirt network (its DHCP from a dnsmasq of the suite's).
+E2E_C=vgt-e2e-c
+E2E_C_IP=10.213.50.12
+E2E_C_MAC=52:54:00:e2:e0:0c
+E2E_D=vgt-e2e-d
+E2E_D_MAC=52:54:00:e2:e0:0d
+E2E_BRIDGE2=vgt-e2e-br1
+E2E_SUBNET2=10.213.51.0/24
+E2E_GW2=10.213.51.1
+E2E_D_IP=10.213.51.10
 
 # Tools the suite needs. A missing one is a failure, never a skip.
 E2E_TOOLS="ip iptables iptables-save iptables-restore ufw socat unshare mount timeout flock jq

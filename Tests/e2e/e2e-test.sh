@@ -30,7 +30,9 @@
 # forward add` on the running guest; `ufw reload`; `ufw disable` + `enable`; libvirtd restart with the guests
 # running (reconnect hook; `virtgate reapply` while libvirtd is down); `virtgate sync` and `doctor` on a healthy host,
 # then after virtgate's FORWARD jump was deleted by hand (doctor and status see it, sync repairs it); `virtgate
-# forward remove`; destroy + net-destroy leave zero residue. `virtgate status --json` is compared with the expected
+# forward remove`; field-report shapes (guest C with overlapping guest ports, guest D with a NIC of type='bridge' on a
+# plain host bridge; traffic, hairpin, a second identical event writes nothing per the hook log and a dry run);
+# destroy + net-destroy leave zero residue. `virtgate status --json` is compared with the expected
 # states at each step.
 
 set -u
@@ -303,6 +305,8 @@ inner_exit() {
     if [ -n "$LIBVIRTD_PID" ]; then
         virsh_ destroy "$E2E_A" >/dev/null 2>&1
         virsh_ destroy "$E2E_B" >/dev/null 2>&1
+        virsh_ destroy "$E2E_C" >/dev/null 2>&1
+        virsh_ destroy "$E2E_D" >/dev/null 2>&1
         virsh_ net-destroy "$E2E_NET" >/dev/null 2>&1
         stop_libvirtd
     fi
@@ -329,7 +333,8 @@ print_diagnostics() {
     echo "# libvirtd log (last 40 lines):"
     [ -f "$E2E_TMP/libvirtd.log" ] && tail -n 40 "$E2E_TMP/libvirtd.log" | diag
     local g
-    for g in a b; do
+    for g in a b c d; do
+        [ -f "$E2E_TMP/console-$g.log" ] || continue
         echo "# serial console of guest $g:"
         [ -f "$E2E_TMP/console-$g.log" ] && tr -d '\r' <"$E2E_TMP/console-$g.log" | tail -n 60 | diag
     done
@@ -349,15 +354,19 @@ network_xml() {
     <dhcp>
       <range start='10.213.50.100' end='10.213.50.199'/>
       <host mac='$E2E_A_MAC' name='$E2E_A' ip='$E2E_A_IP'/>
+      <host mac='$E2E_C_MAC' name='$E2E_C' ip='$E2E_C_IP'/>
     </dhcp>
   </ip>
 </network>
 EOF
 }
 
-# domain_xml NAME LABEL MAC FORWARDS-XML
+# domain_xml NAME LABEL MAC FORWARDS-XML [BRIDGE]: a NIC on the network, or with BRIDGE one of type='bridge' on it
 domain_xml() {
-    local g=${2,,}
+    local g=${2,,} nic="<interface type='network'>
+      <source network='$E2E_NET'/>"
+    [ -n "${5:-}" ] && nic="<interface type='bridge'>
+      <source bridge='$5'/>"
     cat <<EOF
 <domain type='qemu'>
   <name>$1</name>
@@ -373,8 +382,7 @@ domain_xml() {
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='network'>
-      <source network='$E2E_NET'/>
+    $nic
       <mac address='$3'/>
       <model type='virtio'/>
       <rom enabled='no'/>
@@ -461,6 +469,162 @@ traffic_round() {
         expect "$l: wan -> host:5001/tcp (forward added at run time) reaches A:5000" "A 5000 $E2E_WAN_IP" \
             probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 5001
     fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field-report shapes: guest C's forwards overlap on the guest side (80 three times, 80-81 as a range, one with an
+# allow-list); guest D's only NIC is of type='bridge' on a plain host bridge (no libvirt network), its forward with
+# an explicit guest-address. Both boot together; real traffic; a second identical event writes nothing (the hook
+# log: no "applied" line); destroyed, they leave no rule.
+
+C_FORWARDS='      <vg:forward proto="tcp" host-port="8180" guest-port="80"/>
+      <vg:forward proto="tcp" host-port="2224" guest-port="22"/>
+      <vg:forward proto="tcp" host-port="8190-8191" guest-port="80-81"/>
+      <vg:forward proto="tcp" host-port="8543" guest-port="80" source="198.18.0.0/30"/>'
+D_FORWARDS="      <vg:forward proto=\"tcp\" host-port=\"2225\" guest-port=\"22\" guest-address=\"$E2E_D_IP\"/>"
+
+# hook_block_stderr PATTERN: the stderr lines of the hook log's calls whose header matches PATTERN (extended regex)
+hook_block_stderr() {
+    awk -v pat="$1" '/^=== / { cur = ($0 ~ pat) } cur && /^  stderr\| / { sub(/^  stderr\| /, ""); print }' \
+        "$E2E_TMP/hook.log" 2>/dev/null
+}
+
+DNSMASQ2_PID=""
+
+# the plain bridge for D, with DHCP (a dnsmasq of the suite's, the only DHCP there) and UFW's INPUT opened for it
+shapes_bridge_up() {
+    hostns ip link add "$E2E_BRIDGE2" type bridge stp_state 0 forward_delay 0 || return 1
+    hostns ip addr add "$E2E_GW2/24" dev "$E2E_BRIDGE2" || return 1
+    hostns ip link set "$E2E_BRIDGE2" up || return 1
+    hostns iptables -w -I INPUT 1 -i "$E2E_BRIDGE2" -p udp --dport 67 -j ACCEPT || return 1
+    ip netns exec "$E2E_NS_WAN" ip route add "$E2E_SUBNET2" via "$E2E_HOST_IP" || return 1
+    # -k: in the foreground, so $! is dnsmasq's own PID (ip netns exec execs it)
+    ip netns exec "$E2E_NS_HOST" dnsmasq -k --conf-file=/dev/null --port=0 --bind-interfaces \
+        --interface="$E2E_BRIDGE2" --except-interface=lo --dhcp-range=10.213.51.100,10.213.51.150,255.255.255.0 \
+        --dhcp-host="$E2E_D_MAC,$E2E_D_IP" --dhcp-leasefile="$E2E_TMP/br1.leases" --pid-file="$E2E_TMP/br1.pid" \
+        </dev/null >>"$E2E_TMP/dnsmasq-br1.log" 2>&1 &
+    DNSMASQ2_PID=$!
+}
+
+shapes_bridge_down() {
+    if [ -n "$DNSMASQ2_PID" ]; then
+        kill "$DNSMASQ2_PID" 2>/dev/null
+        wait "$DNSMASQ2_PID" 2>/dev/null
+        DNSMASQ2_PID=""
+    fi
+    hostns iptables -w -D INPUT -i "$E2E_BRIDGE2" -p udp --dport 67 -j ACCEPT 2>/dev/null
+    ip netns exec "$E2E_NS_WAN" ip route del "$E2E_SUBNET2" 2>/dev/null
+    hostns ip link del "$E2E_BRIDGE2" 2>/dev/null
+}
+
+step_shapes() {
+    local out rc tc ev g live
+    step "shapes: overlapping guest ports (C), a bridge-type NIC (D)"
+    if shapes_bridge_up; then
+        ok "plain bridge $E2E_BRIDGE2 ($E2E_GW2/24) with its own DHCP for D"
+    else
+        not_ok "plain bridge $E2E_BRIDGE2 could not be set up"
+    fi
+    domain_xml "$E2E_C" C "$E2E_C_MAC" "$C_FORWARDS" >"$E2E_TMP/c.xml"
+    domain_xml "$E2E_D" D "$E2E_D_MAC" "$D_FORWARDS" "$E2E_BRIDGE2" >"$E2E_TMP/d.xml"
+    tc=$(date +%s%N)
+    for g in "$E2E_C" "$E2E_D"; do
+        if out=$(virsh_ define "$E2E_TMP/${g: -1}.xml" 2>&1 && virsh_ start "$g" 2>&1); then
+            ok "virsh define + start $g"
+        else
+            not_ok "virsh define + start $g"
+            echo "$out" | diag
+        fi
+    done
+    for ev in "start begin" "started begin"; do
+        check "qemu hook ran for C and D: $ev (exit 0)" eval \
+            '[ -n "$(hook_calls "hooks/qemu $E2E_C $ev - \(rc=0\)")" ] && [ -n "$(hook_calls "hooks/qemu $E2E_D $ev - \(rc=0\)")" ]'
+    done
+    if wait_for 90 guest_up "$E2E_C_IP"; then
+        ok "guest C answers on $E2E_C_IP (boot to services: $(( ($(date +%s%N) - tc) / 1000000 )) ms)"
+    else
+        not_ok "guest C did not come up within 90 s"
+    fi
+    if wait_for 60 guest_up "$E2E_D_IP"; then
+        ok "guest D answers on $E2E_D_IP on $E2E_BRIDGE2 (boot to services: $(( ($(date +%s%N) - tc) / 1000000 )) ms)"
+    else
+        not_ok "guest D did not come up on $E2E_D_IP within 60 s"
+    fi
+    # C serves tcp 81 too, for the range 8190-8191 -> 80-81
+    guest_run "$E2E_C_IP" "socat TCP-LISTEN:81,fork,reuseaddr SYSTEM:'echo C 81 \$SOCAT_PEERADDR' </dev/null >/dev/null 2>&1 &" >/dev/null
+    check "guest C serves tcp 81" wait_for 5 eval '[ "$(probe "$E2E_NS_HOST" tcp "$E2E_C_IP" 81)" = "C 81 $E2E_GW" ]'
+
+    expect "shapes: wan -> host:8180 reaches C:80" "C 80 $E2E_WAN_IP" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8180
+    expect "shapes: wan -> host:2224 reaches C:22" "C 22 $E2E_WAN_IP" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 2224
+    expect "shapes: wan -> host:8190 (8190-8191 -> 80-81) reaches C:80" "C 80 $E2E_WAN_IP" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8190
+    expect "shapes: wan -> host:8191 reaches C:81" "C 81 $E2E_WAN_IP" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8191
+    expect "shapes: wan $E2E_WAN_IP (in source=198.18.0.0/30) -> host:8543 reaches C:80" "C 80 $E2E_WAN_IP" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8543
+    expect "shapes: wan $E2E_WAN_IP2 (not in source=) -> host:8543 gets nothing" "" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8543 "$E2E_WAN_IP2"
+    expect "shapes: wan $E2E_WAN_IP2 -> host:8180 (no source=) reaches C:80" "C 80 $E2E_WAN_IP2" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8180 "$E2E_WAN_IP2"
+    expect "shapes: hairpin A -> host:8190 reaches C:80" "C 80 *" guest_probe "$E2E_A_IP" tcp "$E2E_HOST_IP" 8190
+    expect "shapes: hairpin A -> host:8191 reaches C:81" "C 81 *" guest_probe "$E2E_A_IP" tcp "$E2E_HOST_IP" 8191
+    expect "shapes: hairpin A -> host:2224 reaches C:22" "C 22 *" guest_probe "$E2E_A_IP" tcp "$E2E_HOST_IP" 2224
+    expect "shapes: A's own forward wan -> host:2222 still reaches A:22" "A 22 $E2E_WAN_IP" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 2222
+    expect "shapes: wan -> host:2225 reaches D:22 on the plain bridge $E2E_BRIDGE2" "D 22 $E2E_WAN_IP" \
+        probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 2225
+    expect "shapes: routed wan -> D:22 directly (not DNAT'ed) is blocked" "" probe "$E2E_NS_WAN" tcp "$E2E_D_IP" 22
+    check_status "with C and D" "nets=$E2E_NET:in-place jumps=true orphans=0 $A_ACTIVE $E2E_B#1=active $E2E_B#2=active $E2E_C#1=active $E2E_C#2=active $E2E_C#3=active $E2E_C#4=active $E2E_D#1=active"
+
+    # a second identical event writes nothing: libvirt's own `started` right after `start`, then `start` again
+    # through the hook path with the live XML; and a dry run says "no changes"
+    for g in "$E2E_A" "$E2E_C" "$E2E_D"; do
+        check "hook log: $g's start applied its forwards" \
+            eval '[ -n "$(hook_block_stderr "hooks/qemu $g start begin" | grep "applied")" ]'
+    done
+    # a guest event whose transaction the kernel rejects still exits 0 (it must not stop the guest): its error line
+    check_eq "hook log: no error logged by any hook call of C or D" "" \
+        "$(hook_block_stderr "hooks/qemu ($E2E_C|$E2E_D) " | grep 'error:' || true)"
+    for g in "$E2E_A" "$E2E_B" "$E2E_C" "$E2E_D"; do
+        check_eq "hook log: $g's started (right after start) applied nothing" "" \
+            "$(hook_block_stderr "hooks/qemu $g started begin" | grep "applied" || true)"
+    done
+    for g in "$E2E_C" "$E2E_D"; do
+        live=$E2E_TMP/${g: -1}-live.xml
+        virsh_ dumpxml "$g" >"$live"
+        out=$(hostns /usr/local/sbin/virtgate hook --dry-run qemu "$g" start begin - <"$live" 2>&1)
+        rc=$?
+        if [ "$rc" = 0 ] && echo "$out" | grep -q 'no changes' && ! echo "$out" | grep -v '^# .*: no changes$' | grep -q .; then
+            ok "a second start of $g, dry run: '$out'"
+        else
+            not_ok "a second start of $g, dry run prints only '# …: no changes' (exit $rc)"
+            echo "$out" | head -n 30 | diag
+        fi
+        virtgate_lines >"$E2E_TMP/shapes-before.rules"
+        hostns nft list table inet virtgate >>"$E2E_TMP/shapes-before.rules" 2>/dev/null
+        hostns /etc/libvirt/hooks/qemu "$g" start begin - <"$live" >/dev/null 2>&1
+        check_eq "a second start of $g through hooks/qemu exits 0" 0 "$?"
+        check_eq "hook log: of $g's two start calls, only the first applied anything" 1 \
+            "$(hook_block_stderr "hooks/qemu $g start begin" | grep -c "applied")"
+        virtgate_lines >"$E2E_TMP/shapes-after.rules"
+        hostns nft list table inet virtgate >>"$E2E_TMP/shapes-after.rules" 2>/dev/null
+        check "the second start of $g left virtgate's rules and nft table as they were" \
+            diff -u "$E2E_TMP/shapes-before.rules" "$E2E_TMP/shapes-after.rules"
+    done
+
+    for g in "$E2E_C" "$E2E_D"; do
+        out=$(virsh_ destroy "$g" 2>&1)
+        check "virsh destroy $g" eval '[ "$(virsh_ domstate "$g" | head -n1)" = "shut off" ]'
+        check "qemu hook ran for $g: release end (exit 0)" \
+            wait_for 5 eval '[ -n "$(hook_calls "hooks/qemu $g release end - \(rc=0\)")" ]'
+        virsh_ undefine "$g" >/dev/null 2>&1
+    done
+    check_eq "C's and D's rules are gone" "" "$(virtgate_lines | grep -E -- "$E2E_C|$E2E_D|$E2E_BRIDGE2" || true)"
+    check_eq "C's and D's nft elements are gone" "" \
+        "$(hostns nft list table inet virtgate 2>/dev/null | grep -E -- "$E2E_C|$E2E_D" || true)"
+    expect "C destroyed: wan -> host:8191 gets nothing" "" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 8191
+    expect "D destroyed: wan -> host:2225 gets nothing" "" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 2225
+    expect "C and D gone: wan -> host:2222 still reaches A:22" "A 22 $E2E_WAN_IP" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 2222
+    shapes_bridge_down
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -682,6 +846,8 @@ main_inner() {
     expect "forward remove applies at once: wan -> host:5001 gets nothing" "" probe "$E2E_NS_WAN" tcp "$E2E_HOST_IP" 5001
     check_status "after forward remove" \
         "nets=$E2E_NET:in-place jumps=true orphans=0 $A_ACTIVE $E2E_B#1=active $E2E_B#2=active"
+
+    step_shapes
 
     step "teardown"
     out=$(virsh_ destroy "$E2E_A" 2>&1)
