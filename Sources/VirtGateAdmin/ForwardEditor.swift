@@ -1,11 +1,6 @@
 import Libvirt
 import VirtGateCore
 
-public struct EditError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// Reads and writes a guest's forwards in its domain metadata through libvirt. Every change is
 /// validated first, and nothing is written when anything is wrong: the metadata is the admin's data.
 public struct ForwardEditor {
@@ -43,10 +38,10 @@ public struct ForwardEditor {
         let claims = forward.claims(name)
         for (index, existing) in forwards.enumerated()
         where existing.claims(name).contains(where: { mine in claims.contains { mine.overlaps($0) } }) {
-            throw EditError("guest \(InputProblem.quoted(name)): \(forward.summary) overlaps its forward #\(index + 1) \(existing.summary); nothing written")
+            throw VirtGateError(.input, "guest \(InputProblem.quoted(name)): \(forward.summary) overlaps its forward #\(index + 1) \(existing.summary); nothing written")
         }
         if let holder = others.first(where: { holder in holder.guest != name && claims.contains { holder.overlaps($0) } }) {
-            throw EditError("guest \(InputProblem.quoted(name)): \(forward.summary) conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary); nothing written")
+            throw VirtGateError(.input, "guest \(InputProblem.quoted(name)): \(forward.summary) conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary); nothing written")
         }
         var updated = forwards
         updated.append(forward)
@@ -63,7 +58,7 @@ public struct ForwardEditor {
             !($0.proto == forward.proto && $0.hostPorts == forward.hostPorts && $0.hostAddress == forward.hostAddress)
         }
         guard kept.count < forwards.count else {
-            throw EditError("guest \(InputProblem.quoted(name)) has no forward \(forward.proto.rawValue) \(forward.hostAddress.map { "\($0):" } ?? "")\(forward.hostPorts); nothing written")
+            throw VirtGateError(.input, "guest \(InputProblem.quoted(name)) has no forward \(forward.proto.rawValue) \(forward.hostAddress.map { "\($0):" } ?? "")\(forward.hostPorts); nothing written")
         }
         try write(kept, to: domain)
         return kept
@@ -78,7 +73,7 @@ public struct ForwardEditor {
         if running, try domain.isPersistent() {
             let saved = try domain.metadata(namespaceURI: namespace, inactive: true)
             if try parse(saved, domain.name).0 != parse(live, domain.name).0 {
-                throw EditError("guest \(InputProblem.quoted(domain.name)): the running and the saved definition have different forwards; align them with virsh metadata --live/--config first; nothing written")
+                throw VirtGateError(.input, "guest \(InputProblem.quoted(domain.name)): the running and the saved definition have different forwards; align them with virsh metadata --live/--config first; nothing written")
             }
         }
         return try parse(live, domain.name)
@@ -93,7 +88,7 @@ public struct ForwardEditor {
     func requireClean(_ name: String, _ problems: [InputProblem]) throws {
         // Rewriting would drop the invalid entries: the admin's data is never lost silently.
         guard problems.isEmpty else {
-            throw EditError("\(problems[0]); fix or remove it with virsh metadata first; nothing written")
+            throw VirtGateError(.input, "\(problems[0]); fix or remove it with virsh metadata first; nothing written")
         }
     }
 

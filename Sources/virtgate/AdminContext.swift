@@ -51,3 +51,14 @@ struct AdminContext {
         return input
     }
 }
+
+/// libvirt's own errors as virtgate's (code `libvirt`); virtgate's pass as they are.
+func libvirt<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as VirtGateError {
+        throw error
+    } catch let error as LibvirtError {
+        throw VirtGateError(.libvirt, "libvirt", cause: error)
+    }
+}

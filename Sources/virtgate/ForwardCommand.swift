@@ -40,16 +40,16 @@ extension VirtGate.Forward {
 
         func run() async throws {
             let spec = try ForwardMetadata.parseShorthand(arguments.forward, sources: source, guestAddress: guestAddress,
-                                                          mac: mac, guest: arguments.guest).get()
+                                                          mac: mac, guest: arguments.guest).mapError(VirtGateError.init).get()
             let context = try await AdminContext(connection)
             let editor = ForwardEditor(connection: context.connection)
             let state = try context.loadState()
             if dryRun {
-                _ = try editor.list(guest: arguments.guest)
+                _ = try libvirt { try editor.list(guest: arguments.guest) }
                 writeAll(1, "# would add to guest \(InputProblem.quoted(arguments.guest)): \(spec.summary)\n")
                 return
             }
-            _ = try editor.add(spec, to: arguments.guest, others: state.claims(except: arguments.guest))
+            _ = try libvirt { try editor.add(spec, to: arguments.guest, others: state.claims(except: arguments.guest)) }
             context.log.info("guest \(InputProblem.quoted(arguments.guest)): forward \(spec.summary) added to its metadata")
             try await applyNow(context, guest: arguments.guest)
         }
@@ -65,9 +65,9 @@ extension VirtGate.Forward {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let spec = try ForwardMetadata.parseShorthand(arguments.forward, guest: arguments.guest).get()
+            let spec = try ForwardMetadata.parseShorthand(arguments.forward, guest: arguments.guest).mapError(VirtGateError.init).get()
             let context = try await AdminContext(connection)
-            _ = try ForwardEditor(connection: context.connection).remove(spec, from: arguments.guest)
+            _ = try libvirt { try ForwardEditor(connection: context.connection).remove(spec, from: arguments.guest) }
             context.log.info("guest \(InputProblem.quoted(arguments.guest)): forward \(spec.proto.rawValue) \(spec.hostPorts) removed from its metadata")
             try await applyNow(context, guest: arguments.guest)
         }
@@ -82,7 +82,7 @@ extension VirtGate.Forward {
 
         func run() async throws {
             let context = try await AdminContext(connection)
-            for listing in try ForwardEditor(connection: context.connection).list(guest: guest) {
+            for listing in try libvirt({ try ForwardEditor(connection: context.connection).list(guest: guest) }) {
                 var out = "\(listing.guest) (\(listing.running ? "running" : "shut off"))\n"
                 if listing.forwards.isEmpty && listing.problems.isEmpty { out += "  no forwards\n" }
                 for forward in listing.forwards {
@@ -102,8 +102,7 @@ extension VirtGate.Forward {
 /// Re-applies one running guest's rules from its fresh live XML, under the lock, in one
 /// transaction; other guests' rules stay as they are.
 func applyNow(_ context: AdminContext, guest name: String) async throws {
-    let domain = try context.connection.domain(named: name)
-    guard try domain.isActive() else {
+    guard try libvirt({ try context.connection.domain(named: name).isActive() }) else {
         writeAll(1, "guest \(InputProblem.quoted(name)) is not running: the forward applies when it starts\n")
         return
     }

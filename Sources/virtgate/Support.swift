@@ -3,13 +3,9 @@ import VirtGateCore
 import Glibc
 #endif
 
-struct FileError: Error, CustomStringConvertible {
-    let description: String
-}
-
 func readFile(_ path: String) throws -> String {
     guard let file = fopen(path, "rb") else {
-        throw FileError(description: "\(path): \(String(cString: strerror(errno)))")
+        throw VirtGateError(.input, "\(path): \(String(cString: strerror(errno)))")
     }
     defer { fclose(file) }
     var bytes: [UInt8] = []

@@ -100,7 +100,7 @@ struct AdminTests {
         #expect(try connection.domain(named: "db").metadata(namespaceURI: LibvirtXML.metadataNamespace) == nil)
 
         let overlap = try ForwardMetadata.parseShorthand("2000-2300:3000-3300", guest: "web").get()
-        #expect(throws: EditError.self) { _ = try editor.add(overlap, to: "web", others: []) }
+        #expect(throws: VirtGateError.self) { _ = try editor.add(overlap, to: "web", others: []) }
         #expect(try editor.list(guest: "web").first?.forwards.count == 1)
     }
 
@@ -110,7 +110,7 @@ struct AdminTests {
         let spec = try ForwardMetadata.parseShorthand("2222", guest: "web").get()
         #expect(try editor.remove(spec, from: "web").isEmpty)
         #expect(try connection.domain(named: "web").metadata(namespaceURI: LibvirtXML.metadataNamespace) == nil)
-        #expect(throws: EditError.self) { _ = try editor.remove(spec, from: "web") }
+        #expect(throws: VirtGateError.self) { _ = try editor.remove(spec, from: "web") }
     }
 
     @Test func invalidExistingMetadataIsNeverOverwritten() throws {
@@ -118,7 +118,7 @@ struct AdminTests {
         let web = try connection.domain(named: "web")
         try web.setMetadata("<forwards><forward host-port=\"70000\"/></forwards>", key: "vg", namespaceURI: LibvirtXML.metadataNamespace)
         let spec = try ForwardMetadata.parseShorthand("8080", guest: "web").get()
-        #expect(throws: EditError.self) { _ = try ForwardEditor(connection: connection).add(spec, to: "web", others: []) }
+        #expect(throws: VirtGateError.self) { _ = try ForwardEditor(connection: connection).add(spec, to: "web", others: []) }
         #expect(try web.metadata(namespaceURI: LibvirtXML.metadataNamespace)?.contains("70000") == true)
     }
 

@@ -71,6 +71,6 @@ struct ForwardMetadataTests {
         // virDomainGetMetadata hands the element back bare, as it was written.
         let bare = try ForwardMetadata.forwards(fromElement: element, guest: "web")
         #expect(bare.forwards.map(\.summary) == original.map(\.summary))
-        #expect(throws: InputProblem.self) { try ForwardMetadata.forwards(fromElement: "<other/>", guest: "web") }
+        #expect(throws: VirtGateError.self) { try ForwardMetadata.forwards(fromElement: "<other/>", guest: "web") }
     }
 }

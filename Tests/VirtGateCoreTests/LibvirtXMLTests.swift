@@ -36,7 +36,7 @@ struct LibvirtXMLTests {
         #expect {
             _ = try LibvirtXML.network(fromXML: xml)
         } throws: { error in
-            (error as? InputProblem)?.field == field
+            (error as? VirtGateError)?.problem?.field == field
         }
     }
 
@@ -64,7 +64,7 @@ struct LibvirtXMLTests {
         #expect {
             _ = try LibvirtXML.network(fromXML: "<network><name>n</name><bridge name='b'/>\(ip)</network>")
         } throws: { error in
-            (error as? InputProblem)?.field == field
+            (error as? VirtGateError)?.problem?.field == field
         }
     }
 
@@ -153,11 +153,11 @@ struct LibvirtXMLTests {
         "<!DOCTYPE d [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><domain><name>&x;</name></domain>",
     ])
     func unusableDomains(xml: String) {
-        #expect(throws: InputProblem.self) { _ = try LibvirtXML.guest(fromXML: xml) }
+        #expect(throws: VirtGateError.self) { _ = try LibvirtXML.guest(fromXML: xml) }
     }
 
     @Test func nameMustMatchHookArgument() {
-        #expect(throws: InputProblem.self) {
+        #expect(throws: VirtGateError.self) {
             _ = try LibvirtXML.guest(fromXML: "<domain><name>web</name></domain>", name: "db")
         }
     }

@@ -49,7 +49,7 @@ public struct Settings: Sendable {
         do {
             file = try EnvironmentFile.read(path) ?? [:]
         } catch {
-            throw VirtGateError(.firewall, "config \(path): \(error)")
+            throw VirtGateError(.input, "config \(path): \(error)")
         }
         return try settings(environment: environment) { key in
             let name = EnvironmentFile.variableName(forKey: key)
@@ -66,25 +66,25 @@ public struct Settings: Sendable {
             switch text.lowercased() {
             case "yes", "true", "1", "on": return true
             case "no", "false", "0", "off": return false
-            default: throw VirtGateError(.firewall, "config \(origin)=\(InputProblem.quoted(text)): expected yes or no")
+            default: throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected yes or no")
             }
         }
         var settings = Settings()
         if let (text, origin) = value("onInvalid") {
             guard let policy = InvalidPolicy(rawValue: text) else {
-                throw VirtGateError(.firewall, "config \(origin)=\(InputProblem.quoted(text)): expected warn or refuse")
+                throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected warn or refuse")
             }
             settings.onInvalid = policy
         }
         if let (text, origin) = value("iptables"), text != "auto" {
             guard let variant = IptablesVariant(rawValue: text) else {
-                throw VirtGateError(.firewall, "config \(origin)=\(InputProblem.quoted(text)): expected auto, nft or legacy")
+                throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected auto, nft or legacy")
             }
             settings.iptablesVariant = variant
         }
         if let (text, origin) = value("backend"), text != "auto" {
             guard let kind = BackendKind(rawValue: text) else {
-                throw VirtGateError(.firewall, "config \(origin)=\(InputProblem.quoted(text)): expected auto, iptables or nft")
+                throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected auto, iptables or nft")
             }
             settings.backend = kind
             settings.backendReason = "set by \(origin.contains(":") ? origin : "\(origin) (environment)")"
@@ -97,7 +97,7 @@ public struct Settings: Sendable {
         if let (text, origin) = value("connectionMark") {
             let digits = text.lowercased().hasPrefix("0x") ? text.dropFirst(2) : Substring(text)
             guard let mark = UInt32(digits, radix: 16), mark.nonzeroBitCount == 1 else {
-                throw VirtGateError(.firewall, "config \(origin)=\(InputProblem.quoted(text)): expected one bit in hex, e.g. 0x00200000")
+                throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected one bit in hex, e.g. 0x00200000")
             }
             settings.connectionMark = mark
         }

@@ -22,6 +22,15 @@ public struct VirtGateError: Error, CustomStringConvertible, Sendable {
         self.cause = cause
     }
 
+    /// Bad input, named by guest or network, field and value.
+    public init(_ problem: InputProblem) {
+        self.init(.input, problem.description)
+        self.problem = problem
+    }
+
+    /// The input problem, for bad input.
+    public private(set) var problem: InputProblem?
+
     public var description: String {
         guard let cause else { return message.cappedLine }
         return "\(message): \(cause)".cappedLine

@@ -98,10 +98,10 @@ public enum ForwardMetadata {
         do {
             root = try XMLTree.parse(xml)
         } catch {
-            throw InputProblem(subject, field: "metadata", value: String(xml.prefix(40)), reason: error.description)
+            throw VirtGateError(InputProblem(subject, field: "metadata", value: String(xml.prefix(40)), reason: error.description))
         }
         guard root.name == "forwards", root.namespaceURI == nil || root.namespaceURI == LibvirtXML.metadataNamespace else {
-            throw InputProblem(subject, field: "metadata", value: root.name, reason: "expected <forwards>")
+            throw VirtGateError(InputProblem(subject, field: "metadata", value: root.name, reason: "expected <forwards>"))
         }
         return LibvirtXML.forwards(in: root.children, subject: subject)
     }

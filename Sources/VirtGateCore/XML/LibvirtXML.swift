@@ -11,10 +11,10 @@ public enum LibvirtXML {
         do {
             root = try XMLTree.parse(text)
         } catch {
-            throw InputProblem(.network("?"), field: "xml", value: String(text.prefix(40)), reason: error.description)
+            throw VirtGateError(InputProblem(.network("?"), field: "xml", value: String(text.prefix(40)), reason: error.description))
         }
         guard let network = root.first(where: { $0.name == "network" && $0.namespaceURI == nil }) else {
-            throw InputProblem(.network("?"), field: "xml", value: root.name, reason: "no <network> element")
+            throw VirtGateError(InputProblem(.network("?"), field: "xml", value: root.name, reason: "no <network> element"))
         }
         return try parseNetwork(network)
     }
@@ -23,12 +23,12 @@ public enum LibvirtXML {
         let name = element.child("name")?.text.trimmingWhitespace() ?? ""
         let subject = InputProblem.Subject.network(name)
         guard Names.isSafeObjectName(name) else {
-            throw InputProblem(subject, field: "name", value: name, reason: "not a usable network name")
+            throw VirtGateError(InputProblem(subject, field: "name", value: name, reason: "not a usable network name"))
         }
         var bridge: String?
         if let value = element.child("bridge")?["name"] {
             guard Names.isValidInterfaceName(value) else {
-                throw InputProblem(subject, field: "bridge name", value: value, reason: "not a valid interface name")
+                throw VirtGateError(InputProblem(subject, field: "bridge name", value: value, reason: "not a valid interface name"))
             }
             bridge = value
         }
@@ -50,20 +50,20 @@ public enum LibvirtXML {
             guard let addressText = ip["address"] else { continue }
             let familyText = ip["family"] ?? "ipv4"
             guard let family = IPFamily(rawValue: familyText) else {
-                throw InputProblem(subject, field: "ip family", value: familyText, reason: "expected ipv4 or ipv6")
+                throw VirtGateError(InputProblem(subject, field: "ip family", value: familyText, reason: "expected ipv4 or ipv6"))
             }
             guard let address = IPAddress(addressText), address.family == family else {
-                throw InputProblem(subject, field: "ip address", value: addressText, reason: "not an \(family.label) address")
+                throw VirtGateError(InputProblem(subject, field: "ip address", value: addressText, reason: "not an \(family.label) address"))
             }
             let prefix: Int
             if let text = ip["prefix"] {
                 guard let value = Int(text), (0...family.bits).contains(value) else {
-                    throw InputProblem(subject, field: "ip prefix", value: text, reason: "not a prefix length 0-\(family.bits)")
+                    throw VirtGateError(InputProblem(subject, field: "ip prefix", value: text, reason: "not a prefix length 0-\(family.bits)"))
                 }
                 prefix = value
             } else if let text = ip["netmask"], family == .v4 {
                 guard let mask = IPAddress(text), let value = IPNetwork.prefix(ofNetmask: mask) else {
-                    throw InputProblem(subject, field: "ip netmask", value: text, reason: "not a contiguous netmask")
+                    throw VirtGateError(InputProblem(subject, field: "ip netmask", value: text, reason: "not a contiguous netmask"))
                 }
                 prefix = value
             } else {
@@ -74,11 +74,11 @@ public enum LibvirtXML {
             for host in ip.child("dhcp")?.children("host") ?? [] {
                 guard let ipText = host["ip"] else { continue }
                 guard let reserved = IPAddress(ipText), reserved.family == family else {
-                    throw InputProblem(subject, field: "dhcp host ip", value: ipText, reason: "not an \(family.label) address")
+                    throw VirtGateError(InputProblem(subject, field: "dhcp host ip", value: ipText, reason: "not an \(family.label) address"))
                 }
                 if let macText = host["mac"] {
                     guard let mac = MACAddress(macText) else {
-                        throw InputProblem(subject, field: "dhcp host mac", value: macText, reason: "not a MAC address")
+                        throw VirtGateError(InputProblem(subject, field: "dhcp host mac", value: macText, reason: "not a MAC address"))
                     }
                     reservations[mac] = reserved
                 } else if family == .v6, let hostName = host["name"] {
@@ -102,20 +102,20 @@ public enum LibvirtXML {
         do {
             root = try XMLTree.parse(text)
         } catch {
-            throw InputProblem(.guest(fallback), field: "xml", value: String(text.prefix(40)), reason: error.description)
+            throw VirtGateError(InputProblem(.guest(fallback), field: "xml", value: String(text.prefix(40)), reason: error.description))
         }
         // libvirt's state file for a running guest (/run/libvirt/qemu/NAME.xml) wraps the domain.
         if root.name == "domstatus", let domain = root.child("domain") { root = domain }
         guard root.name == "domain", root.namespaceURI == nil else {
-            throw InputProblem(.guest(fallback), field: "xml", value: root.name, reason: "root element is not <domain>")
+            throw VirtGateError(InputProblem(.guest(fallback), field: "xml", value: root.name, reason: "root element is not <domain>"))
         }
         let name = root.child("name")?.text.trimmingWhitespace() ?? expectedName ?? ""
         let subject = InputProblem.Subject.guest(name)
         guard Names.isSafeObjectName(name) else {
-            throw InputProblem(subject, field: "name", value: name, reason: "not a usable guest name")
+            throw VirtGateError(InputProblem(subject, field: "name", value: name, reason: "not a usable guest name"))
         }
         if let expectedName, expectedName != name {
-            throw InputProblem(subject, field: "name", value: expectedName, reason: "hook argument does not match <name>")
+            throw VirtGateError(InputProblem(subject, field: "name", value: expectedName, reason: "hook argument does not match <name>"))
         }
 
         var interfaces: [GuestInterface] = []
@@ -126,7 +126,7 @@ public enum LibvirtXML {
             let source = nic.child("source")
             var bridge = source?["bridge"]
             if let value = bridge, !Names.isValidInterfaceName(value) {
-                throw InputProblem(subject, field: "interface bridge", value: value, reason: "not a valid interface name")
+                throw VirtGateError(InputProblem(subject, field: "interface bridge", value: value, reason: "not a valid interface name"))
             }
             if bridge?.isEmpty == true { bridge = nil }
             let tap = nic.child("target")?["dev"].flatMap { Names.isValidInterfaceName($0) ? $0 : nil }
