@@ -193,13 +193,18 @@ enum CaseGenerator {
         return forward
     }
 
-    /// Smaller cases, one guest or one forward fewer each, for shrinking a failure.
+    /// Smaller cases for shrinking a failure: without half, a quarter, … one of the guests, then
+    /// without one forward.
     static func smaller(_ failing: Case) -> [Case] {
         var candidates: [Case] = []
-        for index in failing.guests.indices where failing.guests.count > 1 {
-            var next = failing
-            next.guests.remove(at: index)
-            candidates.append(next)
+        var chunk = failing.guests.count / 2
+        while chunk >= 1 {
+            for start in stride(from: 0, to: failing.guests.count, by: chunk) where failing.guests.count > chunk {
+                var next = failing
+                next.guests.removeSubrange(start..<min(start + chunk, failing.guests.count))
+                candidates.append(next)
+            }
+            chunk /= 2
         }
         for index in failing.guests.indices {
             for position in failing.guests[index].forwards.indices {

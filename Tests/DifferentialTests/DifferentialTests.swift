@@ -49,7 +49,9 @@ struct DifferentialTests {
         try #require(access(binary, X_OK) == 0, "no virtgate binary at \(binary) (set VIRTGATE_BINARY)")
         let seed = environment("VIRTGATE_DIFF_SEED").flatMap { UInt64($0) } ?? 9100
         let count = environment("VIRTGATE_DIFF_CASES").flatMap { Int($0) } ?? 6
-        var shrinkBudget = environment("VIRTGATE_DIFF_SHRINK").flatMap { Int($0) } ?? 24
+        // Runs spent on shrinking, per failing case and in all: a broken build must not take an hour.
+        let shrinkPerCase = environment("VIRTGATE_DIFF_SHRINK").flatMap { Int($0) } ?? 16
+        var shrinkBudget = 4 * shrinkPerCase
 
         var checks = Dictionary(uniqueKeysWithValues: Self.backends.map { ($0, 0) })
         var failing = 0
@@ -60,8 +62,11 @@ struct DifferentialTests {
             for (backend, count) in result.checks { checks[backend, default: 0] += count }
             guard let first = result.failures.first else { continue }
             failing += 1
+            var budget = min(shrinkPerCase, shrinkBudget)
+            shrinkBudget -= budget
             let (minimal, failures) = await Self.shrink(testCase, like: first, failures: result.failures, binary: binary,
-                                                        budget: &shrinkBudget)
+                                                        budget: &budget)
+            shrinkBudget += budget
             Issue.record("""
                 generated case \(index) of seed \(seed) (case seed \(testCase.seed)) fails; \
                 replay with VIRTGATE_DIFF_SEED=\(seed) VIRTGATE_DIFF_CASES=\(index + 1)
@@ -112,9 +117,7 @@ struct DifferentialTests {
         for backend in backends {
             let outcome = outcomes[backend]!
             result.checks[backend] = outcome.checks + 1 + probes.count
-            result.failures += outcome.failures.map {
-                Failure(backends: [backend], kind: String($0.prefix { $0 != " " && $0 != ":" }), text: $0)
-            }
+            result.failures += outcome.failures.map { Failure(backends: [backend], kind: $0.kind, text: $0.text) }
         }
         let oracle = Oracle(testCase)
         let expected = oracle.claims

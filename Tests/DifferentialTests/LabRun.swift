@@ -20,14 +20,15 @@ import VirtGateCore
 /// libvirt drives it, inside the host namespace.
 struct LabRun {
     struct Outcome {
-        var failures: [String] = []
+        /// (kind of check, what it saw): the kind lets shrinking look for the same failure.
+        var failures: [(kind: String, text: String)] = []
         var checks = 0
         var claims: Set<Oracle.Claim> = []
         var answers: [Traffic.Probe: String] = [:]
 
-        mutating func check(_ ok: Bool, _ failure: @autoclosure () -> String) {
+        mutating func check(_ ok: Bool, _ kind: String, _ failure: @autoclosure () -> String) {
             checks += 1
-            if !ok { failures.append(failure()) }
+            if !ok { failures.append((kind, failure())) }
         }
     }
 
@@ -67,7 +68,7 @@ struct LabRun {
             pids = try await setUp()
             try await exercise(&outcome)
         } catch {
-            outcome.failures.append("lab: \(error)")
+            outcome.failures.append(("lab", "lab: \(error)"))
         }
         await tearDown(pids: pids)
         return outcome
@@ -207,7 +208,7 @@ struct LabRun {
         }
         try await event(["network", Lab.network, "stopped", "end", "-"], xml: network, &outcome)
         let after = try await ruleset()
-        outcome.check(after == baseline, "removing every owner does not restore the baseline ruleset:\n"
+        outcome.check(after == baseline, "baseline", "removing every owner does not restore the baseline ruleset:\n"
                       + lineDiff(baseline, after).prefix(12).map { "    \($0)" }.joined(separator: "\n"))
     }
 
@@ -224,11 +225,11 @@ struct LabRun {
             ] + arguments, input: xml)
             let lines = result.error.split(separator: "\n")
             let bad = lines.filter { $0.lowercased().contains("error") || $0.lowercased().contains("failed") }
-            outcome.check(result.status == 0 && bad.isEmpty,
+            outcome.check(result.status == 0 && bad.isEmpty, "event",
                           "\(name)\(pass): exit \(result.status): \((bad.isEmpty ? lines : bad).prefix(3).joined(separator: " | "))")
             if !pass.isEmpty {
                 let applied = lines.filter { $0.contains(": applied") }
-                outcome.check(applied.isEmpty, "\(name) repeated wrote again: \(applied.prefix(2).joined(separator: " | "))")
+                outcome.check(applied.isEmpty, "repeat", "\(name) repeated wrote again: \(applied.prefix(2).joined(separator: " | "))")
             }
         }
     }
@@ -238,7 +239,7 @@ struct LabRun {
         var snapshot = IptablesSnapshot(parsing: try await inHost(["iptables-save"]).output, family: .v4)
         snapshot.add(parsing: try await inHost(["ip6tables-save"]).output, family: .v6)
         var claims = snapshot.forwardClaims()
-        let table = try await inHost(["nft", "-j", "list", "table", "inet", "virtgate"])
+        let table = try await inHost(["nft", "-j", "-p", "list", "table", "inet", "virtgate"])
         if table.status == 0 { claims += try NftState(json: table.output).forwardClaims() }
         return Oracle.kernelClaims(claims)
     }
