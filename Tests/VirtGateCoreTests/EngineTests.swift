@@ -95,6 +95,26 @@ struct EngineTests {
         #expect(preview.plan.guests[0].plan.claims.count == 1)
     }
 
+    @Test("A guest-address must be the guest's: not the host's, not another guest's reservation or lease", arguments: backends.indices)
+    func guestAddressOwnership(backend: Int) throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        var book = MemoryAddressBook(networks: [network])
+        book.leases["virbr0"] = [mac("52:54:00:aa:00:09"): ip("192.168.122.99")]
+        let guest = try LibvirtXML.guest(fromXML: Self.domain("web", """
+            <vg:forward host-port="8080" guest-address="192.168.122.1"/><vg:forward host-port="8081" guest-address="192.168.122.20"/>
+            <vg:forward host-port="8082" guest-address="192.168.122.99"/><vg:forward host-port="8083" guest-address="192.168.122.10"/>
+            <vg:forward host-port="8084" guest-address="192.168.122.77"/>
+            """))
+        let preview = Firewall.preview(EngineInput(guests: [guest], addresses: book), backend: Self.backends[backend],
+                                       state: KernelState(iptables: IptablesSnapshot(), nft: NftState()), mark: 0x0020_0000)
+        let reasons = preview.plan.problems.map(\.reason)
+        #expect(reasons == [#"the host's own address on network "default""#,
+                            "reserved on network \"default\" for MAC 52:54:00:aa:00:02",
+                            "leased on network \"default\" to MAC 52:54:00:aa:00:09"])
+        // Its own reservation, and a free address of its network, stay usable.
+        #expect(preview.plan.guests[0].plan.claims.map(\.hostPorts.lower) == [8083, 8084])
+    }
+
     @Test("A NIC on a plain host bridge gets the mark accept from its guest with nft, and a forward-accept with iptables")
     func plainBridge() throws {
         let domain = Self.domain("lan", bridgeNIC: true, #"<vg:forward host-port="8080" guest-address="203.0.113.5"/>"#)

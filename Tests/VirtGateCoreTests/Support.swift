@@ -23,6 +23,9 @@ struct MemoryAddressBook: AddressBook {
     func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
         leases[bridge]?[mac].flatMap { $0.family == family ? $0 : nil }
     }
+    func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? {
+        leases[bridge]?.first { $0.value == address }?.key
+    }
 }
 
 func mac(_ text: String) -> MACAddress { MACAddress(text)! }

@@ -268,5 +268,9 @@ struct OverridingAddressBook: AddressBook {
     func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
         base.leasedAddress(bridge: bridge, mac: mac, family: family)
     }
+
+    func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? {
+        base.leaseHolder(bridge: bridge, address: address)
+    }
 }
 

@@ -3,6 +3,12 @@
 public protocol AddressBook {
     func network(named name: String) -> NetworkDefinition?
     func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress?
+    /// The MAC a DHCP lease on `bridge` gives `address` to, if any.
+    func leaseHolder(bridge: String, address: IPAddress) -> MACAddress?
+}
+
+extension AddressBook {
+    public func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? { nil }
 }
 
 public struct PlannerSettings: Hashable, Sendable {
@@ -45,6 +51,26 @@ public enum Planner {
             }
         }
         return OwnerPlan(owner: .network(network.name), intents: intents)
+    }
+
+    /// Why an explicit guest address is not this guest's to point a forward at, if it is not: it
+    /// must lie on the NIC's network (the network's filter rules cover only its subnets), and be
+    /// neither the host's own address there nor an address reserved or leased to another guest.
+    static func notTheGuests(_ address: IPAddress, nic: GuestInterface, guest: String, network: NetworkDefinition,
+                             bridge: String, addresses: some AddressBook) -> String? {
+        let quoted = InputProblem.quoted(network.name)
+        if !network.subnets.contains(where: { $0.network.contains(address) }) { return "not in a subnet of network \(quoted)" }
+        if network.subnets.contains(where: { $0.gateway == address }) { return "the host's own address on network \(quoted)" }
+        if let other = network.reservations.first(where: { $0.value == address && $0.key != nic.mac }) {
+            return "reserved on network \(quoted) for MAC \(other.key)"
+        }
+        if let other = network.namedReservations.first(where: { $0.value == address && $0.key != guest }) {
+            return "reserved on network \(quoted) for host \(InputProblem.quoted(other.key))"
+        }
+        if let holder = addresses.leaseHolder(bridge: bridge, address: address), holder != nic.mac {
+            return "leased on network \(quoted) to MAC \(holder)"
+        }
+        return nil
     }
 
     /// Binds each valid forward to the guest's NIC, bridge and address, in metadata order.
@@ -108,10 +134,10 @@ public enum Planner {
                 // A given guest address must lie on the NIC's network: anything else is not this
                 // guest's (and the network's filter rules, which admit the forward, cover only its subnets).
                 if let network, forward.guestAddress == address,
-                   !network.subnets.contains(where: { $0.network.contains(address) }) {
+                   let reason = Self.notTheGuests(address, nic: nic, guest: guest.name, network: network, bridge: bridge,
+                                                  addresses: addresses) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) guest-address",
-                                                 value: address.description,
-                                                 reason: "not in a subnet of network \(InputProblem.quoted(network.name))"))
+                                                 value: address.description, reason: reason))
                     continue
                 }
                 let candidate = BoundForward(

@@ -23,6 +23,9 @@ public struct SyncAddressBook: AddressBook {
     public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
         input.leases[bridge]?[mac]?.first { $0.family == family }
     }
+    public func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? {
+        input.leases[bridge]?.first { $0.value.contains(address) }?.key
+    }
 }
 
 extension EngineInput {
