@@ -160,7 +160,8 @@ public struct HookHandler {
     /// reservation gets its forwards once it has a lease, and keeps them when the lease moves) and
     /// after UFW rebuilt its chains.
     public func reapplyAll() async -> Bool {
-        await run(rememberedInput(), event: "reapply") == .done
+        // Invalid forwards are logged and skipped, as at hook time; only a failed transaction fails.
+        await run(rememberedInput(), event: "reapply") != .failed
     }
 
     /// Every network and guest virtgate remembers, parsed; unusable files are logged and skipped.
