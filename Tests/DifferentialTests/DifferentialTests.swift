@@ -51,7 +51,7 @@ struct DifferentialTests {
         let count = environment("VIRTGATE_DIFF_CASES").flatMap { Int($0) } ?? 6
         // Runs spent on shrinking, per failing case and in all: a broken build must not take an hour.
         let shrinkPerCase = environment("VIRTGATE_DIFF_SHRINK").flatMap { Int($0) } ?? 16
-        var shrinkBudget = 4 * shrinkPerCase
+        var shrinkBudget = 8 * shrinkPerCase
 
         var checks = Dictionary(uniqueKeysWithValues: Self.backends.map { ($0, 0) })
         var failing = 0
@@ -60,21 +60,34 @@ struct DifferentialTests {
             let testCase = CaseGenerator.generate(seed: mixer.next())
             let result = await Self.run(testCase, backends: Self.backends, binary: binary, tag: "\(index)")
             for (backend, count) in result.checks { checks[backend, default: 0] += count }
-            guard let first = result.failures.first else { continue }
+            guard !result.failures.isEmpty else { continue }
             failing += 1
-            var budget = min(shrinkPerCase, shrinkBudget)
-            shrinkBudget -= budget
-            let (minimal, failures) = await Self.shrink(testCase, like: first, failures: result.failures, binary: binary,
-                                                        budget: &budget)
-            shrinkBudget += budget
+            // One minimal case per backend and kind of failure: a bug on one backend must not hide
+            // another one's behind it.
+            var targets: [Failure] = []
+            for failure in result.failures where !targets.contains(where: { $0.kind == failure.kind && $0.backends == failure.backends }) {
+                targets.append(failure)
+            }
+            var minimal: [String] = []
+            for target in targets.prefix(4) {
+                var budget = min(shrinkPerCase, shrinkBudget)
+                shrinkBudget -= budget
+                let (smallest, failures) = await Self.shrink(testCase, like: target, failures: result.failures, binary: binary,
+                                                             budget: &budget)
+                shrinkBudget += budget
+                minimal.append("""
+                    minimal case for [\(target.backends.joined(separator: ","))] \(target.kind) \
+                    (\(smallest.guests.count) guests, \(smallest.forwardCount) forwards) fails with:
+                    \(failures.prefix(6).map { "  " + $0 }.joined(separator: "\n"))
+                    \(smallest.dump)
+                    """)
+            }
             Issue.record("""
                 generated case \(index) of seed \(seed) (case seed \(testCase.seed)) fails; \
                 replay with VIRTGATE_DIFF_SEED=\(seed) VIRTGATE_DIFF_CASES=\(index + 1)
                 failures of the full case (\(result.failures.count)):
                 \(result.failures.prefix(10).map { "  \($0)" }.joined(separator: "\n"))
-                minimal case (\(minimal.guests.count) guests, \(minimal.forwardCount) forwards) fails with:
-                \(failures.prefix(10).map { "  " + $0 }.joined(separator: "\n"))
-                \(minimal.dump)
+                \(minimal.joined(separator: "\n"))
                 """)
         }
         print("differential: \(count) generated cases (seed \(seed)), \(failing) failing; checks per backend: "
