@@ -20,7 +20,12 @@ func environment(_ name: String) -> String? { getenv(name).map { String(cString:
 /// Generated guest sets go through both backends against the real kernel: the hooks must accept
 /// every event, read-back claims and real connections must match the oracle (and so each other),
 /// repeating an event must write nothing, and removing every owner must restore the ruleset.
-/// `VIRTGATE_DIFF_SEED` and `VIRTGATE_DIFF_CASES` run another seed or a longer batch.
+///
+/// Run as root: `swift test --filter DifferentialTests`. The fixed batch (seed 9100, 6 cases) runs in the
+/// normal `swift test`. `VIRTGATE_DIFF_SEED` and `VIRTGATE_DIFF_CASES` run another seed or a longer
+/// batch, `VIRTGATE_DIFF_SHRINK` sets the runs spent shrinking each failure, `VIRTGATE_BINARY` the
+/// binary (default: the package's `.build/debug/virtgate`). A failure names its seed and prints a
+/// minimal case per backend and kind of failure.
 @Suite("Generated cases: both backends against the kernel", .enabled(if: Root.isRoot || Root.required), .serialized)
 struct DifferentialTests {
     static let backends = ["iptables", "nft"]
