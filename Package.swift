@@ -14,6 +14,8 @@ let package = Package(
         // tests hold virtgate's own reader to it. Loading through it cost a hook run 0.5 ms, and
         // parsing the commented default config character by character 4.5 ms (measured).
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: []),
+        // SHA-256 for owner ids of long or unusual guest names: collisions must not be craftable.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         // Spawning iptables-restore/iptables-save with stdin and captured output without deadlocks.
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
     ],
@@ -32,6 +34,7 @@ let package = Package(
             name: "VirtGateCore",
             dependencies: [
                 "CLibXML2",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),

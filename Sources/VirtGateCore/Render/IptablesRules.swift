@@ -1,3 +1,5 @@
+import Crypto
+
 /// Renders plans as iptables rule lines, in exactly the form `iptables-save` prints them back, so
 /// that comparing the kernel's state with the desired state is a plain string comparison.
 public enum IptablesTable: String, CaseIterable, Hashable, Sendable, Comparable {
@@ -76,31 +78,33 @@ public enum ChainNames {
     }
 
     /// A chain-name-safe id for an object name. Short, plain names are used as they are, so admins
-    /// recognise them; anything else becomes a readable prefix plus a hash of the full name. The
-    /// hashed form contains '+', which plain names never do, so the two can never collide.
+    /// recognise them; anything else becomes `+` and 128 bits of the name's SHA-256 (base64url, 22
+    /// characters): guest names are untrusted input, and two names that shared an id would share
+    /// their rules. '+' never occurs in a plain name, so the two forms cannot collide either.
     public static func id(for name: String) -> String {
         let plainLimit = maximumLength - 4
         let isPlain = name.utf8.count <= plainLimit && name.unicodeScalars.allSatisfy {
             $0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil || "_.-".unicodeScalars.contains($0))
         } && !name.isEmpty
         if isPlain { return name }
-        var prefix = ""
-        for scalar in name.unicodeScalars.prefix(15) {
-            let keep = scalar.isASCII && (scalar.properties.isAlphabetic || scalar.properties.numericType != nil)
-            prefix.unicodeScalars.append(keep ? scalar : "_")
-        }
-        let hash = fnv1a32(name)
-        let hex = String(hash, radix: 16)
-        return prefix + "+" + String(repeating: "0", count: 8 - hex.count) + hex
+        let digest = Array(SHA256.hash(data: Array(name.utf8)).prefix(16))
+        return "+" + base64url(digest)
     }
 
-    static func fnv1a32(_ text: String) -> UInt32 {
-        var hash: UInt32 = 0x811c_9dc5
-        for byte in text.utf8 {
-            hash ^= UInt32(byte)
-            hash = hash &* 0x0100_0193
+    /// RFC 4648 §5 without padding: letters, digits, '-' and '_' only.
+    static func base64url(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            var value = 0
+            for byte in chunk { value = value << 8 | Int(byte) }
+            value <<= 8 * (3 - chunk.count)
+            for position in 0..<(chunk.count + 1) { out.append(alphabet[(value >> (18 - 6 * position)) & 63]) }
+            index += 3
         }
-        return hash
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The owner's chains, IPv4 then IPv6 (same names in iptables and ip6tables).
