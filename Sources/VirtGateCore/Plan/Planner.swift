@@ -91,7 +91,13 @@ public enum Planner {
         var networks: [String] = []
         var bound: [(ForwardSpec, BoundForward)] = []
 
-        for forward in guest.forwards {
+        var remappedPorts = 0
+        for (index, forward) in guest.forwards.enumerated() {
+            // Bounded work whatever the metadata says: libvirt waits for the hook.
+            if let reason = Limits.exceeded(by: forward, index: index, remappedSoFar: &remappedPorts) {
+                problems.append(InputProblem(subject, field: "forward #\(forward.position)", value: forward.summary, reason: reason))
+                continue
+            }
             let nic: GuestInterface?
             if let mac = forward.mac {
                 nic = guest.interfaces.first { $0.mac == mac }
@@ -263,5 +269,31 @@ extension GuestPlan {
     public var claims: [ForwardClaim] {
         guard case .guest(let name) = plan.owner else { return [] }
         return plan.intents.compactMap { if case .dnat(let forward) = $0 { forward.claim(by: name) } else { nil } }
+    }
+}
+
+/// What one guest's metadata may ask for. Past these a forward is refused with a one-line error,
+/// so every hook run finishes in bounded time and memory whatever the metadata holds.
+public enum Limits {
+    /// Forwards per guest.
+    public static let forwardsPerGuest = 256
+    /// Entries in one forward's `source` list.
+    public static let sourcesPerForward = 64
+    /// Ports of remapped ranges (guest ports other than the host ports), times their sources, per
+    /// guest: each is one nftables map element (nft cannot shift a range), where a range that keeps
+    /// its port numbers is one element whatever its length.
+    public static let remappedPortsPerGuest = 4096
+
+    static func exceeded(by forward: ForwardSpec, index: Int, remappedSoFar: inout Int) -> String? {
+        if index >= forwardsPerGuest { return "more than \(forwardsPerGuest) forwards in one guest" }
+        if forward.sources.count > sourcesPerForward { return "more than \(sourcesPerForward) source entries" }
+        if forward.hostPorts != forward.guestPorts && !forward.hostPorts.isSingle {
+            let cost = forward.hostPorts.count * max(1, forward.sources.count)
+            if remappedSoFar + cost > remappedPortsPerGuest {
+                return "remapped ranges of one guest may cover at most \(remappedPortsPerGuest) ports (times their sources)"
+            }
+            remappedSoFar += cost
+        }
+        return nil
     }
 }

@@ -41,7 +41,8 @@ public enum NftLayout {
     public static let table = "virtgate"
     /// Bumped when the table's sets, maps or rules change shape: a table of another layout (or with
     /// another connection mark) is rebuilt as a whole. 2: hairpin by route, not by a set.
-    static let version = 2
+    /// 3: a range that keeps its port numbers is one interval element, not one element per port.
+    static let version = 3
 
     /// An empty chain whose name records the layout and the mark; its presence is the check.
     public static func marker(mark: UInt32) -> String { "layout-\(version)-\(hex(mark))" }
@@ -51,12 +52,27 @@ public enum NftLayout {
         return String(repeating: "0", count: 8 - digits.count) + digits
     }
 
+    /// Which host addresses a map's forwards receive.
+    enum Scope: CaseIterable { case address, any, source }
+
+    /// A map's name. `ranges`: keyed by port intervals, valued by the guest address alone (the
+    /// port stays as it was); else keyed by single ports, valued by address and port (a remapped
+    /// port, or each port of a remapped range: nft cannot shift a range as iptables' `/base` does).
+    static func map(_ scope: Scope, _ family: IPFamily, ranges: Bool) -> String {
+        let base = switch scope {
+        case .address: "fwd\(family.digit)"
+        case .any: "fwd\(family.digit)any"
+        case .source: "fwd\(family.digit)src"
+        }
+        return ranges ? base + "range" : base
+    }
+
     /// DNAT map for forwards with a host address (no source list): exact-match hash lookup.
-    static func addressMap(_ family: IPFamily) -> String { "fwd\(family.digit)" }
+    static func addressMap(_ family: IPFamily) -> String { map(.address, family, ranges: false) }
     /// DNAT map for forwards on any local address (no source list).
-    static func anyMap(_ family: IPFamily) -> String { "fwd\(family.digit)any" }
+    static func anyMap(_ family: IPFamily) -> String { map(.any, family, ranges: false) }
     /// DNAT map for forwards limited to sources: source and host address are intervals.
-    static func sourceMap(_ family: IPFamily) -> String { "fwd\(family.digit)src" }
+    static func sourceMap(_ family: IPFamily) -> String { map(.source, family, ranges: false) }
 
     /// The whole table with empty maps and sets.
     public static func definition(mark: UInt32) -> String {
@@ -68,6 +84,9 @@ public enum NftLayout {
             text += "\tmap \(addressMap(family)) { type \(addr) . inet_proto . inet_service : \(value); }\n"
             text += "\tmap \(anyMap(family)) { type inet_proto . inet_service : \(value); }\n"
             text += "\tmap \(sourceMap(family)) { type \(addr) . \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
+            text += "\tmap \(map(.address, family, ranges: true)) { type \(addr) . inet_proto . inet_service : \(addr); flags interval; }\n"
+            text += "\tmap \(map(.any, family, ranges: true)) { type inet_proto . inet_service : \(addr); flags interval; }\n"
+            text += "\tmap \(map(.source, family, ranges: true)) { type \(addr) . \(addr) . inet_proto . inet_service : \(addr); flags interval; }\n"
         }
         text += "\tchain \(marker(mark: mark)) {\n\t}\n"
         // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
@@ -84,9 +103,13 @@ public enum NftLayout {
             let ip = family.nftPayload
             let dnat = "ct mark set ct mark | \(m) dnat \(family.nftPayload) to"
             let proto = "meta l4proto { tcp, udp, sctp }"
-            text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(sourceMap(family)) \(dnat) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(sourceMap(family))\n"
-            text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(addressMap(family)) \(dnat) \(ip) daddr . meta l4proto . th dport map @\(addressMap(family))\n"
-            text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(anyMap(family)) \(dnat) meta l4proto . th dport map @\(anyMap(family))\n"
+            for ranges in [false, true] {
+                let source = map(.source, family, ranges: ranges), address = map(.address, family, ranges: ranges)
+                let any = map(.any, family, ranges: ranges)
+                text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(source) \(dnat) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(source)\n"
+                text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(address) \(dnat) \(ip) daddr . meta l4proto . th dport map @\(address)\n"
+                text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(any) \(dnat) meta l4proto . th dport map @\(any)\n"
+            }
         }
         text += "\t}\n"
         // Hairpin: a guest reaching a forward (through the host's address) to a guest on its own
@@ -118,6 +141,40 @@ extension IPNetwork {
 }
 
 public enum NftRules {
+    /// A forward's DNAT elements. A forward that keeps its port numbers (single port or range) is
+    /// one interval element per source; a remapped range is one element per port (5003 → 6003, as
+    /// the iptables backend's shifted DNAT), which the planner's limits keep bounded.
+    static func dnatElements(_ forward: BoundForward, owner: String) -> [NftElement] {
+        let family = forward.family
+        let scope: NftLayout.Scope = !forward.sources.isEmpty ? .source : forward.hostAddress != nil ? .address : .any
+        // Protocols by number: nft resolves a name through /etc/protocols for every element it
+        // reads or writes, which dominated reading back thousands of them.
+        func key(_ ports: String) -> [String] {
+            let tail = "\(forward.proto.number) . \(ports)"
+            switch scope {
+            case .source:
+                let host = forward.hostAddress.map { IPNetwork(host: $0) } ?? family.any
+                return forward.sources.map { "\($0.nftElement) . \(host.nftElement) . \(tail)" }
+            case .address: return ["\(forward.hostAddress!) . \(tail)"]
+            case .any: return [tail]
+            }
+        }
+        let keepsPorts = forward.hostPorts == forward.guestPorts
+        if keepsPorts && !forward.hostPorts.isSingle {
+            return key(forward.hostPorts.description).map {
+                NftElement(set: NftLayout.map(scope, family, ranges: true), key: $0, value: forward.guestAddress.description, comment: owner)
+            }
+        }
+        var elements: [NftElement] = []
+        for offset in 0..<forward.hostPorts.count {
+            let value = "\(forward.guestAddress) . \(Int(forward.guestPorts.lower) + offset)"
+            for key in key("\(Int(forward.hostPorts.lower) + offset)") {
+                elements.append(NftElement(set: NftLayout.map(scope, family, ranges: false), key: key, value: value, comment: owner))
+            }
+        }
+        return elements
+    }
+
     /// The elements of a guest's plan. Filter intents have no element: `allowForwarded` is carried
     /// by the connection mark the DNAT sets and the network's `allowMarkedForwards` accept.
     /// Network plans have none either; their rules live in iptables with the host's DROP.
@@ -128,30 +185,7 @@ public enum NftRules {
         for intent in plan.intents {
             switch intent {
             case .dnat(let forward):
-                let comment = id
-                let family = forward.family
-                // One element per host port: a range maps port by port (5003 → 6003), as the
-                // iptables backend's shifted DNAT does.
-                for offset in 0..<forward.hostPorts.count {
-                    let hostPort = Int(forward.hostPorts.lower) + offset
-                    let value = "\(forward.guestAddress) . \(Int(forward.guestPorts.lower) + offset)"
-                    // Protocols by number: nft resolves a name through /etc/protocols for every element
-                    // it reads or writes, which dominated reading back thousands of them.
-                    let tail = "\(forward.proto.number) . \(hostPort)"
-                    if !forward.sources.isEmpty {
-                        let host = forward.hostAddress.map { IPNetwork(host: $0) } ?? family.any
-                        for source in forward.sources {
-                            elements.append(NftElement(set: NftLayout.sourceMap(family),
-                                                       key: "\(source.nftElement) . \(host.nftElement) . \(tail)",
-                                                       value: value, comment: comment))
-                        }
-                    } else if let host = forward.hostAddress {
-                        elements.append(NftElement(set: NftLayout.addressMap(family), key: "\(host) . \(tail)",
-                                                   value: value, comment: comment))
-                    } else {
-                        elements.append(NftElement(set: NftLayout.anyMap(family), key: tail, value: value, comment: comment))
-                    }
-                }
+                elements += dnatElements(forward, owner: id)
             case .hairpinMasquerade, .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
                 break
             }

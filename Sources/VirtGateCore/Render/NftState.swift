@@ -94,15 +94,18 @@ public struct NftState: Hashable, Sendable {
                     return nil
                 }
                 switch element.set {
-                case NftLayout.anyMap(family) where parts.count == 2:
+                case NftLayout.map(.any, family, ranges: false) where parts.count == 2,
+                     NftLayout.map(.any, family, ranges: true) where parts.count == 2:
                     claim = UInt8(parts[0]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[1]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: nil, hostPorts: $0, sources: [])
                     } }
-                case NftLayout.addressMap(family) where parts.count == 3:
+                case NftLayout.map(.address, family, ranges: false) where parts.count == 3,
+                     NftLayout.map(.address, family, ranges: true) where parts.count == 3:
                     claim = UInt8(parts[1]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[2]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: IPAddress(parts[0]), hostPorts: $0, sources: [])
                     } }
-                case NftLayout.sourceMap(family) where parts.count == 4:
+                case NftLayout.map(.source, family, ranges: false) where parts.count == 4,
+                     NftLayout.map(.source, family, ranges: true) where parts.count == 4:
                     let host = IPNetwork(parsing: parts[1])
                     claim = UInt8(parts[2]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[3]).map {
                         ForwardClaim(guest: guest, family: family, proto: proto,
