@@ -43,7 +43,10 @@ extension VirtGate {
             let preview = Firewall.preview(input, backend: chosen, state: KernelState(iptables: IptablesSnapshot(), nft: NftState()),
                                            mark: settings.connectionMark)
             for guest in preview.plan.guests {
-                for problem in guest.problems { printError("# invalid: \(problem)") }
+                for problem in guest.problems.prefix(Log.problemLines) { printError("# invalid: \(problem)") }
+                if guest.problems.count > Log.problemLines {
+                    printError("# invalid: \(guest.problems.count - Log.problemLines) more problems not shown")
+                }
                 for pending in guest.plan.pending {
                     printError("# pending: forward #\(pending.forward.position) \(pending.forward.summary): \(pending.reason)")
                 }

@@ -133,13 +133,26 @@ public struct NoAddresses: AddressBook {
 }
 
 extension Log {
+    /// At most this many problem lines per guest and event; the rest are counted in one line, so a
+    /// guest with thousands of bad forwards cannot flood the log.
+    public static let problemLines = 20
+
+    /// Each problem: an error when `refuse` keeps the guest from starting, else a warning.
+    public func report(_ problems: [InputProblem], refuse: Bool) {
+        for problem in problems.prefix(Self.problemLines) {
+            refuse ? error("\(problem)") : warning("\(problem); forward skipped")
+        }
+        if problems.count > Self.problemLines {
+            let line = "\(problems.count - Self.problemLines) more problems of the same guest not shown"
+            refuse ? error(line) : warning(line)
+        }
+    }
+
     /// Each planned guest's problems (an error when `refuse` keeps it from starting, else a warning)
     /// and pending forwards.
     public func report(_ plan: EnginePlan, refuse: Bool = false) {
         for guest in plan.guests {
-            for problem in guest.problems {
-                refuse ? error("\(problem)") : warning("\(problem); forward skipped")
-            }
+            report(guest.problems, refuse: refuse)
             for pending in guest.plan.pending {
                 info("guest \(InputProblem.quoted(guest.guest.name)): forward #\(pending.forward.position) \(pending.forward.summary) pending: \(pending.reason)")
             }

@@ -208,9 +208,7 @@ public struct HookHandler {
 
     /// Logs each problem: an error when the policy refuses the guest, else a warning.
     func report(_ problems: [InputProblem]) {
-        for problem in problems {
-            settings.onInvalid == .refuse ? log.error("\(problem)") : log.warning("\(problem); forward skipped")
-        }
+        log.report(problems, refuse: settings.onInvalid == .refuse)
     }
 }
 
