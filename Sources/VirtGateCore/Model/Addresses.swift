@@ -76,6 +76,26 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// Why no connection can ever arrive for this address as a host's local destination (a DNAT
+    /// match on it would never fire), or nil when it can: loopback (PREROUTING never sees it, OUTPUT
+    /// excludes it), multicast, the limited broadcast, the unspecified address, and IPv4-mapped IPv6.
+    public var unusableAsLocalDestination: String? {
+        switch family {
+        case .v4:
+            let v = UInt32(truncatingIfNeeded: value)
+            if v == 0 { return "the unspecified address; leave host-address out for any local address" }
+            if v >> 24 == 127 { return "a loopback address; forwards match only traffic from outside the host" }
+            if v >> 28 == 0xe { return "a multicast address, never a connection's local destination" }
+            if v == 0xffff_ffff { return "the limited broadcast address, never a connection's local destination" }
+        case .v6:
+            if value == 0 { return "the unspecified address; leave host-address out for any local address" }
+            if value == 1 { return "the loopback address; forwards match only traffic from outside the host" }
+            if value >> 120 == 0xff { return "a multicast address, never a connection's local destination" }
+            if value >> 32 == 0xffff { return "an IPv4-mapped address, never seen by the IPv6 firewall; write the IPv4 address" }
+        }
+        return nil
+    }
+
     /// `[v6]` where a port may follow.
     public var bracketed: String { family == .v6 ? "[\(self)]" : description }
 
@@ -160,10 +180,15 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
 
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && $0.allSatisfy(\.isHexDigit) }) else {
+        // ASCII hex only: Character.isHexDigit also takes fullwidth digits and letters.
+        guard parts.count == 6, parts.allSatisfy({ $0.utf8.count == 2 && $0.utf8.allSatisfy(Self.isASCIIHexDigit) }) else {
             return nil
         }
         description = parts.joined(separator: ":").lowercased()
+    }
+
+    static func isASCIIHexDigit(_ byte: UInt8) -> Bool {
+        (0x30...0x39).contains(byte) || (0x41...0x46).contains(byte) || (0x61...0x66).contains(byte)
     }
 }
 

@@ -23,7 +23,7 @@ public struct InputProblem: Error, Hashable, Sendable, CustomStringConvertible {
         case .guest(let name): "guest \(Self.quoted(name))"
         case .network(let name): "network \(Self.quoted(name))"
         }
-        return "\(who): \(field)=\(Self.quoted(value)): \(reason)"
+        return "\(who): \(field)=\(Self.quoted(value)): \(reason)".cappedLine
     }
 
     /// Quotes a value so that control characters, quotes and very long values cannot break the
@@ -54,9 +54,11 @@ enum Names {
             && !name.unicodeScalars.contains { $0 == "/" || $0.value < 0x20 || $0.value == 0x7f }
     }
 
-    /// Linux interface names: 1...15 bytes, none of '/', ':' or white space.
+    /// Linux interface names as the kernel takes them: 1...15 bytes, none of '/', ':' or white space;
+    /// printable ASCII without quotes or backslashes, so a name renders into a rule as it is; and no
+    /// trailing '+', which iptables' `-i`/`-o` read as a wildcard for every name with that prefix.
     static func isValidInterfaceName(_ name: String) -> Bool {
-        (1...15).contains(name.utf8.count) && name != "." && name != ".."
+        (1...15).contains(name.utf8.count) && name != "." && name != ".." && !name.hasSuffix("+")
             && name.unicodeScalars.allSatisfy {
                 $0.isASCII && $0.value > 0x20 && $0.value < 0x7f && $0 != "/" && $0 != ":"
                     && $0 != "\"" && $0 != "'" && $0 != "\\"

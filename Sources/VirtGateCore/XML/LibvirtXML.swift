@@ -121,15 +121,20 @@ public enum LibvirtXML {
         var interfaces: [GuestInterface] = []
         for nic in root.child("devices")?.children("interface") ?? [] {
             let type = nic["type"] ?? ""
-            guard type == "network" || type == "bridge",
-                  let macText = nic.child("mac")?["address"], let mac = MACAddress(macText) else { continue }
+            guard type == "network" || type == "bridge", let macText = nic.child("mac")?["address"] else { continue }
+            guard let mac = MACAddress(macText) else {
+                throw VirtGateError(InputProblem(subject, field: "interface mac", value: macText, reason: "not a MAC address (xx:xx:xx:xx:xx:xx, ASCII hex)"))
+            }
             let source = nic.child("source")
             var bridge = source?["bridge"]
             if let value = bridge, !Names.isValidInterfaceName(value) {
                 throw VirtGateError(InputProblem(subject, field: "interface bridge", value: value, reason: "not a valid interface name"))
             }
             if bridge?.isEmpty == true { bridge = nil }
-            let tap = nic.child("target")?["dev"].flatMap { Names.isValidInterfaceName($0) ? $0 : nil }
+            let tap = nic.child("target")?["dev"]
+            if let value = tap, !Names.isValidInterfaceName(value) {
+                throw VirtGateError(InputProblem(subject, field: "interface target dev", value: value, reason: "not a valid interface name"))
+            }
             interfaces.append(GuestInterface(mac: mac, network: type == "network" ? source?["network"] : nil,
                                              bridge: bridge, tap: tap))
         }
@@ -214,6 +219,7 @@ extension ForwardSpec {
         var hostAddress: IPAddress?
         if let text = attributes["host-address"] {
             guard let value = IPAddress(text) else { return problem("host-address", text, "not an IP address") }
+            if let reason = value.unusableAsLocalDestination { return problem("host-address", text, reason) }
             hostAddress = value
         }
         var sources: [IPNetwork] = []
@@ -242,7 +248,7 @@ extension ForwardSpec {
         }
         var mac: MACAddress?
         if let text = attributes["mac"] {
-            guard let value = MACAddress(text) else { return problem("mac", text, "not a MAC address") }
+            guard let value = MACAddress(text) else { return problem("mac", text, "not a MAC address (xx:xx:xx:xx:xx:xx, ASCII hex)") }
             mac = value
         }
         var forward = ForwardSpec(proto: proto, hostPorts: hostPorts, guestPorts: guestPorts,

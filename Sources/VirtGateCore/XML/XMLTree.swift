@@ -31,18 +31,29 @@ public struct XMLElement: Sendable {
 
 public struct XMLParseError: Error, Sendable, CustomStringConvertible {
     public let description: String
+
+    /// libxml2's messages quote the input (a 40 KB element name comes back whole): kept to one
+    /// short line, so the error that carries it stays within a log line.
+    init(description: String) {
+        let line = description.split(whereSeparator: \.isNewline).joined(separator: " ")
+        self.description = line.count <= Self.maximumLength ? line : String(line.prefix(Self.maximumLength)) + "…"
+    }
+
+    static let maximumLength = 300
 }
 
 public enum XMLTree {
-    /// Hook input is at most a domain definition; anything far larger is not libvirt talking to us.
-    public static let maximumInputBytes = 16 << 20
+    /// Hook input is at most a domain definition: the one cap for every input (`InputLimits`).
+    public static let maximumInputBytes = InputLimits.maximumBytes
 
     /// Parses a whole document. External entities, DTD loading and network access are off; libxml2's
     /// default limits against entity expansion attacks stay on; errors are returned, never printed.
+    /// A document with a DOCTYPE is refused whole: libvirt never writes one, and an entity declared in
+    /// it would otherwise vanish from a value (`host-port="80&p;"` read as 80) instead of being refused.
     public static func parse(_ text: String) throws(XMLParseError) -> XMLElement {
         let bytes = Array(text.utf8)
         guard bytes.count <= maximumInputBytes else {
-            throw XMLParseError(description: "input larger than \(maximumInputBytes) bytes")
+            throw XMLParseError(description: "input larger than \(InputLimits.label) (\(maximumInputBytes) bytes)")
         }
         guard !bytes.isEmpty else { throw XMLParseError(description: "empty input") }
         let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue
@@ -57,6 +68,9 @@ public enum XMLTree {
             throw XMLParseError(description: lastErrorMessage() ?? "not well-formed XML")
         }
         defer { xmlFreeDoc(document) }
+        guard document.pointee.intSubset == nil, document.pointee.extSubset == nil else {
+            throw XMLParseError(description: "a DOCTYPE or entity declaration is not allowed")
+        }
         guard let root = xmlDocGetRootElement(document) else {
             throw XMLParseError(description: "no root element")
         }
