@@ -3,19 +3,24 @@ import VirtGateCore
 import Glibc
 #endif
 
+/// A file an admin names (`plan --domain/--network`) or one in /proc, capped like every input:
+/// a file over `InputLimits.maximumBytes` comes back longer than that and the XML parser refuses it.
 func readFile(_ path: String) throws -> String {
-    guard let file = fopen(path, "rb") else {
+    guard let text = InputLimits.readText(path: path) else {
         throw VirtGateError(.input, "\(path): \(String(cString: strerror(errno)))")
     }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = fread(&buffer, 1, buffer.count, file)
-        if count == 0 { break }
-        bytes += buffer[0..<count]
+    return text
+}
+
+/// Writes all of `bytes` to a file descriptor, retrying short writes; the bytes as they are.
+func writeBytes(_ descriptor: Int32, _ bytes: [UInt8]) {
+    var rest = bytes[...]
+    while !rest.isEmpty {
+        let written = rest.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        rest = rest.dropFirst(written)
     }
-    return String(decoding: bytes, as: UTF8.self)
 }
 
 func printError(_ line: String) {

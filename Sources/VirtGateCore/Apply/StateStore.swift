@@ -12,7 +12,26 @@ public struct StateStore: Sendable {
 
     public var lockPath: String { directory + "/lock" }
 
-    func path(_ kind: String, _ name: String) -> String { "\(directory)/\(kind)/\(name).xml" }
+    /// Where an object's XML is kept. A short, plain ASCII name is its own file, `NAME.xml`. Any
+    /// other name (libvirt allows 255 bytes and any text but '/', so `NAME.xml` could exceed the
+    /// file system's 255-byte NAME_MAX; non-ASCII names could compare equal as text yet differ as
+    /// bytes) goes under the SHA-256 of its UTF-8 bytes, `HEX.named`, whose first line is the name
+    /// and the rest the XML. Both forms have a bounded length, and listing reads back the real names.
+    func path(_ kind: String, _ name: String) -> String {
+        "\(directory)/\(kind)/\(Self.fileName(for: name))"
+    }
+
+    static let plainNameLimit = 128
+
+    static func fileName(for name: String) -> String {
+        if isPlain(name) { return name + ".xml" }
+        return SHA256.hex(Array(name.utf8)) + ".named"
+    }
+
+    static func isPlain(_ name: String) -> Bool {
+        (1...plainNameLimit).contains(name.utf8.count) && name != "." && name != ".."
+            && name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "/") }
+    }
 
     public func prepare() throws {
         for sub in ["", "/networks", "/guests"] {
@@ -21,21 +40,27 @@ public struct StateStore: Sendable {
         }
     }
 
-    public func rememberNetwork(_ name: String, xml: String) throws { try write(path("networks", name), xml) }
-    public func forgetNetwork(_ name: String) { try? FileManager.default.removeItem(atPath: path("networks", name)) }
-    public func networkXML(_ name: String) -> String? { read(path("networks", name)) }
+    public func rememberNetwork(_ name: String, xml: String) throws { try write("networks", name, xml) }
+    public func forgetNetwork(_ name: String) { forget("networks", name) }
+    public func networkXML(_ name: String) -> String? { read("networks", name) }
 
-    public func rememberGuest(_ name: String, xml: String) throws { try write(path("guests", name), xml) }
-    public func forgetGuest(_ name: String) { try? FileManager.default.removeItem(atPath: path("guests", name)) }
-    public func guestXML(_ name: String) -> String? { read(path("guests", name)) }
+    public func rememberGuest(_ name: String, xml: String) throws { try write("guests", name, xml) }
+    public func forgetGuest(_ name: String) { forget("guests", name) }
+    public func guestXML(_ name: String) -> String? { read("guests", name) }
 
     /// Remembered guests, by name.
     public func guests() -> [(name: String, xml: String)] { list("guests") }
 
-    /// Names of remembered guests, from the directory listing alone (no file is read).
+    /// Names of remembered guests. Plain names come from the directory listing alone; only the
+    /// files of other names are opened, for their first line.
     public func guestNames() -> [String] {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/guests")) ?? []
-        return files.filter { $0.hasSuffix(".xml") }.map { String($0.dropLast(4)) }.sorted()
+        let folder = directory + "/guests"
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return files.compactMap { file -> String? in
+            if file.hasSuffix(".xml") { return String(file.dropLast(4)) }
+            guard file.hasSuffix(".named"), let bytes = InputLimits.read(path: folder + "/" + file) else { return nil }
+            return Self.decodeNamed(bytes, file: file)?.name
+        }.sorted()
     }
 
     /// Remembered networks, by name.
@@ -44,20 +69,103 @@ public struct StateStore: Sendable {
     private func list(_ kind: String) -> [(name: String, xml: String)] {
         let folder = directory + "/" + kind
         let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-        return files.filter { $0.hasSuffix(".xml") }.sorted().compactMap { file in
-            read(folder + "/" + file).map { (String(file.dropLast(4)), $0) }
+        return files.compactMap { file -> (name: String, xml: String)? in
+            if file.hasSuffix(".xml") {
+                return InputLimits.readText(path: folder + "/" + file).map { (String(file.dropLast(4)), $0) }
+            }
+            guard file.hasSuffix(".named"), let bytes = InputLimits.read(path: folder + "/" + file) else { return nil }
+            return Self.decodeNamed(bytes, file: file)
+        }.sorted { Array($0.name.utf8).lexicographicallyPrecedes(Array($1.name.utf8)) }
+    }
+
+    private func read(_ kind: String, _ name: String) -> String? {
+        let file = Self.fileName(for: name)
+        guard let bytes = InputLimits.read(path: "\(directory)/\(kind)/\(file)") else {
+            // Kept by an earlier version as NAME.xml, whatever the name.
+            return Self.isPlain(name) || !Self.fitsLegacyFile(name) ? nil : InputLimits.readText(path: legacyPath(kind, name))
+        }
+        if Self.isPlain(name) { return String(decoding: bytes, as: UTF8.self) }
+        // The name inside must be the one asked for: the digest names the file, the name proves it.
+        guard let stored = Self.decodeNamed(bytes, file: file), stored.name.utf8.elementsEqual(name.utf8) else { return nil }
+        return stored.xml
+    }
+
+    private func write(_ kind: String, _ name: String, _ xml: String) throws {
+        guard Names.isSafeObjectName(name) else {
+            throw VirtGateError(.input, "cannot remember \(InputProblem.quoted(name)): not a usable name")
+        }
+        let bytes = Self.isPlain(name) ? Array(xml.utf8) : Array(name.utf8) + [0x0a] + Array(xml.utf8)
+        try Data(bytes).write(to: URL(filePath: path(kind, name)), options: .atomic)
+    }
+
+    private func forget(_ kind: String, _ name: String) {
+        try? FileManager.default.removeItem(atPath: path(kind, name))
+        if !Self.isPlain(name), Self.fitsLegacyFile(name) { try? FileManager.default.removeItem(atPath: legacyPath(kind, name)) }
+    }
+
+    static func fitsLegacyFile(_ name: String) -> Bool { Names.isSafeObjectName(name) && name.utf8.count + 4 <= 255 }
+    private func legacyPath(_ kind: String, _ name: String) -> String { "\(directory)/\(kind)/\(name).xml" }
+
+    /// `NAME\nXML` from a `.named` file, when its name is one whose digest is the file's name.
+    static func decodeNamed(_ bytes: [UInt8], file: String) -> (name: String, xml: String)? {
+        guard let newline = bytes.firstIndex(of: 0x0a) else { return nil }
+        let nameBytes = Array(bytes[..<newline])
+        guard SHA256.hex(nameBytes) + ".named" == file, let name = String(validating: nameBytes, as: UTF8.self) else { return nil }
+        return (name, String(decoding: bytes[(newline + 1)...], as: UTF8.self))
+    }
+
+    /// SHA-256 (FIPS 180-4), for file names of state that must not collide for chosen input.
+    enum SHA256 {
+        static func hex(_ message: [UInt8]) -> String {
+            let digits = Array("0123456789abcdef".utf8)
+            var out: [UInt8] = []
+            for byte in digest(message) { out.append(digits[Int(byte >> 4)]); out.append(digits[Int(byte & 0xf)]) }
+            return String(decoding: out, as: UTF8.self)
+        }
+
+        static let k: [UInt32] = [
+            0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+            0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+            0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+            0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+            0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+            0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+            0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+            0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+        ]
+
+        static func digest(_ message: [UInt8]) -> [UInt8] {
+            var h: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
+            var data = message
+            data.append(0x80)
+            while data.count % 64 != 56 { data.append(0) }
+            let bits = UInt64(message.count) &* 8
+            for shift in stride(from: 56, through: 0, by: -8) { data.append(UInt8(truncatingIfNeeded: bits >> UInt64(shift))) }
+            func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { x >> n | x << (32 - n) }
+            var w = [UInt32](repeating: 0, count: 64)
+            for chunk in stride(from: 0, to: data.count, by: 64) {
+                for i in 0..<16 {
+                    w[i] = (0..<4).reduce(UInt32(0)) { $0 << 8 | UInt32(data[chunk + 4 * i + $1]) }
+                }
+                for i in 16..<64 {
+                    let s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
+                    let s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
+                    w[i] = w[i - 16] &+ s0 &+ w[i - 7] &+ s1
+                }
+                var (a, b, c, d, e, f, g, hh) = (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7])
+                for i in 0..<64 {
+                    let t1 = hh &+ (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) &+ ((e & f) ^ (~e & g)) &+ k[i] &+ w[i]
+                    let t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) &+ ((a & b) ^ (a & c) ^ (b & c))
+                    (hh, g, f, e, d, c, b, a) = (g, f, e, d &+ t1, c, b, a, t1 &+ t2)
+                }
+                for (i, v) in [a, b, c, d, e, f, g, hh].enumerated() { h[i] = h[i] &+ v }
+            }
+            return h.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> UInt32(24 - 8 * $0)) } }
         }
     }
-
-    private func write(_ path: String, _ text: String) throws {
-        try Data(text.utf8).write(to: URL(filePath: path), options: .atomic)
-    }
 }
 
-func read(_ path: String) -> String? {
-    guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    return String(decoding: data, as: UTF8.self)
-}
+func read(_ path: String) -> String? { InputLimits.readText(path: path) }
 
 /// Network definitions and DHCP leases from the files libvirt and dnsmasq keep, never through
 /// libvirt's API (a hook that calls libvirt deadlocks it).
@@ -112,13 +220,27 @@ public final class FileAddressBook: AddressBook {
         }
     }
 
+    public func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? {
+        loadLeases(bridge)
+        return leases[bridge]?.first { $0.value.contains(address) }?.key
+    }
+
     /// dnsmasq's status file for the bridge (a JSON array written by libvirt's leaseshelper).
     public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
+        loadLeases(bridge)
+        return leases[bridge]?[mac]?.first { $0.family == family }
+    }
+
+    private func loadLeases(_ bridge: String) {
         if leases[bridge] == nil {
             var table: [MACAddress: [IPAddress]] = [:]
-            if let data = FileManager.default.contents(atPath: "\(dnsmasqDirectory)/\(bridge).status"), !data.isEmpty {
+            let path = "\(dnsmasqDirectory)/\(bridge).status"
+            let bytes = InputLimits.read(path: path) ?? []
+            if bytes.count > InputLimits.maximumBytes {
+                problems.append("lease file \(path): larger than \(InputLimits.label)")
+            } else if !bytes.isEmpty {
                 do {
-                    for lease in try JSONDecoder().decode([Lease].self, from: data) {
+                    for lease in try JSONDecoder().decode([Lease].self, from: Data(bytes)) {
                         if let mac = lease.mac.flatMap(MACAddress.init), let ip = lease.ip.flatMap(IPAddress.init) {
                             table[mac, default: []].append(ip)
                         }
@@ -129,6 +251,5 @@ public final class FileAddressBook: AddressBook {
             }
             leases[bridge] = table
         }
-        return leases[bridge]?[mac]?.first { $0.family == family }
     }
 }
