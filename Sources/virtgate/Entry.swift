@@ -11,9 +11,15 @@ enum Entry {
     static func main() {
         // libvirt runs this binary as `…/hooks/qemu` or `…/hooks/network` (or from `qemu.d/` and
         // `network.d/`). That path skips command-line parsing: it runs on every guest event.
+        // libvirt's arguments are positional data there, never options: a guest may be named `--help`.
         if let driver = HookDriver.fromInvocationPath(CommandLine.arguments[0]) {
             let arguments = Array(CommandLine.arguments.dropFirst())
             exit(CurrentThreadExecutor.run { await HookEntry.run(driver: driver, arguments: arguments, dryRun: false) })
+        }
+        // `virtgate hook [--dry-run] DRIVER …` is read by position too, before the option parser.
+        if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "hook",
+           let hook = HookCommandLine(afterHook: Array(CommandLine.arguments.dropFirst(2))) {
+            exit(CurrentThreadExecutor.run { await HookEntry.run(driver: hook.driver, arguments: hook.arguments, dryRun: hook.dryRun) })
         }
         CurrentThreadExecutor.run { await runCommand() }
     }

@@ -10,6 +10,7 @@ extension VirtGate {
             abstract: "Handle a libvirt hook event, exactly as libvirt runs hooks (XML on standard input).",
             discussion: """
             Example: virtgate hook qemu web start begin - < web.xml
+            The arguments after the driver are taken by position, as libvirt passes them: a guest may be named --help.
             The same happens when the binary is invoked as /etc/libvirt/hooks/qemu or …/network.
             """
         )
@@ -49,7 +50,7 @@ enum HookEntry {
             return 2
         }
         let dryRun = flag || settings.dryRun
-        let stdin = readStandardInput()
+        let stdin = InputLimits.read(fileDescriptor: 0)
         let local: LocalContext
         do {
             local = try LocalContext(settings: settings, log: log)
@@ -67,19 +68,7 @@ enum HookEntry {
                 log.info("dry-run \(invocation.summary): \(text)")
             }
         }
-        return await handler.handle(invocation, stdin: stdin)
-    }
-
-    static func readStandardInput() -> String {
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = read(0, &buffer, buffer.count)
-            if count > 0 { bytes += buffer[0..<count]; continue }
-            if count < 0 && errno == EINTR { continue }
-            break
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        return await handler.handle(invocation, input: stdin) { writeBytes(1, $0) }
     }
 }
 

@@ -73,3 +73,55 @@ public struct HookInvocation: Sendable {
         "\(driver.rawValue) \(InputProblem.quoted(object)) \(operation) \(subOperation) \(extra)"
     }
 }
+
+extension HookInvocation {
+    /// qemu `migrate` and `restore`: libvirt reads the hook's standard output as the domain XML.
+    public var isXMLFilter: Bool {
+        driver == .qemu && [.migrate, .restore].contains(QemuOperation(operation))
+    }
+}
+
+/// `virtgate hook [--dry-run] qemu|network OBJECT OPERATION SUB-OPERATION EXTRA`, read by position.
+/// libvirt's arguments are data: a guest named `--help` or `-h` is a guest, not a request for help,
+/// so they never go through the option parser.
+public struct HookCommandLine: Equatable, Sendable {
+    public var driver: HookDriver
+    public var arguments: [String]
+    public var dryRun: Bool
+
+    /// The arguments after `hook`; nil when they are not a hook event (no known driver after the
+    /// options, e.g. `virtgate hook --help`), which is left to the command-line parser.
+    public init?(afterHook arguments: [String]) {
+        var rest = arguments[...]
+        var dryRun = false
+        while let first = rest.first, first == "--dry-run" {
+            dryRun = true
+            rest = rest.dropFirst()
+        }
+        guard let name = rest.first, let driver = HookDriver(rawValue: name), rest.count > 1 else { return nil }
+        self.driver = driver
+        self.arguments = Array(rest.dropFirst())
+        self.dryRun = dryRun
+    }
+}
+
+extension HookHandler {
+    /// A hook run from its raw standard input (at most `InputLimits.maximumBytes + 1` bytes read).
+    /// `migrate`/`restore` hand stdin back byte for byte through `filterOutput`, never decoded,
+    /// so bytes that are not UTF-8 reach libvirt as they came. An input over the cap is not
+    /// handed back at all: libvirt keeps the XML it has when a filter prints nothing, which is
+    /// better than a cut-off document. Every other event decodes the text, and the parser refuses
+    /// an input over the cap by its size.
+    public func handle(_ invocation: HookInvocation, input: [UInt8], filterOutput: ([UInt8]) -> Void) async -> Int32 {
+        if invocation.isXMLFilter {
+            if input.count <= InputLimits.maximumBytes {
+                filterOutput(input)
+            } else {
+                log.error(InputProblem(.guest(invocation.object), field: "xml", value: "\(input.count)+ bytes",
+                                       reason: "larger than \(InputLimits.label); nothing handed back, libvirt keeps its XML").description)
+            }
+            return 0
+        }
+        return await handle(invocation, stdin: String(decoding: input, as: UTF8.self))
+    }
+}
