@@ -48,6 +48,7 @@ struct AdminContext {
     func everything(_ state: LibvirtState) -> EngineInput {
         var input = EngineInput.everything(state.input)
         input.names = state.chainNames
+        input.hostSockets = ListeningSockets.current()
         return input
     }
 }

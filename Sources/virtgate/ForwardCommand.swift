@@ -112,8 +112,10 @@ func applyNow(_ context: AdminContext, guest name: String) async throws {
         return
     }
     let local = context.local
-    let input = EngineInput.guest(guest, addresses: SyncAddressBook(input: state.input), names: state.chainNames,
+    var input = EngineInput.guest(guest, addresses: SyncAddressBook(input: state.input), names: state.chainNames,
                                   assertNetwork: { _ in local.backend.networksRideAlong })
+    input.hostSockets = ListeningSockets.current()
+    input.gateways = state.input.networks.flatMap { $0.subnets.map(\.gateway) }
     let outcome = try await local.run(input, dryRun: false)
     if let xml = state.guestXML[name] { try? context.store.rememberGuest(name, xml: xml) }
     writeAll(1, outcome.applied ? "applied to the running guest \(InputProblem.quoted(name))\n" : "rules already in place\n")

@@ -37,6 +37,7 @@ extension VirtGate {
                 networks.append(try LibvirtXML.network(fromXML: try readFile(path)))
             }
             var input = EngineInput(networks: networks, addresses: StaticAddressBook(networks: networks))
+            input.gateways = []
             if let domain {
                 input.guests = [try LibvirtXML.guest(fromXML: try readFile(domain))]
             }

@@ -35,7 +35,9 @@ struct AdminTests {
         let state = try LibvirtState.load(try testConnection())
         let desired = try #require(Self.sync(state).desired.chains)
         // The reservation wins over the lease.
-        #expect(desired[.nat]?["VGD-web"] == ["-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"])
+        // Traffic to the networks' own addresses (guests' DNS) skips the forward on any address.
+        #expect(desired[.nat]?["VGD-web"] == ["-A VGD-web -d 10.10.0.1/32 -j RETURN", "-A VGD-web -d 192.168.122.1/32 -j RETURN",
+                                              "-A VGD-web -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.168.122.10:22"])
         #expect(desired[.filter]?.keys.sorted() == ["VGF-web", "VGN-default", "VGN-isolated"])
         // db has no forwards: no guest chains.
         #expect(desired[.nat]?["VGD-db"] == nil)
@@ -49,6 +51,8 @@ struct AdminTests {
         // Each event planned by the engine against what the previous ones left in the "kernel".
         var kernel = IptablesSnapshot()
         func event(_ input: EngineInput) {
+            var input = input
+            input.gateways = state.input.networks.flatMap { $0.subnets.map(\.gateway) }
             let desired = Firewall.preview(input, backend: backend, state: KernelState(iptables: kernel), mark: 0x0020_0000).desired
             kernel = IptablesSnapshot(chains: desired.chains ?? [:])
         }
@@ -131,20 +135,10 @@ struct AdminTests {
         let state = try LibvirtState.load(try testConnection())
         let preview = Self.sync(state)
         let empty = StatusReport.build(plan: preview.plan, desired: preview.desired, snapshot: IptablesSnapshot(),
-                                       backend: "test", listening: ["tcp/2222"])
+                                       backend: "test", listening: [HostSocket(proto: .tcp, address: IPAddress("0.0.0.0")!, port: 2222)])
         #expect(empty.networks.map(\.rules) == ["missing", "missing"])
         #expect(empty.guests.first?.forwards.first?.state == "drift")
         #expect(empty.guests.first?.forwards.first?.warnings.count == 1)
         #expect(empty.jumpsInPlace == false, "sync wants jumps the kernel lacks")
-    }
-}
-
-extension IptablesSnapshot {
-    /// The kernel as if `chains` had been applied (owner chains only, as virtgate reads them).
-    init(chains: DesiredChains) {
-        self.init()
-        for (table, owned) in chains {
-            tables[table] = Table(chains: owned.keys.sorted(), rules: owned, policies: [:])
-        }
     }
 }

@@ -115,6 +115,84 @@ struct EngineTests {
         #expect(preview.plan.guests[0].plan.claims.map(\.hostPorts.lower) == [8083, 8084])
     }
 
+    @Test("A new forward never hides a host socket; one the guest already holds stays", arguments: backends.indices)
+    func hostSockets(backend: Int) throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let guest = try LibvirtXML.guest(fromXML: Self.domain("web", """
+            <vg:forward host-port="22"/><vg:forward host-port="53" proto="udp" host-address="198.51.100.9"/>
+            <vg:forward host-port="8000-8100"/><vg:forward host-port="631"/><vg:forward host-port="9000"/>
+            """))
+        var input = EngineInput(guests: [guest], addresses: MemoryAddressBook(networks: [network]))
+        input.hostSockets = [
+            HostSocket(proto: .tcp, address: ip("0.0.0.0"), port: 22),          // sshd on every address
+            HostSocket(proto: .udp, address: ip("198.51.100.9"), port: 53),     // a resolver on that address
+            HostSocket(proto: .tcp, address: ip("198.51.100.9"), port: 8080),   // inside the range
+            HostSocket(proto: .tcp, address: ip("127.0.0.1"), port: 631),       // loopback only: never hidden
+        ]
+        let empty = KernelState(iptables: IptablesSnapshot(), nft: NftState())
+        var preview = Firewall.preview(input, backend: Self.backends[backend], state: empty, mark: 0x0020_0000)
+        #expect(preview.plan.problems.map(\.reason) == ["a host process holds tcp 0.0.0.0:22; the forward would hide it",
+                                                         "a host process holds udp 198.51.100.9:53; the forward would hide it",
+                                                         "a host process holds tcp 198.51.100.9:8080; the forward would hide it"])
+        #expect(preview.plan.guests[0].plan.claims.map(\.hostPorts.lower) == [631, 9000])
+        // A listener that appeared after the guest took 9000 does not take it away.
+        input.hostSockets.append(HostSocket(proto: .tcp, address: ip("::"), port: 9000))
+        let held = KernelState(iptables: IptablesSnapshot(chains: preview.desired.chains ?? [:]),
+                               nft: NftState(exists: true, layout: nil, elements: Array((preview.desired.elements ?? [:]).values.joined())))
+        preview = Firewall.preview(input, backend: Self.backends[backend], state: held, mark: 0x0020_0000)
+        #expect(preview.plan.guests[0].plan.claims.map(\.hostPorts.lower) == [631, 9000])
+    }
+
+    @Test("HOST_PORTS limits what guests may claim")
+    func hostPortsAllowList() throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let guest = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward host-port="8080"/><vg:forward host-port="22"/><vg:forward host-port="8999-9001"/>"#))
+        let plan = Engine.plan(EngineInput(guests: [guest], addresses: MemoryAddressBook(networks: [network])), incumbents: [],
+                               settings: PlannerSettings(hostPorts: [PortRange(8000, 9000)]))
+        #expect(plan.guests[0].plan.claims.map(\.hostPorts.lower) == [8080])
+        #expect(plan.problems.count == 2)
+    }
+
+    @Test("Traffic to a network's own address skips forwards on any address, on both backends")
+    func gatewaysExempt() throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let guest = try LibvirtXML.guest(fromXML: Self.domain("web", """
+            <vg:forward proto="udp" host-port="53"/><vg:forward proto="udp" host-port="5353" guest-port="53" host-address="192.168.122.1"/>
+            """))
+        var input = EngineInput(networks: [network], guests: [guest], addresses: MemoryAddressBook(networks: [network]))
+        input.gateways = [ip("10.0.0.1")]
+        let empty = KernelState(iptables: IptablesSnapshot(), nft: NftState())
+        let iptables = Firewall.preview(input, backend: IptablesChainBackend(), state: empty, mark: 0x0020_0000)
+        #expect(iptables.desired.chains?[.nat]?["VGD-web"] == [
+            "-A VGD-web -d 192.168.122.1/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 192.168.122.10:53",
+            "-A VGD-web -d 10.0.0.1/32 -j RETURN", "-A VGD-web -d 192.168.122.1/32 -j RETURN",
+            "-A VGD-web -p udp -m udp --dport 53 -j DNAT --to-destination 192.168.122.10:53",
+        ])
+        let nft = Firewall.preview(input, backend: NftMapBackend(mark: 0x0020_0000), state: empty, mark: 0x0020_0000)
+        #expect(nft.desired.elements?[NftLayout.gatewayOwner]?.map(\.key) == ["10.0.0.1", "192.168.122.1"])
+        #expect(nft.transaction.nft.contains("ip daddr @gw4 goto named"))
+    }
+
+    @Test func procNetSockets() {
+        let tcp = """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+               0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+               1: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
+               2: 0A00000A:0050 0B00000A:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
+            """
+        #expect(ListeningSockets.parse(tcp, proto: .tcp, family: .v4) == [
+            HostSocket(proto: .tcp, address: ip("0.0.0.0"), port: 22), HostSocket(proto: .tcp, address: ip("127.0.0.1"), port: 631),
+        ])
+        let tcp6 = """
+              sl  local_address                         remote_address                        st
+               0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0
+               1: B80D0120000000000000000010000000:01BB 00000000000000000000000000000000:0000 0A 0
+            """
+        #expect(ListeningSockets.parse(tcp6, proto: .tcp, family: .v6) == [
+            HostSocket(proto: .tcp, address: ip("::1"), port: 8080), HostSocket(proto: .tcp, address: ip("2001:db8::10"), port: 443),
+        ])
+    }
+
     @Test("A NIC on a plain host bridge gets the mark accept from its guest with nft, and a forward-accept with iptables")
     func plainBridge() throws {
         let domain = Self.domain("lan", bridgeNIC: true, #"<vg:forward host-port="8080" guest-address="203.0.113.5"/>"#)

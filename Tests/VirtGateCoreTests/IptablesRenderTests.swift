@@ -32,6 +32,7 @@ struct IptablesRenderTests {
     static func preview(_ testCase: Case) throws -> Firewall.Preview {
         let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
         var input = EngineInput(networks: networks, addresses: MemoryAddressBook(networks: networks))
+        input.gateways = []
         if let domain = testCase.domain { input.guests = [try LibvirtXML.guest(fromXML: Files.fixture(domain))] }
         let backend: any Backend = testCase.nftBackend
             ? NftMapBackend(mark: Settings().connectionMark, masqueradeRouted: testCase.masqueradeRouted)

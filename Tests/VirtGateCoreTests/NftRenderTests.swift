@@ -26,7 +26,8 @@ struct NftRenderTests {
     static func preview(_ testCase: Case) throws -> Firewall.Preview {
         let networks = try testCase.networks.map { try LibvirtXML.network(fromXML: Files.fixture($0)) }
         let guest = try LibvirtXML.guest(fromXML: Files.fixture(testCase.domain))
-        let input = EngineInput(guests: [guest], addresses: MemoryAddressBook(networks: networks))
+        var input = EngineInput(guests: [guest], addresses: MemoryAddressBook(networks: networks))
+        input.gateways = networks.flatMap { $0.subnets.map(\.gateway) }
         return Firewall.preview(input, backend: NftMapBackend(mark: mark), state: KernelState(nft: NftState()), mark: mark)
     }
 

@@ -130,7 +130,7 @@ struct SettingsLoadingTests {
         }
     }
 
-    @Test("Key names", arguments: ["onInvalid", "masqueradeRouted", "dryRun", "iptables", "backend", "connectionMark",
+    @Test("Key names", arguments: ["onInvalid", "masqueradeRouted", "dryRun", "iptables", "backend", "connectionMark", "hostPorts",
                                    "syslog", "ipV6Mode", "a", "aB", "fooBAR", "x9y", "with-dash", "camelCaseKey",
                                    "caf\u{E9}Mode", "\u{E9}T\u{E9}", "stra\u{DF}e", "under_score", "a1B2c3D"])
     func keyNames(key: String) async throws {

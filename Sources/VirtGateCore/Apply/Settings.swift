@@ -31,6 +31,8 @@ public struct Settings: Sendable {
     public var networkRunDirectory = "/run/libvirt/network"
     public var networkConfigDirectory = "/etc/libvirt/qemu/networks"
     public var dnsmasqDirectory = "/var/lib/libvirt/dnsmasq"
+    /// Host ports guests may claim (`HOST_PORTS`); nil: every port no host socket holds.
+    public var hostPorts: [PortRange]?
 
     public static let defaultPath = "/etc/virtgate/virtgate.conf"
 
@@ -38,7 +40,7 @@ public struct Settings: Sendable {
 
     public var planner: PlannerSettings {
         PlannerSettings(masqueradeRoutedNetworks: masqueradeRoutedNetworks,
-                        forwardMark: backend == .nft ? connectionMark : nil)
+                        forwardMark: backend == .nft ? connectionMark : nil, hostPorts: hostPorts)
     }
 
     /// Loads the file named by `VIRTGATE_CONFIG` (default `/etc/virtgate/virtgate.conf`; a missing
@@ -101,6 +103,16 @@ public struct Settings: Sendable {
             }
             settings.connectionMark = mark
         }
+        if let (text, origin) = value("hostPorts"), !text.isEmpty {
+            var ranges: [PortRange] = []
+            for part in text.split(separator: ",") {
+                guard case .success(let range) = PortRange.parse(part.trimmingASCIISpaces) else {
+                    throw VirtGateError(.input, "config \(origin)=\(InputProblem.quoted(text)): expected ports and ranges, e.g. 80,443,8000-8999")
+                }
+                ranges.append(range)
+            }
+            settings.hostPorts = ranges
+        }
         settings.masqueradeRoutedNetworks = try flag("masqueradeRouted") ?? false
         settings.dryRun = try flag("dryRun") ?? false
         settings.syslog = try flag("syslog") ?? true
@@ -131,5 +143,11 @@ extension String {
             out += character.uppercased()
         }
         return out
+    }
+}
+
+extension Substring {
+    var trimmingASCIISpaces: Substring {
+        drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed().map { $0 }.reduce(into: Substring()) { $0.append($1) }
     }
 }

@@ -123,6 +123,10 @@ public struct NftMapBackend: Backend {
         for guest in plan.guests {
             NftTransaction.replace(&elements, owner: guest.plan.plan.owner, with: NftRules.elements(for: guest.plan.plan))
         }
+        if let gateways = plan.gateways {
+            let wanted = NftTransaction.gatewayElements(gateways)
+            elements[NftLayout.gatewayOwner] = wanted.isEmpty ? nil : wanted
+        }
         guard let snapshot = state.iptables else { return DesiredState(elements: elements) }
         var chains = plan.exclusive ? DesiredChains() : snapshot.ownerChains
         if plan.clearsOtherBackend {

@@ -25,6 +25,12 @@ public struct EngineInput {
     public var removesPlainBridgeRules: Bool
     /// Under `ON_INVALID=refuse`: a plan with any problem changes nothing.
     public var refuseOnProblems: Bool
+    /// Host sockets a new forward must not hide (`ListeningSockets.current()`).
+    public var hostSockets: [HostSocket] = []
+    /// The host's addresses on every libvirt network virtgate knows of, beyond `networks`: traffic
+    /// to them (guests' DNS and DHCP) is never forwarded unless a forward names the address. nil:
+    /// not known to this change (a removal), so the kernel's list stays as it is.
+    public var gateways: [IPAddress]?
 
     public init(networks: [NetworkDefinition] = [], guests: [GuestDefinition] = [], removed: [Owner] = [],
                 exclusive: Bool = false, addresses: any AddressBook, names: [String: String] = [:],
@@ -84,6 +90,8 @@ public struct EnginePlan: Sendable {
     public var exclusive: Bool
     public var clearsOtherBackend: Bool
     public var removesPlainBridgeRules: Bool
+    /// Every gateway address traffic to which stays un-forwarded; nil: keep the kernel's.
+    public var gateways: [IPAddress]?
 
     public var problems: [InputProblem] { guests.flatMap(\.problems) }
     public var ownerPlans: [OwnerPlan] { networks.map(\.plan) + guests.map(\.plan.plan) }
@@ -106,14 +114,24 @@ public enum Engine {
         let ordered = input.guests.sorted {
             (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name)
         }
+        let gateways = input.gateways.map { known in
+            Array(Set(known + input.networks.flatMap { $0.subnets.map(\.gateway) })).sorted()
+        }
+        // What each guest holds in the kernel already: a host socket that appeared later does not
+        // take it away (status and doctor flag it); it only keeps new claims from being made.
+        var held: [String: [ForwardClaim]] = [:]
+        for claim in incumbents { held[claim.guest, default: []].append(claim) }
         var guests: [PlannedGuest] = []
         for guest in ordered {
-            let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings)
+            let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings,
+                                    context: .init(hostSockets: input.hostSockets, held: held[guest.name] ?? [],
+                                                   gateways: gateways ?? []))
             for claim in plan.claims { taken.insert(claim) }
             guests.append(PlannedGuest(guest: guest, plan: plan))
         }
         return EnginePlan(networks: networks, guests: guests, removed: input.removed, exclusive: input.exclusive,
-                          clearsOtherBackend: input.clearsOtherBackend, removesPlainBridgeRules: input.removesPlainBridgeRules)
+                          clearsOtherBackend: input.clearsOtherBackend, removesPlainBridgeRules: input.removesPlainBridgeRules,
+                          gateways: gateways)
     }
 
     /// Owner id → guest name for every guest of `input`, on top of what the caller knows.

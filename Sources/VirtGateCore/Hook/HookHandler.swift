@@ -88,9 +88,24 @@ public struct HookHandler {
     /// running before virtgate was installed), or on `reconnect`, which follows a libvirtd restart
     /// that has just put libvirt's own rules first again.
     func guestInput(_ guest: GuestDefinition, addresses: FileAddressBook, reassertNetworks: Bool) -> EngineInput {
-        .guest(guest, addresses: addresses, names: rememberedNames(),
-               assertNetwork: { backend.networksRideAlong || reassertNetworks || store.networkXML($0) == nil },
-               refuseOnProblems: settings.onInvalid == .refuse)
+        var input = EngineInput.guest(guest, addresses: addresses, names: rememberedNames(),
+                                      assertNetwork: { backend.networksRideAlong || reassertNetworks || store.networkXML($0) == nil },
+                                      refuseOnProblems: settings.onInvalid == .refuse)
+        input.hostSockets = ListeningSockets.current()
+        input.gateways = knownGateways(addresses, guest: guest)
+        return input
+    }
+
+    /// The host's addresses on every network virtgate remembers (and on the guest's own networks):
+    /// forwards on any address leave traffic to them alone.
+    func knownGateways(_ addresses: any AddressBook, guest: GuestDefinition? = nil, except: String? = nil) -> [IPAddress] {
+        let names = Set(store.networks().map(\.name) + (guest?.interfaces.compactMap(\.network) ?? [])).subtracting([except].compactMap { $0 })
+        return names.sorted().compactMap { addresses.network(named: $0) }.flatMap { $0.subnets.map(\.gateway) }
+    }
+
+    /// Every remembered guest, parsed (unusable files are skipped: `rememberedInput` logs them).
+    func rememberedGuests() -> [GuestDefinition] {
+        store.guests().compactMap { name, xml in try? LibvirtXML.guest(fromXML: xml, name: name) }
     }
 
     /// Owner id → name of every guest virtgate remembers, so conflicts name guests, not ids.
@@ -131,15 +146,21 @@ public struct HookHandler {
                 return policy.status(operation, .invalidInput)
             }
             remember { try store.rememberNetwork(name, xml: stdin) }
-            // Reservations may have changed: re-bind the forwards of running guests on this network.
+            // Reservations may have changed: re-bind the forwards of running guests. All of them: the
+            // network's own address is one every guest's forwards on any address must leave alone.
             let addresses = OverridingAddressBook(network: network, base: FileAddressBook(store: store, settings: settings))
-            let guests = store.guests().compactMap { guestName, xml in try? LibvirtXML.guest(fromXML: xml, name: guestName) }
-                .filter { $0.interfaces.contains { $0.network == name } }
-            let input = EngineInput(networks: [network], guests: guests, addresses: addresses, names: rememberedNames())
+            var input = EngineInput(networks: [network], guests: rememberedGuests(), addresses: addresses, names: rememberedNames())
+            input.hostSockets = ListeningSockets.current()
+            input.gateways = knownGateways(addresses)
             return policy.status(operation, await run(input, event: "network \(InputProblem.quoted(name)) \(invocation.operation)"))
         case .stopped:
             guard Names.isSafeObjectName(name) else { return 0 }
-            let input = EngineInput(removed: [.network(name)], addresses: NoAddresses())
+            // Guests' forwards on any address no longer need to leave its address alone.
+            let addresses = FileAddressBook(store: store, settings: settings)
+            var input = EngineInput(guests: rememberedGuests(), removed: [.network(name)], addresses: addresses,
+                                    names: rememberedNames())
+            input.hostSockets = ListeningSockets.current()
+            input.gateways = knownGateways(addresses, except: name)
             let result = await run(input, event: "network \(InputProblem.quoted(name)) stopped")
             if result == .done && !dryRun { store.forgetNetwork(name) }
             return policy.status(operation, result)
@@ -166,8 +187,10 @@ public struct HookHandler {
 
     /// Every network and guest virtgate remembers, parsed; unusable files are logged and skipped.
     public func rememberedInput(exclusive: Bool = false) -> EngineInput {
-        var input = EngineInput(exclusive: exclusive, addresses: FileAddressBook(store: store, settings: settings),
-                                names: rememberedNames(), clearsOtherBackend: true)
+        let addresses = FileAddressBook(store: store, settings: settings)
+        var input = EngineInput(exclusive: exclusive, addresses: addresses, names: rememberedNames(), clearsOtherBackend: true)
+        input.hostSockets = ListeningSockets.current()
+        input.gateways = knownGateways(addresses)
         for (name, xml) in store.networks() {
             do {
                 input.networks.append(try LibvirtXML.network(fromXML: xml))

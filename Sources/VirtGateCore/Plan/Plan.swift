@@ -51,6 +51,9 @@ public enum Intent: Hashable, Sendable {
     case dnat(BoundForward)
     /// Admit only connections that were DNAT'ed to this guest and port: never a blanket accept.
     case allowForwarded(BoundForward)
+    /// Traffic to these host addresses (libvirt networks' own, where guests find DNS and DHCP)
+    /// skips the guest's forwards on any address; forwards naming the address still apply.
+    case exemptGateways([IPAddress])
     /// Guests on the same network that reach the forward through the host's address need their
     /// source rewritten, or the guest would answer them directly and the connection would break.
     case hairpinMasquerade(BoundForward)

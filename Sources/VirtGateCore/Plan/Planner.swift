@@ -17,9 +17,13 @@ public struct PlannerSettings: Hashable, Sendable {
     /// The conntrack mark of the nftables backend's DNATs; nil with the iptables backend.
     public var forwardMark: UInt32?
 
-    public init(masqueradeRoutedNetworks: Bool = false, forwardMark: UInt32? = nil) {
+    /// Host ports guests may claim (`HOST_PORTS`); nil: any.
+    public var hostPorts: [PortRange]?
+
+    public init(masqueradeRoutedNetworks: Bool = false, forwardMark: UInt32? = nil, hostPorts: [PortRange]? = nil) {
         self.masqueradeRoutedNetworks = masqueradeRoutedNetworks
         self.forwardMark = forwardMark
+        self.hostPorts = hostPorts
     }
 }
 
@@ -82,8 +86,23 @@ public enum Planner {
     }
 
     /// The same with an index of what others hold: planning many guests stays linear.
+    /// What a guest's plan must respect beyond other guests' claims.
+    public struct HostContext: Sendable {
+        public var hostSockets: [HostSocket] = []
+        /// This guest's claims in the kernel: kept even if a host socket appeared since.
+        public var held: [ForwardClaim] = []
+        /// Host addresses on libvirt networks: a forward on any address leaves traffic to them alone.
+        public var gateways: [IPAddress] = []
+
+        public init(hostSockets: [HostSocket] = [], held: [ForwardClaim] = [], gateways: [IPAddress] = []) {
+            self.hostSockets = hostSockets
+            self.held = held
+            self.gateways = gateways
+        }
+    }
+
     public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex,
-                            settings: PlannerSettings = PlannerSettings()) -> GuestPlan {
+                            settings: PlannerSettings = PlannerSettings(), context: HostContext = HostContext()) -> GuestPlan {
         let subject = InputProblem.Subject.guest(guest.name)
         var intents: [Intent] = []
         var pending: [PendingForward] = []
@@ -96,6 +115,12 @@ public enum Planner {
             // Bounded work whatever the metadata says: libvirt waits for the hook.
             if let reason = Limits.exceeded(by: forward, index: index, remappedSoFar: &remappedPorts) {
                 problems.append(InputProblem(subject, field: "forward #\(forward.position)", value: forward.summary, reason: reason))
+                continue
+            }
+            if let allowed = settings.hostPorts,
+               !allowed.contains(where: { $0.lower <= forward.hostPorts.lower && forward.hostPorts.upper <= $0.upper }) {
+                problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port", value: forward.hostPorts.description,
+                                             reason: "not among the host ports guests may claim (HOST_PORTS)"))
                 continue
             }
             let nic: GuestInterface?
@@ -158,7 +183,15 @@ public enum Planner {
                                                  reason: "overlaps forward #\(earlier.position)"))
                     continue
                 }
-                if let holder = taken.first(overlapping: candidate.claim(by: guest.name)) {
+                let claim = candidate.claim(by: guest.name)
+                if let socket = context.hostSockets.first(where: { $0.isHidden(by: claim) }),
+                   !context.held.contains(where: { $0.covers(claim) }) {
+                    problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
+                                                 value: forward.hostPorts.description,
+                                                 reason: "a host process holds \(socket.summary); the forward would hide it"))
+                    continue
+                }
+                if let holder = taken.first(overlapping: claim) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                                  value: forward.hostPorts.description,
                                                  reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
@@ -173,7 +206,16 @@ public enum Planner {
             }
         }
 
-        for (_, forward) in bound { intents += [.dnat(forward), .allowForwarded(forward)] }
+        // Forwards on a named host address first, then the gateway exemption, then forwards on any
+        // address: traffic to a libvirt network's own address (guests' DNS, DHCP) reaches the host
+        // unless a forward names that address.
+        let named = bound.filter { $0.1.hostAddress != nil }, anywhere = bound.filter { $0.1.hostAddress == nil }
+        for (_, forward) in named { intents += [.dnat(forward), .allowForwarded(forward)] }
+        for family in IPFamily.allCases where anywhere.contains(where: { $0.1.family == family }) {
+            let gateways = context.gateways.filter { $0.family == family }
+            if !gateways.isEmpty { intents.append(.exemptGateways(gateways)) }
+        }
+        for (_, forward) in anywhere { intents += [.dnat(forward), .allowForwarded(forward)] }
         for (_, forward) in bound where !forward.subnets.isEmpty { intents.append(.hairpinMasquerade(forward)) }
         // A NIC on a host bridge that is no libvirt network has no network rules to admit the marked
         // connections (nftables backend): the guest carries that accept itself, once per bridge and family.
@@ -218,6 +260,13 @@ public struct ForwardClaim: Hashable, Sendable {
         return sources.contains { mine in
             other.sources.contains { mine.contains($0.address) || $0.contains(mine.address) }
         }
+    }
+
+    /// `self` receives every packet `other` would (same or wider ports, host address and sources).
+    public func covers(_ other: ForwardClaim) -> Bool {
+        family == other.family && proto == other.proto && hostPorts.lower <= other.hostPorts.lower
+            && other.hostPorts.upper <= hostPorts.upper && (hostAddress == nil || hostAddress == other.hostAddress)
+            && (sources.isEmpty || other.sources.allSatisfy { theirs in sources.contains { $0.covers(theirs) } } && !other.sources.isEmpty)
     }
 
     public var summary: String {

@@ -45,7 +45,7 @@ extension StatusReport {
     /// `nft` is virtgate's nftables table when guests' forwards live there (the nft backend).
     /// `plan` is everything `sync` would plan; `desired` what the backend makes of it.
     public static func build(plan everything: EnginePlan, desired: DesiredState, snapshot: IptablesSnapshot,
-                             nft: NftState? = nil, backend: String, listening: Set<String> = []) -> StatusReport {
+                             nft: NftState? = nil, backend: String, listening: [HostSocket] = []) -> StatusReport {
         let desiredChains = desired.chains ?? [:]
         func kernelRules(_ table: IptablesTable, _ chain: String) -> [String]? {
             guard let dump = snapshot.tables[table], dump.chains.contains(chain) else { return nil }
@@ -80,8 +80,13 @@ extension StatusReport {
                                     hostAddress: spec.hostAddress?.description, hostPorts: spec.hostPorts.description,
                                     guestAddress: spec.guestAddress?.description, guestPorts: spec.guestPorts.description,
                                     sources: spec.sources.map(\.description), state: "active", detail: nil, warnings: [])
-                for port in spec.hostPorts.lower...spec.hostPorts.upper where listening.contains("\(spec.proto.rawValue)/\(port)") {
-                    entry.warnings.append("a host process listens on \(spec.proto.rawValue) port \(port); the forward hides it")
+                for family in spec.families {
+                    let claim = ForwardClaim(guest: guest.name, family: family, proto: spec.proto, hostAddress: spec.hostAddress,
+                                             hostPorts: spec.hostPorts, sources: [])
+                    for socket in listening where socket.isHidden(by: claim) {
+                        let warning = "a host process holds \(socket.summary); the forward hides it"
+                        if !entry.warnings.contains(warning) { entry.warnings.append(warning) }
+                    }
                 }
                 if let problem = plan.problems.first(where: { $0.position == spec.position }) {
                     entry.state = problem.reason.hasPrefix("conflicts with") ? "conflict" : "invalid"
@@ -137,7 +142,7 @@ extension StatusReport {
         var orphans = owned.subtracting(wanted).sorted()
         if let nft {
             let running = Set(everything.guests.map { ChainNames.id(for: $0.guest.name) })
-            orphans += Set(nft.elements.map(\.owner)).subtracting(running).sorted().map { "nft/\($0)" }
+            orphans += Set(nft.elements.map(\.owner)).subtracting(running).subtracting([NftLayout.gatewayOwner]).sorted().map { "nft/\($0)" }
         }
         // The jumps sync would (re)insert: missing or displaced ones, for the chains it wants.
         let jumpsInPlace = !IptablesTransaction.render(from: snapshot, to: desiredChains)

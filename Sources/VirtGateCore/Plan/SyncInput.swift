@@ -32,6 +32,9 @@ extension EngineInput {
     /// Everything libvirt runs, as `sync` applies it and `status` compares it: whatever virtgate
     /// owns beyond it is removed.
     public static func everything(_ input: SyncInput) -> EngineInput {
-        EngineInput(networks: input.networks, guests: input.guests, exclusive: true, addresses: SyncAddressBook(input: input))
+        var everything = EngineInput(networks: input.networks, guests: input.guests, exclusive: true,
+                                     addresses: SyncAddressBook(input: input))
+        everything.gateways = []
+        return everything
     }
 }

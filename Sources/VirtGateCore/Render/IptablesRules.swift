@@ -152,6 +152,8 @@ public enum IptablesRules {
             case .allowMarkedForwards(let bridge, let mark, let family):
                 let m = "0x" + String(mark, radix: 16)
                 append(.forward, family, "-o \(bridge) -m connmark --mark \(m)/\(m) -m conntrack --ctstate DNAT -j ACCEPT")
+            case .exemptGateways(let gateways):
+                for gateway in gateways { append(.dnat, gateway.family, "-d \(IPNetwork(host: gateway)) -j RETURN") }
             case .dnat(let forward):
                 let sources: [IPNetwork?] = forward.sources.isEmpty ? [nil] : forward.sources
                 for source in sources {

@@ -14,6 +14,14 @@ public struct IptablesSnapshot: Hashable, Sendable {
 
     public init() {}
 
+    /// The kernel as if `chains` had been applied: owner chains only, as virtgate reads them back
+    /// (for planning against a state without a kernel, as tests do).
+    public init(chains: DesiredChains) {
+        for (table, owned) in chains {
+            tables[table] = Table(chains: owned.keys.sorted(), rules: owned, policies: [:])
+        }
+    }
+
     /// `text` is one family's save output; `ip6tables` for IPv6 adds to the same snapshot.
     public init(parsing text: String, family: IPFamily = .v4) {
         add(parsing: text, family: family)

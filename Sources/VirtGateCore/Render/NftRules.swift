@@ -42,7 +42,13 @@ public enum NftLayout {
     /// Bumped when the table's sets, maps or rules change shape: a table of another layout (or with
     /// another connection mark) is rebuilt as a whole. 2: hairpin by route, not by a set.
     /// 3: a range that keeps its port numbers is one interval element, not one element per port.
-    static let version = 3
+    /// 4: libvirt networks' own addresses (`gw4`, `gw6`) reach only forwards that name them.
+    static let version = 4
+
+    /// The owner of the gateway sets' elements: every change that knows the networks rewrites
+    /// them. ':' never occurs in a guest's id, so no guest can own them.
+    public static let gatewayOwner = "virtgate:gateways"
+    static func gatewaySet(_ family: IPFamily) -> String { "gw\(family.digit)" }
 
     /// An empty chain whose name records the layout and the mark; its presence is the check.
     public static func marker(mark: UInt32) -> String { "layout-\(version)-\(hex(mark))" }
@@ -52,8 +58,8 @@ public enum NftLayout {
         return String(repeating: "0", count: 8 - digits.count) + digits
     }
 
-    /// Which host addresses a map's forwards receive.
-    enum Scope: CaseIterable { case address, any, source }
+    /// Which host addresses a map's forwards receive, and whether they have a source list.
+    enum Scope: CaseIterable { case address, any, source, sourceAny }
 
     /// A map's name. `ranges`: keyed by port intervals, valued by the guest address alone (the
     /// port stays as it was); else keyed by single ports, valued by address and port (a remapped
@@ -63,6 +69,7 @@ public enum NftLayout {
         case .address: "fwd\(family.digit)"
         case .any: "fwd\(family.digit)any"
         case .source: "fwd\(family.digit)src"
+        case .sourceAny: "fwd\(family.digit)srcany"
         }
         return ranges ? base + "range" : base
     }
@@ -80,13 +87,15 @@ public enum NftLayout {
         var text = "table inet \(table) {\n"
         for family in IPFamily.allCases {
             let addr = family.nftAddressType
-            let value = "\(addr) . inet_service"
-            text += "\tmap \(addressMap(family)) { type \(addr) . inet_proto . inet_service : \(value); }\n"
-            text += "\tmap \(anyMap(family)) { type inet_proto . inet_service : \(value); }\n"
-            text += "\tmap \(sourceMap(family)) { type \(addr) . \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
-            text += "\tmap \(map(.address, family, ranges: true)) { type \(addr) . inet_proto . inet_service : \(addr); flags interval; }\n"
-            text += "\tmap \(map(.any, family, ranges: true)) { type inet_proto . inet_service : \(addr); flags interval; }\n"
-            text += "\tmap \(map(.source, family, ranges: true)) { type \(addr) . \(addr) . inet_proto . inet_service : \(addr); flags interval; }\n"
+            for ranges in [false, true] {
+                let value = ranges ? addr : "\(addr) . inet_service"
+                let interval = ranges ? " flags interval;" : ""
+                text += "\tmap \(map(.address, family, ranges: ranges)) { type \(addr) . inet_proto . inet_service : \(value);\(interval) }\n"
+                text += "\tmap \(map(.any, family, ranges: ranges)) { type inet_proto . inet_service : \(value);\(interval) }\n"
+                text += "\tmap \(map(.source, family, ranges: ranges)) { type \(addr) . \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
+                text += "\tmap \(map(.sourceAny, family, ranges: ranges)) { type \(addr) . inet_proto . inet_service : \(value); flags interval; }\n"
+            }
+            text += "\tset \(gatewaySet(family)) { type \(addr); }\n"
         }
         text += "\tchain \(marker(mark: mark)) {\n\t}\n"
         // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
@@ -97,18 +106,31 @@ public enum NftLayout {
         text += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
         text += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
         // The mark is set only when a map holds the connection, so the filter side can admit
-        // exactly the connections virtgate forwarded, and nothing routed past it.
+        // exactly the connections virtgate forwarded, and nothing routed past it. Traffic to a
+        // libvirt network's own address (guests' DNS and DHCP) sees only forwards naming it.
+        let dnat = { (family: IPFamily) in "ct mark set ct mark | \(m) dnat \(family.nftPayload) to" }
+        let proto = "meta l4proto { tcp, udp, sctp }"
         text += "\tchain forwards {\n"
         for family in IPFamily.allCases {
+            text += "\t\t\(family.nftPayload) daddr @\(gatewaySet(family)) goto named\n"
+        }
+        text += "\t\tjump named\n"
+        for family in IPFamily.allCases {
             let ip = family.nftPayload
-            let dnat = "ct mark set ct mark | \(m) dnat \(family.nftPayload) to"
-            let proto = "meta l4proto { tcp, udp, sctp }"
+            for ranges in [false, true] {
+                let source = map(.sourceAny, family, ranges: ranges), any = map(.any, family, ranges: ranges)
+                text += "\t\t\(proto) \(ip) saddr . meta l4proto . th dport @\(source) \(dnat(family)) \(ip) saddr . meta l4proto . th dport map @\(source)\n"
+                text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(any) \(dnat(family)) meta l4proto . th dport map @\(any)\n"
+            }
+        }
+        text += "\t}\n"
+        text += "\tchain named {\n"
+        for family in IPFamily.allCases {
+            let ip = family.nftPayload
             for ranges in [false, true] {
                 let source = map(.source, family, ranges: ranges), address = map(.address, family, ranges: ranges)
-                let any = map(.any, family, ranges: ranges)
-                text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(source) \(dnat) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(source)\n"
-                text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(address) \(dnat) \(ip) daddr . meta l4proto . th dport map @\(address)\n"
-                text += "\t\tmeta nfproto \(family.nftProto) \(proto) meta l4proto . th dport @\(any) \(dnat) meta l4proto . th dport map @\(any)\n"
+                text += "\t\t\(proto) \(ip) saddr . \(ip) daddr . meta l4proto . th dport @\(source) \(dnat(family)) \(ip) saddr . \(ip) daddr . meta l4proto . th dport map @\(source)\n"
+                text += "\t\t\(proto) \(ip) daddr . meta l4proto . th dport @\(address) \(dnat(family)) \(ip) daddr . meta l4proto . th dport map @\(address)\n"
             }
         }
         text += "\t}\n"
@@ -146,15 +168,19 @@ public enum NftRules {
     /// the iptables backend's shifted DNAT), which the planner's limits keep bounded.
     static func dnatElements(_ forward: BoundForward, owner: String) -> [NftElement] {
         let family = forward.family
-        let scope: NftLayout.Scope = !forward.sources.isEmpty ? .source : forward.hostAddress != nil ? .address : .any
+        let scope: NftLayout.Scope = switch (forward.sources.isEmpty, forward.hostAddress == nil) {
+        case (true, true): .any
+        case (true, false): .address
+        case (false, true): .sourceAny
+        case (false, false): .source
+        }
         // Protocols by number: nft resolves a name through /etc/protocols for every element it
         // reads or writes, which dominated reading back thousands of them.
         func key(_ ports: String) -> [String] {
             let tail = "\(forward.proto.number) . \(ports)"
             switch scope {
-            case .source:
-                let host = forward.hostAddress.map { IPNetwork(host: $0) } ?? family.any
-                return forward.sources.map { "\($0.nftElement) . \(host.nftElement) . \(tail)" }
+            case .source: return forward.sources.map { "\($0.nftElement) . \(forward.hostAddress!) . \(tail)" }
+            case .sourceAny: return forward.sources.map { "\($0.nftElement) . \(tail)" }
             case .address: return ["\(forward.hostAddress!) . \(tail)"]
             case .any: return [tail]
             }
@@ -186,7 +212,8 @@ public enum NftRules {
             switch intent {
             case .dnat(let forward):
                 elements += dnatElements(forward, owner: id)
-            case .hairpinMasquerade, .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards:
+            case .hairpinMasquerade, .allowForwarded, .allowIntraBridge, .allowOutbound, .allowReplies, .masquerade, .allowMarkedForwards,
+                 .exemptGateways:
                 break
             }
         }
@@ -213,7 +240,7 @@ public enum NftTransaction {
     public static func render(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
         let want = Set(desired.values.joined())
         // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
-        if want.isEmpty { return removal(from: state) }
+        if !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) { return removal(from: state) }
         let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
         if !layoutCurrent {
             var text = ""
@@ -239,6 +266,11 @@ public enum NftTransaction {
     /// Removes virtgate's table, whatever it holds.
     public static func removal(from state: NftState) -> String {
         state.exists ? "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n" : ""
+    }
+
+    /// The gateway sets' elements for `gateways`, owned by `NftLayout.gatewayOwner`.
+    public static func gatewayElements(_ gateways: [IPAddress]) -> [NftElement] {
+        gateways.map { NftElement(set: NftLayout.gatewaySet($0.family), key: $0.description, value: nil, comment: NftLayout.gatewayOwner) }
     }
 
     static func addLines(_ elements: [NftElement]) -> String {

@@ -106,10 +106,14 @@ public struct NftState: Hashable, Sendable {
                     } }
                 case NftLayout.map(.source, family, ranges: false) where parts.count == 4,
                      NftLayout.map(.source, family, ranges: true) where parts.count == 4:
-                    let host = IPNetwork(parsing: parts[1])
                     claim = UInt8(parts[2]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[3]).map {
-                        ForwardClaim(guest: guest, family: family, proto: proto,
-                                     hostAddress: host?.prefix == 0 ? nil : host?.address, hostPorts: $0,
+                        ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: IPNetwork(parsing: parts[1])?.address,
+                                     hostPorts: $0, sources: IPNetwork(parsing: parts[0]).map { [$0] } ?? [])
+                    } }
+                case NftLayout.map(.sourceAny, family, ranges: false) where parts.count == 3,
+                     NftLayout.map(.sourceAny, family, ranges: true) where parts.count == 3:
+                    claim = UInt8(parts[1]).flatMap(TransportProtocol.init(number:)).flatMap { proto in ports(parts[2]).map {
+                        ForwardClaim(guest: guest, family: family, proto: proto, hostAddress: nil, hostPorts: $0,
                                      sources: IPNetwork(parsing: parts[0]).map { [$0] } ?? [])
                     } }
                 default:
