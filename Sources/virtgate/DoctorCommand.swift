@@ -49,6 +49,12 @@ extension VirtGate {
             let input = handler.rememberedInput(exclusive: true)
             do {
                 let preview = try await local.firewall.preview(input, backend: local.backend, dryRun: false)
+                let sockets = input.hostSockets
+                for claim in preview.state.claims(names: input.names) {
+                    for socket in sockets where socket.isHidden(by: claim) {
+                        facts.hiddenSockets.append("guest \(InputProblem.quoted(claim.guest)) \(claim.summary) hides \(socket.summary)")
+                    }
+                }
                 facts.snapshot = preview.state.iptables
                 facts.desired = preview.desired.chains
                 if local.backend.kind == .nft {

@@ -58,7 +58,7 @@ struct DoctorTests {
     @Test("Each broken state is named", arguments: [
         "ip-forwarding-off", "forward-drop-without-accept", "rules-drift", "jumps-not-first", "libvirt-nftables-under-ufw",
         "mixed-iptables-variants", "hook-missing-qemu", "hook-not-executable-network", "hook-newer-than-daemon-qemu",
-        "ufw-after-init-missing", "nft-elements-drift", "nft-forward-drop-elsewhere",
+        "ufw-after-init-missing", "nft-elements-drift", "nft-forward-drop-elsewhere", "forward-hides-host-socket",
     ])
     func brokenStates(id: String) {
         var facts = Self.healthy()
@@ -86,6 +86,8 @@ struct DoctorTests {
             {"chain": {"family": "inet", "table": "other", "name": "fwd", "type": "filter", "hook": "forward", "policy": "accept"}}]}
             """)
             #expect(facts.foreignForwardDrops == ["inet firewall fwd"])
+        case "forward-hides-host-socket":
+            facts.hiddenSockets = [#"guest "web" tcp 2222 hides tcp 0.0.0.0:2222"#]
         default: Issue.record("unknown case")
         }
         let findings = Doctor.diagnose(facts)

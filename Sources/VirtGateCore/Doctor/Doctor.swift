@@ -50,6 +50,9 @@ public struct DoctorFacts: Sendable {
     /// Native nftables base chains on the forward hook with a drop policy, outside iptables-nft's
     /// tables and virtgate's own: "family table chain".
     public var foreignForwardDrops: [String] = []
+    /// Forwards guests hold whose host port a host process listens on now (it appeared after the
+    /// guest took the port): "guest: claim, socket".
+    public var hiddenSockets: [String] = []
 
     public init() {}
 }
@@ -65,6 +68,13 @@ public enum Doctor {
     public static func diagnose(_ facts: DoctorFacts) -> [Finding] {
         var findings: [Finding] = []
         let routed = facts.networks.filter { $0.mode.isRouted && $0.bridge != nil }
+
+        if !facts.hiddenSockets.isEmpty {
+            findings.append(Finding(
+                id: "forward-hides-host-socket",
+                problem: "A guest's forward receives the traffic of a host service that started listening after the guest took the port: \(facts.hiddenSockets.joined(separator: "; ")). virtgate refuses such a forward when it is new, but keeps one a guest already holds.",
+                fix: "move the host service to another port, or remove the forward (virtgate forward remove GUEST PORT) and run virtgate reapply"))
+        }
 
         if facts.ipForwarding == false, !routed.isEmpty {
             findings.append(Finding(
