@@ -23,8 +23,13 @@ public struct InputProblem: Error, Hashable, Sendable, CustomStringConvertible {
         case .guest(let name): "guest \(Self.quoted(name))"
         case .network(let name): "network \(Self.quoted(name))"
         }
-        return "\(who): \(field)=\(Self.quoted(value)): \(reason)".cappedLine
+        let line = "\(who): \(field)=\(Self.quoted(value)): \(reason)".cappedLine
+        // Room for what a log line adds around it ("virtgate: warning: …; forward skipped").
+        return line.count <= Self.maximumLength ? line : String(line.prefix(Self.maximumLength)) + "…"
     }
+
+    /// A problem's line, so that every log line that carries one stays within 1000 characters.
+    public static let maximumLength = 900
 
     /// Quotes a value so that control characters, quotes and very long values cannot break the
     /// one-line format of logs.
