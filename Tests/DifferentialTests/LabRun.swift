@@ -200,7 +200,13 @@ struct LabRun {
 
         // Compared with the oracle and the other backend by the caller.
         outcome.claims = try await kernelClaims()
-        outcome.answers = try await traffic()
+        outcome.answers = try await traffic(probes)
+        // A busy machine can lose a SYN or a datagram: what differs from the oracle is tried once more.
+        let oracle = Oracle(testCase)
+        let doubtful = probes.filter {
+            outcome.answers[$0] != oracle.expected(client: $0.client, address: IPAddress($0.address)!, proto: $0.proto, port: $0.port) ?? ""
+        }
+        if !doubtful.isEmpty { outcome.answers.merge(try await traffic(doubtful)) { $1 } }
 
         for guest in testCase.guests {
             try await event(["qemu", guest.name, "stopped", "end", "-"], xml: guest.domainXML(), &outcome)
@@ -259,7 +265,7 @@ struct LabRun {
         }
     }
 
-    func traffic() async throws -> [Traffic.Probe: String] {
+    func traffic(_ probes: [Traffic.Probe]) async throws -> [Traffic.Probe: String] {
         var answers: [Traffic.Probe: String] = [:]
         try await withThrowingTaskGroup(of: [Traffic.Probe: String].self) { group in
             for client in Oracle.Client.allCases {

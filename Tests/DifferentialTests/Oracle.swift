@@ -41,6 +41,13 @@ struct Oracle {
                 let sources = forward.sources.compactMap { IPNetwork(parsing: $0) }
                 let hostAddress = forward.hostAddress.flatMap { IPAddress($0) }
                 let guestAddress = forward.guestAddress.flatMap { IPAddress($0) }
+                // A guest-address outside the subnets of the NIC's network is invalid: the forward
+                // is skipped (a NIC on a plain host bridge has no such check).
+                let subnets = ["10.91.0.0/24"] + (testCase.ipv6 ? ["fd91::/64"] : [])
+                if !guest.onHostBridge, let guestAddress,
+                   !subnets.contains(where: { IPNetwork(parsing: $0)!.contains(guestAddress) }) {
+                    continue
+                }
                 // A forward names its family through an address or its sources; else it is both.
                 let families: [IPFamily] = if let named = hostAddress?.family ?? guestAddress?.family { [named] }
                     else if sources.isEmpty { [.v4, .v6] }
