@@ -225,5 +225,6 @@ struct EngineTests {
         }
         #expect(refuse.status(QemuOperation.start, .done) == 0)
         #expect(refuse.status(NetworkOperation.started, .failed) == 1)
+        #expect(refuse.status(NetworkOperation.started, .problems) == 0, "a guest's metadata never stops a network")
     }
 }

@@ -266,7 +266,9 @@ public struct HookPolicy: Sendable {
 
     public func status(_ operation: NetworkOperation, _ result: Result) -> Int32 {
         switch operation {
-        case .started, .updated: result == .done || !refuses ? 0 : 1
+        // A guest's bad metadata (re-planned here) must not keep a network from starting: only the
+        // network's own XML or a failed transaction can.
+        case .started, .updated: result == .done || result == .problems || !refuses ? 0 : 1
         default: 0
         }
     }
