@@ -509,14 +509,6 @@ for backend in "${available[@]}"; do
             fi
             in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 50 "$work/warmup.json"
             in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 "$per_batch" "$res/conn-$backend-$n.json"
-            # Diagnostic for the nft backend at the largest size: the same with the hairpin set emptied (the
-            # one lookup left whose structure, an interval set, may grow with the number of forwards). The
-            # next round's sync puts it back.
-            if [ "$backend" = nft ] && [ "$n" = "${conn_sizes[-1]}" ] \
-                    && in_ns "$host" nft flush set inet virtgate hairpin4 2>/dev/null; then
-                in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 50 "$work/warmup.json"
-                in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 "$per_batch" "$res/conn-$backend-$n-nohairpin.json"
-            fi
         done
     done
     [ "$ok" -eq 1 ] || rm -f "$res/conn-$backend-"*.json
@@ -740,13 +732,6 @@ for b in backends:
     goal = ("≤ 1.10: " + check(ratio is not None and ratio <= 1.10)) if b == "nft" else "(none)"
     p(f"| `{b}` | " + " | ".join("–" if m is None else f"{m:.0f} µs" for m in med) +
       f" | {'–' if ratio is None else f'{ratio:.2f}×'} | {min(count):,} per size | {'yes' if verified else 'no'} | {goal} |")
-    try:
-        diag = statistics.median(json.load(open(f"{res}/conn-{b}-{conn_sizes[-1]}-nohairpin.json")))
-        if med[0]:
-            p(f"| ↳ `{b}`, {int(conn_sizes[-1]):,} forwards with the hairpin set emptied (diagnostic) | | {diag:.0f} µs | "
-              f"{diag / med[0]:.2f}× | | | |")
-    except FileNotFoundError:
-        pass
 p("")
 for b in backends:
     for n in conn_sizes:
