@@ -42,6 +42,10 @@ if [ "$swift_status" -ne 0 ] && [ "$failing" -eq 0 ]; then failing=1; fi
 echo "$(( ${tests:-0} - failing )) passed, $failing failed" > "$log/swift-summary"
 count "$log/swift-summary"
 
+# Coverage-guided fuzzing of every input parser, the planner and both renderers (a short run per target).
+bash Fuzz/run.sh 2>&1 | tee "$log/fuzz"
+count "$log/fuzz"
+
 bash Tests/install/install-test.sh 2>&1 | tee "$log/install"
 count "$log/install"
 

@@ -1,0 +1,158 @@
+import VirtGateCore
+
+/// virtgate's nftables table as a model: applies the scripts `NftTransaction` renders, checking
+/// their shape line by line, and lists the table in the JSON form `nft -j list table` prints (as far
+/// as virtgate reads it: the layout chain, maps and their elements with comments), so that what
+/// was written is read back through `NftState(json:)`, the reader conflict checks depend on.
+///
+/// This is a model, not nft: it holds the script to the grammar virtgate uses (the fixed table
+/// definition, `add element`/`delete element` lines with one key form per map), and each key and
+/// value to the characters and part counts of its map's type. The real nft is run on golden scripts
+/// by the root tests.
+public struct NftKernel {
+    public var exists = false
+    public var layout: String?
+    /// map name → key → (value, comment)
+    var maps: [String: [String: (value: String, comment: String)]] = [:]
+
+    let mark: UInt32
+
+    public init(mark: UInt32) { self.mark = mark }
+
+    /// Map name → (address type per key part: "a" address, "n" network, "p" protocol number, "s" port).
+    static func keyShape(_ map: String) -> [Character]? {
+        switch map {
+        case "fwd4", "fwd6": ["a", "p", "s"]
+        case "fwd4any", "fwd6any": ["p", "s"]
+        case "fwd4src", "fwd6src": ["n", "n", "p", "s"]
+        default: nil
+        }
+    }
+
+    public mutating func apply(_ script: String) {
+        guard !script.isEmpty else { return }
+        require(script.hasSuffix("\n"), "nft script: no final newline")
+        var rest = Substring(script)
+        let drop = "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
+        if rest.hasPrefix(drop) {
+            require(exists, "nft script deletes a table that was not there")
+            exists = false
+            layout = nil
+            maps = [:]
+            rest = rest.dropFirst(drop.count)
+        }
+        let definition = NftLayout.definition(mark: mark)
+        if rest.hasPrefix(definition) {
+            require(!exists, "nft script defines the table over an existing one of the same layout")
+            exists = true
+            layout = NftLayout.marker(mark: mark)
+            rest = rest.dropFirst(definition.count)
+        }
+        for line in rest.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
+            let context = "nft line \(InputProblem.quoted(String(line)))"
+            require(exists && layout == NftLayout.marker(mark: mark), "\(context): element line without the table")
+            let add = "add element inet \(NftLayout.table) ", delete = "delete element inet \(NftLayout.table) "
+            let isAdd = line.hasPrefix(add)
+            require(isAdd || line.hasPrefix(delete), "\(context): not an element line")
+            let body = line.dropFirst(isAdd ? add.count : delete.count)
+            guard let open = body.firstIndex(of: " ") else { violated("\(context): no map name") }
+            let map = String(body[..<open])
+            guard let shape = Self.keyShape(map) else { violated("\(context): unknown map \(map)") }
+            var items = body[body.index(after: open)...]
+            require(items.hasPrefix("{ ") && items.hasSuffix(" }"), "\(context): no element list")
+            items = items.dropFirst(2).dropLast(2)
+            for item in items.split(separator: ", ", omittingEmptySubsequences: false).map(String.init) {
+                if isAdd {
+                    guard let quote = item.firstRange(of: " comment \"") else { violated("\(context): element without a comment") }
+                    let key = String(item[..<quote.lowerBound])
+                    let tail = item[quote.upperBound...]
+                    guard let close = tail.firstIndex(of: "\"") else { violated("\(context): unterminated comment") }
+                    let comment = String(tail[..<close])
+                    let after = tail[tail.index(after: close)...]
+                    require(after.hasPrefix(" : "), "\(context): map element without a value")
+                    let value = String(after.dropFirst(3))
+                    checkKey(key, shape: shape, context)
+                    checkKey(value, shape: ["a", "s"], context)
+                    require(!comment.isEmpty && comment.utf8.count <= 128, "\(context): comment length \(comment.utf8.count)")
+                    require(comment.unicodeScalars.allSatisfy(Self.isCommentCharacter),
+                            "\(context): comment \(InputProblem.quoted(comment)) has characters nft would misread")
+                    require(maps[map]?[key] == nil, "\(context): adds element \(key) that is already there")
+                    maps[map, default: [:]][key] = (value, comment)
+                } else {
+                    checkKey(item, shape: shape, context)
+                    require(maps[map]?[item] != nil, "\(context): deletes element \(item) that is not there")
+                    maps[map]![item] = nil
+                }
+            }
+        }
+    }
+
+    /// Printable ASCII without space, quote or backslash: what an element comment can hold unquoted.
+    static func isCommentCharacter(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value > 0x20 && scalar.value < 0x7f && scalar != "\"" && scalar != "\\"
+    }
+
+    func checkKey(_ key: String, shape: [Character], _ context: String) {
+        let parts = key.split(separator: " . ", omittingEmptySubsequences: false).map(String.init)
+        require(parts.count == shape.count, "\(context): \(InputProblem.quoted(key)) has \(parts.count) parts, not \(shape.count)")
+        for (part, kind) in zip(parts, shape) {
+            let ok: Bool = switch kind {
+            case "a": IPAddress(part) != nil
+            case "n": IPAddress(part) != nil || IPNetwork(parsing: part) != nil
+            case "p": UInt8(part).map { [6, 17, 132].contains($0) } ?? false
+            default: UInt16(part).map { $0 > 0 } ?? false
+            }
+            require(ok, "\(context): key part \(InputProblem.quoted(part)) of \(InputProblem.quoted(key)) is not a \(kind)")
+        }
+    }
+
+    /// As `nft -j list table inet virtgate` lists it (the parts virtgate reads).
+    public var json: String {
+        guard exists else { return "{\"nftables\": [{\"metainfo\": {\"json_schema_version\": 1}}]}" }
+        var objects = ["{\"metainfo\": {\"json_schema_version\": 1}}",
+                       "{\"table\": {\"family\": \"inet\", \"name\": \"\(NftLayout.table)\", \"handle\": 1}}"]
+        if let layout { objects.append("{\"chain\": {\"family\": \"inet\", \"table\": \"\(NftLayout.table)\", \"name\": \"\(layout)\", \"handle\": 2}}") }
+        for (map, elements) in maps.sorted(by: { $0.key < $1.key }) where !elements.isEmpty {
+            let items = elements.sorted { $0.key < $1.key }.map { key, entry in
+                "[{\"elem\": {\"val\": \(Self.json(key)), \"comment\": \(Self.string(entry.comment))}}, \(Self.json(entry.value))]"
+            }
+            objects.append("{\"map\": {\"family\": \"inet\", \"name\": \"\(map)\", \"table\": \"\(NftLayout.table)\", \"elem\": [\(items.joined(separator: ", "))]}}")
+        }
+        return "{\"nftables\": [\(objects.joined(separator: ", "))]}"
+    }
+
+    /// A key or value (`a . b . c`) as nft's JSON prints it: a concatenation of numbers, address
+    /// strings and prefixes.
+    static func json(_ text: String) -> String {
+        let parts = text.split(separator: " . ", omittingEmptySubsequences: false).map(String.init).map { part -> String in
+            if let slash = part.firstIndex(of: "/") {
+                return "{\"prefix\": {\"addr\": \(string(String(part[..<slash]))), \"len\": \(part[part.index(after: slash)...])}}"
+            }
+            if let number = Int(part) { return "\(number)" }
+            return string(part)
+        }
+        return "{\"concat\": [\(parts.joined(separator: ", "))]}"
+    }
+
+    static func string(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// What virtgate reads back.
+    public func state() -> NftState {
+        do {
+            return try NftState(json: json)
+        } catch {
+            violated("nft listing of what was written is unreadable: \(error)")
+        }
+    }
+}
