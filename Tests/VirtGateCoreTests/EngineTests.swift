@@ -193,6 +193,34 @@ struct EngineTests {
         ])
     }
 
+    @Test("An owner id recorded for another guest is never replaced or removed", arguments: backends.indices)
+    func ownerIdCollision(backend: Int) throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let book = MemoryAddressBook(networks: [network])
+        let owner = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward host-port="8080"/>"#))
+        let empty = KernelState(iptables: IptablesSnapshot(), nft: NftState())
+        let held = Firewall.preview(EngineInput(guests: [owner], addresses: book), backend: Self.backends[backend],
+                                    state: empty, mark: 0x0020_0000).desired
+        let kernel = KernelState(iptables: IptablesSnapshot(chains: held.chains ?? [:]),
+                                 nft: NftState(exists: true, layout: nil, elements: Array((held.elements ?? [:]).values.joined())))
+        // Pretend another name hashed to web's id: it must neither replace nor remove web's rules.
+        let intruder = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward host-port="9090"/>"#))
+        var input = EngineInput(guests: [intruder], addresses: book, names: [ChainNames.id(for: "web"): "someone-else"])
+        var preview = Firewall.preview(input, backend: Self.backends[backend], state: kernel, mark: 0x0020_0000)
+        #expect(preview.plan.collisions.count == 1 && preview.plan.guests.isEmpty)
+        func holderUntouched(_ desired: DesiredState) -> Bool {
+            func owned(_ chains: DesiredChains?) -> DesiredChains {
+                (chains ?? [:]).mapValues { $0.filter { !$0.value.isEmpty } }.filter { !$0.value.isEmpty }
+            }
+            return owned(desired.chains) == owned(held.chains)
+                && (desired.elements ?? [:]).filter { $0.key != NftLayout.gatewayOwner } == (held.elements ?? [:])
+        }
+        #expect(holderUntouched(preview.desired), "nothing of the holder's changes")
+        input = EngineInput(removed: [.guest("web")], addresses: NoAddresses(), names: [ChainNames.id(for: "web"): "someone-else"])
+        preview = Firewall.preview(input, backend: Self.backends[backend], state: kernel, mark: 0x0020_0000)
+        #expect(holderUntouched(preview.desired) && preview.plan.collisions.count == 1)
+    }
+
     @Test("A NIC on a plain host bridge gets the mark accept from its guest with nft, and a forward-accept with iptables")
     func plainBridge() throws {
         let domain = Self.domain("lan", bridgeNIC: true, #"<vg:forward host-port="8080" guest-address="203.0.113.5"/>"#)

@@ -87,13 +87,15 @@ public struct EnginePlan: Sendable {
     /// In planning order: guests holding claims in the kernel first, then by name.
     public var guests: [PlannedGuest]
     public var removed: [Owner]
+    /// Guests left alone because their owner id is another guest's.
+    public var collisions: [InputProblem] = []
     public var exclusive: Bool
     public var clearsOtherBackend: Bool
     public var removesPlainBridgeRules: Bool
     /// Every gateway address traffic to which stays un-forwarded; nil: keep the kernel's.
     public var gateways: [IPAddress]?
 
-    public var problems: [InputProblem] { guests.flatMap(\.problems) }
+    public var problems: [InputProblem] { collisions + guests.flatMap(\.problems) }
     public var ownerPlans: [OwnerPlan] { networks.map(\.plan) + guests.map(\.plan.plan) }
 }
 
@@ -121,15 +123,27 @@ public enum Engine {
         // take it away (status and doctor flag it); it only keeps new claims from being made.
         var held: [String: [ForwardClaim]] = [:]
         for claim in incumbents { held[claim.guest, default: []].append(claim) }
+        // Each owner id is recorded with its full name (`names`, from the state virtgate keeps): a
+        // guest whose id another guest holds touches nothing of that owner's, whatever made them
+        // collide.
+        var collisions: [InputProblem] = []
+        func collides(_ name: String) -> Bool {
+            let id = ChainNames.id(for: name)
+            guard let holder = input.names[id], holder != name else { return false }
+            collisions.append(InputProblem(.guest(name), field: "name", value: name,
+                                           reason: "its owner id \(id) belongs to guest \(InputProblem.quoted(holder)); nothing changed"))
+            return true
+        }
+        let removed = input.removed.filter { if case .guest(let name) = $0 { !collides(name) } else { true } }
         var guests: [PlannedGuest] = []
-        for guest in ordered {
+        for guest in ordered where !collides(guest.name) {
             let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings,
                                     context: .init(hostSockets: input.hostSockets, held: held[guest.name] ?? [],
                                                    gateways: gateways ?? []))
             for claim in plan.claims { taken.insert(claim) }
             guests.append(PlannedGuest(guest: guest, plan: plan))
         }
-        return EnginePlan(networks: networks, guests: guests, removed: input.removed, exclusive: input.exclusive,
+        return EnginePlan(networks: networks, guests: guests, removed: removed, collisions: collisions, exclusive: input.exclusive,
                           clearsOtherBackend: input.clearsOtherBackend, removesPlainBridgeRules: input.removesPlainBridgeRules,
                           gateways: gateways)
     }
@@ -169,6 +183,7 @@ extension Log {
     /// Each planned guest's problems (an error when `refuse` keeps it from starting, else a warning)
     /// and pending forwards.
     public func report(_ plan: EnginePlan, refuse: Bool = false) {
+        for collision in plan.collisions { error("\(collision)") }
         for guest in plan.guests {
             report(guest.problems, refuse: refuse)
             for pending in guest.plan.pending {

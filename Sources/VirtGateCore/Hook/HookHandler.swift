@@ -63,7 +63,7 @@ public struct HookHandler {
                 return 0
             }
             let known = [stdin, store.guestXML(name)].compactMap { $0 }.compactMap { try? LibvirtXML.guest(fromXML: $0, name: name) }
-            let input = EngineInput(removed: [.guest(name)], addresses: NoAddresses(),
+            let input = EngineInput(removed: [.guest(name)], addresses: NoAddresses(), names: rememberedNames(except: name),
                                     removesPlainBridgeRules: known.contains(where: EngineInput.usesPlainBridge))
             let result = await run(input, event: "\(invocation: invocation)")
             if result == .done && !dryRun { store.forgetGuest(name) }
@@ -88,7 +88,7 @@ public struct HookHandler {
     /// running before virtgate was installed), or on `reconnect`, which follows a libvirtd restart
     /// that has just put libvirt's own rules first again.
     func guestInput(_ guest: GuestDefinition, addresses: FileAddressBook, reassertNetworks: Bool) -> EngineInput {
-        var input = EngineInput.guest(guest, addresses: addresses, names: rememberedNames(),
+        var input = EngineInput.guest(guest, addresses: addresses, names: rememberedNames(except: guest.name),
                                       assertNetwork: { backend.networksRideAlong || reassertNetworks || store.networkXML($0) == nil },
                                       refuseOnProblems: settings.onInvalid == .refuse)
         input.hostSockets = ListeningSockets.current()
@@ -108,10 +108,11 @@ public struct HookHandler {
         store.guests().compactMap { name, xml in try? LibvirtXML.guest(fromXML: xml, name: name) }
     }
 
-    /// Owner id → name of every guest virtgate remembers, so conflicts name guests, not ids.
-    func rememberedNames() -> [String: String] {
+    /// Owner id → name of every guest virtgate remembers (but `except`), so conflicts name guests,
+    /// not ids, and the engine can check that an id it is about to replace is the guest's own.
+    func rememberedNames(except: String? = nil) -> [String: String] {
         var names: [String: String] = [:]
-        for remembered in store.guestNames() { names[ChainNames.id(for: remembered)] = remembered }
+        for remembered in store.guestNames() where remembered != except { names[ChainNames.id(for: remembered)] = remembered }
         return names
     }
 
