@@ -32,8 +32,15 @@ struct Oracle {
     }
 
     let bindings: [Binding]
+    /// The network's own addresses: a connection to one is forwarded only by a forward that names it.
+    let networkAddresses: [IPAddress]
 
     init(_ testCase: Case) {
+        // A guest-address never points at an address the network reserves for another guest.
+        let reservedToOthers = Set(testCase.guests.filter { !$0.onHostBridge }.flatMap { other in
+            (other.reserved4 ? [other.address4] : []) + (testCase.ipv6 && other.reserved6 ? [other.address6] : [])
+        }.compactMap { IPAddress($0) })
+        networkAddresses = ([Lab.gateway4] + (testCase.ipv6 ? [Lab.gateway6] : [])).compactMap { IPAddress($0) }
         var held: [Binding] = []
         for guest in testCase.guests {
             var own: [Binding] = []
@@ -45,7 +52,9 @@ struct Oracle {
                 // is skipped (a NIC on a plain host bridge has no such check).
                 let subnets = ["10.91.0.0/24"] + (testCase.ipv6 ? ["fd91::/64"] : [])
                 if !guest.onHostBridge, let guestAddress,
-                   !subnets.contains(where: { IPNetwork(parsing: $0)!.contains(guestAddress) }) {
+                   !subnets.contains(where: { IPNetwork(parsing: $0)!.contains(guestAddress) })
+                    || reservedToOthers.contains(guestAddress) && guestAddress != IPAddress(guest.address4)
+                    && guestAddress != IPAddress(guest.address6) {
                     continue
                 }
                 // A forward names its family through an address or its sources; else it is both.
@@ -138,7 +147,9 @@ struct Oracle {
         case .lan: IPAddress(address.family == .v4 ? Lab.lan4 : Lab.lan6)!
         case .host: address // the host talks to its own address from that address
         }
-        guard let binding = bindings.first(where: { $0.admits(source, to: address, proto: proto, port: port) }) else { return nil }
+        guard let binding = bindings.first(where: {
+            $0.admits(source, to: address, proto: proto, port: port) && ($0.hostAddress != nil || !networkAddresses.contains(address))
+        }) else { return nil }
         // From the network's own bridge to a guest on it, the reply only comes back through the host
         // if the hairpin masquerade rewrote the source.
         let onBridge = IPNetwork(parsing: binding.family == .v4 ? "10.91.0.0/24" : "fd91::/64")!.contains(binding.guestAddress)
