@@ -321,11 +321,13 @@ scenario_hairpin() {
     expect_reply "hairpin: g1 -> its own forward 198.18.0.1:2222 reaches g1-22" \
         "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
     expect_reply "hairpin: g1 -> 198.18.0.1:2223 reaches g2-22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
-    expect_reply "hairpin: g2 -> 10.213.0.1:2222 (bridge gateway) reaches g1-22" \
-        "$LAB_NS_G2" tcp "$LAB_GW" 2222 "g1-22 *"
+    # The network's own address (where guests find DNS and DHCP) is never taken by a forward on any address.
+    expect_no_reply "hairpin: g2 -> 10.213.0.1:2222 (the network's own address) does not reach g1" \
+        "$LAB_NS_G2" tcp "$LAB_GW" 2222
     expect_reply "direct: g2 -> 10.213.0.11:22 stays un-NATed" "$LAB_NS_G2" tcp "$LAB_G1_IP" 22 "g1-22 $LAB_G2_IP"
     expect_reply "host-local: host -> 198.18.0.1:2222 reaches g1-22" "$LAB_NS_HOST" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 *"
-    expect_reply "host-local: host -> 10.213.0.1:2222 reaches g1-22" "$LAB_NS_HOST" tcp "$LAB_GW" 2222 "g1-22 *"
+    expect_no_reply "host-local: host -> 10.213.0.1:2222 (the network's own address) does not reach g1" \
+        "$LAB_NS_HOST" tcp "$LAB_GW" 2222
     expect_reply "host-local: host -> 198.18.0.1:5353/udp reaches g1-53-udp" \
         "$LAB_NS_HOST" udp "$LAB_HOST_WAN_IP" 5353 "g1-53-udp *"
     expect_no_reply "host-local: host -> 127.0.0.1:2222 is not forwarded (no route_localnet)" \
@@ -877,6 +879,20 @@ check_stderr_line() {
     fi
 }
 
+# check_ruleset_lacks DESCRIPTION ERE: no line of the ruleset (lab_ruleset: iptables, ip6tables' virtgate lines and
+# virtgate's nft table, one object a line) matches ERE.
+check_ruleset_lacks() {
+    local desc=$1 re=$2 hits
+    hits=$(lab_ruleset | grep -E -- "$re")
+    if [ -z "$hits" ]; then
+        lab_ok "$desc"
+    else
+        lab_not_ok "$desc"
+        echo "#   matching lines (first 10):"
+        printf '%s\n' "$hits" | head -n 10 | lab_diag
+    fi
+}
+
 shape_services() {
     local ok=yes p
     for p in 81 9005 9010 9015; do
@@ -1029,25 +1045,34 @@ scenario_shape_conflicts() {
 }
 
 # Scenario 19: g1 forwards a range to g2's address (guest-address=), over g2's own guest port; g2 starts after it.
+# The address is leased to g2's MAC, so it is not g1's to point at: g1's range is refused with one line (guest,
+# field, value, why), its own forward applies, and g2's forwards are unaffected.
 scenario_shape_foreign_address() {
     echo "# --- 19. shapes: a forward at another guest's address (backend $VG_BACKEND)"
     local x1=$LAB_TMP/shape-foreign-g1.xml x2=$LAB_TMP/shape-foreign-g2.xml t="other guest's address"
     shape_domain "$x1" vgt-g1 21 '      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>
       <vg:forward proto="tcp" host-port="6100-6102" guest-port="21-23" guest-address="10.213.0.12"/>'
     shape_domain "$x2" vgt-g2 22 '      <vg:forward proto="tcp" host-port="2223" guest-port="22"/>'
+    VG_CONFIG=$VG_CONF_WARN
     shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
     shape_guest_up vgt-g1 "$x1"
+    check_eq "$t: g1's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_eq "$t: g1's start prints exactly one line about $LAB_G2_IP" 1 "$(grep -c -- "$LAB_G2_IP" "$x1.start.err")"
+    check_stderr_line "$t: the line names vgt-g1, forward #2 guest-address, the value and 'leased ... to MAC $LAB_G2_MAC'" \
+        "$x1.start.err" 'guest "vgt-g1"' 'forward #2 guest-address="10.213.0.12"' 'leased on network "vgtnet" to MAC' "$LAB_G2_MAC"
     shape_guest_up vgt-g2 "$x2"
     expect_reply "$t: g2's own forward wan -> :2223 reaches g2:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
-    expect_reply "$t: g1's forward wan -> :6101 reaches g2:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6101 "g2-22 $LAB_WAN_IP"
+    expect_no_reply "$t: g1's refused forward wan -> :6101 gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6101
+    expect_no_reply "$t: g1's refused forward wan -> :6100 gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6100
     expect_reply "$t: g1's own forward wan -> :2222 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
     expect_reply "$t: hairpin g1 -> :2223 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
-    expect_reply "$t: hairpin g1 -> :6101 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 6101 "g2-22 *"
+    expect_no_reply "$t: hairpin g1 -> :6101 gets nothing" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 6101
+    check_ruleset_lacks "$t: no rule or element holds host ports 6100-6102" '(^|[^0-9])610[0-2]([^0-9]|$)'
     shape_same_again "$t" vgt-g2 "$x2"
     shape_same_again "$t" vgt-g1 "$x1"
     # g1 goes first: removing its elements must leave g2's own
     shape_guest_down vgt-g1 "$x1"
-    expect_no_reply "$t: g1 stopped, wan -> :6101 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 6101
+    expect_no_reply "$t: g1 stopped, wan -> :2222 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
     expect_reply "$t: g1 stopped, g2's wan -> :2223 still reaches g2:22" \
         "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
     expect_reply "$t: g1 stopped, hairpin g1's namespace -> :2223 still reaches g2:22" \
