@@ -755,7 +755,7 @@ scenario_forward_edit() {
     expect_no_reply "source: wan (198.18.0.2) -> 198.18.0.1:8080 not reachable" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080
     if is_nft; then
         check_eq "source: the DNAT for 8080 is one element, restricted to 192.0.2.0/24" "1 1" \
-            "$(nft_dnat_elements '8080') $(nft_dnat_elements '^nft fwd4src .*192\.0\.2\.0.*8080')"
+            "$(nft_dnat_elements '8080') $(nft_dnat_elements '^nft fwd4srcany .*192\.0\.2\.0.*8080')"
     else
         check "source: the DNAT for 8080 is restricted to -s 192.0.2.0/24" rules_match '-s 192\.0\.2\.0/24 .*--dport 8080 '
         check "source: no unrestricted DNAT for 8080" sh -c "! ip netns exec $LAB_NS_HOST iptables-save -t nat |
