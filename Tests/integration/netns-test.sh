@@ -436,16 +436,29 @@ scenario_concurrency() {
     check_ruleset "concurrency: ruleset identical to the sequential one" "$LAB_TMP/applied.rules"
 }
 
+# bad_domain IN OUT: vgt-bad's domain XML (IN, "-" for stdin) on g2's NIC (its MAC), whose leased address
+# 10.213.0.12 its guest-address= forward points at.
+bad_domain() {
+    sed "s/52:54:00:00:00:13/$LAB_G2_MAC/" "$1" >"$2"
+}
+
 # Scenario 8
 scenario_bad_metadata() {
     echo "# --- 8. invalid metadata"
     local before=$LAB_TMP/before-bad.rules
     lab_ruleset >"$before"
 
+    # vgt-bad's valid forward points at 10.213.0.12 (guest-address=), in g2's namespace. An address leased to another
+    # MAC is not a guest's to point at (scenarios 19 and 25), so vgt-bad has g2's NIC here: the lease is its own.
+    local bad=$VG_XML/vgt-bad.xml
+    bad_domain "$LAB_FIXTURES/domain-vgt-bad.xml" "$bad"
+    lab_shape_unresolved "$bad" "$VG_XML/vgt-bad-prepare.xml" keep-id
+    lab_shape_unresolved "$bad" "$VG_XML/vgt-bad-stopped.xml"
+
     # ON_INVALID=warn: exit 0, one-line error naming guest, field and value, good forwards applied.
     VG_CONFIG=$VG_CONF_WARN
     vg_hook "$VG_XML/vgt-bad-prepare.xml" qemu vgt-bad prepare begin -
-    vg_hook "$LAB_FIXTURES/domain-vgt-bad.xml" qemu vgt-bad start begin -
+    vg_hook "$bad" qemu vgt-bad start begin -
     if grep 'vgt-bad' "$VG_ERR" | grep 'host-port' | grep -q '70000'; then
         lab_ok "warn: stderr names guest vgt-bad, field host-port, value 70000"
     else
@@ -453,7 +466,7 @@ scenario_bad_metadata() {
         lab_diag "$VG_ERR"
     fi
     check_eq "warn: exactly one error line on stderr about 70000" 1 "$(grep -c 70000 "$VG_ERR")"
-    vg_hook "$LAB_FIXTURES/domain-vgt-bad.xml" qemu vgt-bad started begin -
+    vg_hook "$bad" qemu vgt-bad started begin -
     expect_reply "warn: the good forward 198.18.0.1:2224 -> 10.213.0.12:22 (guest-address=) works" \
         "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2224 "g2-22 $LAB_WAN_IP"
     check "warn: no rule mentions 70000" sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -q 70000"
@@ -474,7 +487,7 @@ bad-proto|<vg:forward proto="foo" host-port="2225" guest-port="22"/>|proto|foo'
     while IFS='|' read -r name forward field value; do
         xml=$VG_XML/vgt-bad-$name.xml
         # the template's @FORWARD@ line becomes the invalid forward; guest-address keeps the good one resolvable
-        sed "s|@FORWARD@|$forward|" "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$xml"
+        sed "s|@FORWARD@|$forward|" "$LAB_FIXTURES/domain-vgt-bad-template.xml" | bad_domain - "$xml"
         lab_shape_unresolved "$xml" "$xml.prepare" keep-id
         VG_OUT=$LAB_TMP/vg.out
         VG_ERR=$LAB_TMP/vg.err
@@ -638,7 +651,7 @@ scenario_dry_run() {
     state_before=$(state_digest)
 
     # a guest not applied yet: there is something to add
-    sed 's|@FORWARD@||' "$LAB_FIXTURES/domain-vgt-bad-template.xml" >"$VG_XML/vgt-new.xml"
+    sed 's|@FORWARD@||' "$LAB_FIXTURES/domain-vgt-bad-template.xml" | bad_domain - "$VG_XML/vgt-new.xml"
     vg_hook "$VG_XML/vgt-new.xml" --dry-run qemu vgt-bad start begin -
     if [ "$VG_BACKEND" = nft ]; then
         check "dry-run: --dry-run start of a new guest prints the nft script" grep -q '^add element inet virtgate' "$VG_OUT"
