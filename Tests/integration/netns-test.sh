@@ -25,8 +25,12 @@
 # shapes, each from the baseline back to it (overlapping guest ports of one guest; two ranges overlapping on the
 # guest side; an allow-list with overlapping entries; allow-list and host-address clashes between two guests; a
 # forward at another guest's address; a NIC of type='bridge' on a plain host bridge; an IPv6 guest-address on an
-# IPv4-only network; prefix-0 sources), each with "a second identical event writes nothing". Fixtures (hookData,
-# domain XML, the shapes' domain template) are in fixtures/.
+# IPv4-only network; prefix-0 sources), each with "a second identical event writes nothing"; 23-28 untrusted
+# metadata, each from the baseline back to it (a forward on a port a host process listens on, and a listener that
+# appears after the claim; a udp 53 forward against the network's own address, where guests find DNS; guest-address
+# at another guest's reservation, the gateway, outside the network; two names that shared a 32-bit id; a wide range
+# with 12 sources and 300 forwards in one guest; HOST_PORTS). Fixtures (hookData, domain XML, the shapes' domain
+# template) are in fixtures/.
 
 set -u
 
@@ -762,13 +766,18 @@ scenario_network_from_run_dir() {
 # baseline, starts the network and its guests as libvirt does, proves the outcome with real traffic, proves that a
 # second identical event writes nothing, and stops everything back to the baseline exactly.
 
-# shape_domain OUT NAME ID FORWARDS [bridge BRIDGE MAC DEV]: a domain XML as libvirt hands it to qemu `start`. The
-# NIC is g1's or g2's on the network vgtnet (by NAME), or with "bridge" a NIC of type='bridge' on BRIDGE.
+# shape_domain OUT NAME ID FORWARDS [bridge BRIDGE MAC DEV | network MAC DEV]: a domain XML as libvirt hands it to
+# qemu `start`. The NIC is g1's or g2's on the network vgtnet (by NAME), with "network" one on vgtnet with the given
+# MAC and target dev (a guest of another name in g1's or g2's namespace), or with "bridge" a NIC of type='bridge' on
+# BRIDGE.
 shape_domain() {
     local out=$1 name=$2 id=$3 forwards=$4 nic mac dev bridge=""
     if [ "${5:-}" = bridge ]; then
         nic=$(<"$LAB_FIXTURES/shape-interface-bridge.xml")
         bridge=$6 mac=$7 dev=$8
+    elif [ "${5:-}" = network ]; then
+        nic=$(<"$LAB_FIXTURES/shape-interface-network.xml")
+        mac=$6 dev=$7
     else
         nic=$(<"$LAB_FIXTURES/shape-interface-network.xml")
         case $name in
@@ -1186,6 +1195,403 @@ scenario_shapes() {
     scenario_shape_prefix_zero
 }
 
+# =================================================================================================================
+# Untrusted metadata (scenarios 23-29): what a guest's forwards may never do (README, "Security model"), each from the
+# baseline back to it, driven as libvirt drives the hook, proved with real traffic and the real kernel, each with "a
+# second identical event writes nothing".
+
+# Two guest names of 25 bytes that shared one owner id under the old scheme (the first 15 characters, then FNV-1a
+# 32-bit of the name: both "vgt_collision_p+8a34de67"). Found by brute force over 6-character suffixes.
+SEC_COLLIDE_A=vgt-collision-pair-aag3zx
+SEC_COLLIDE_B=vgt-collision-pair-aa1pad
+
+# sec_old_id NAME: the owner id of a long name under the old scheme (prefix of 15, '+', FNV-1a 32-bit in hex).
+sec_old_id() {
+    local name=$1 h=$((0x811c9dc5)) i c prefix
+    for ((i = 0; i < ${#name}; i++)); do
+        printf -v c '%d' "'${name:i:1}"
+        h=$((((h ^ c) * 0x01000193) & 0xffffffff))
+    done
+    prefix=${name:0:15}
+    printf '%s+%08x\n' "${prefix//[^A-Za-z0-9]/_}" "$h"
+}
+
+# sec_id NAME: the owner id of a long name now: '+' and 128 bits of its SHA-256, base64url without padding.
+sec_id() {
+    local hex
+    hex=$(printf '%s' "$1" | sha256sum | cut -c1-32)
+    # shellcheck disable=SC2059  # the format is the bytes, as \x escapes
+    printf '+%s\n' "$(printf "$(sed 's/../\\x&/g' <<<"$hex")" | base64 | tr '+/' '-_' | tr -d '=')"
+}
+
+# host_serve PROTO PORT LABEL [BIND]: a service of the host itself (standing for sshd or dnsmasq) in vgt-host, on
+# every IPv4 address or on BIND only; answers like lab_serve. Its PID is in HOST_SERVE_PID, for host_unserve.
+host_serve() {
+    local proto=$1 port=$2 label=$3 bind=${4:+,bind=$4} kind=TCP-LISTEN
+    [ "$proto" = udp ] && kind=UDP-RECVFROM
+    ip netns exec "$LAB_NS_HOST" socat "$kind:$port$bind,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+        </dev/null >/dev/null 2>&1 &
+    HOST_SERVE_PID=$!
+    LAB_PIDS="$LAB_PIDS $HOST_SERVE_PID"
+    lab_wait_listen "$LAB_NS_HOST" "$proto" "$port"
+}
+
+# host_unserve PID PROTO PORT: stop a service host_serve started (by its PID) and wait until its socket is gone.
+host_unserve() {
+    local pid=$1 proto=$2 port=$3 i flag=-Hltn
+    [ "$proto" = udp ] && flag=-Hlun
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    LAB_PIDS=${LAB_PIDS// $pid/}
+    for i in $(seq 50); do
+        ip netns exec "$LAB_NS_HOST" ss $flag "sport = :$port" | grep -q . || return 0
+        sleep 0.1
+    done
+    echo "# lab: host $proto socket on port $port still open after its service was stopped" >&2
+    return 1
+}
+
+# sec_started_keeps TAG NAME XML HELD: a `started` event of a running guest writes nothing, logs no error, and skips
+# nothing about HELD (the held forward's field="value", e.g. host-port="2222"). Other lines it logs are reported.
+sec_started_keeps() {
+    local tag=$1 name=$2 xml=$3 held=$4 before=$LAB_TMP/sec-started.rules
+    lab_ruleset >"$before"
+    vg_hook "$xml" qemu "$name" started begin -
+    if grep -q -e 'applied' -e 'error:' "$VG_ERR" || grep -qF -- "$held" "$VG_ERR"; then
+        lab_not_ok "$tag: started of $name logs no apply and no error, and nothing about $held"
+        lab_diag "$VG_ERR"
+    else
+        lab_ok "$tag: started of $name logs no apply and no error, and nothing about $held"
+        if grep -q . "$VG_ERR"; then lab_info "$tag: started of $name logged: $(head -n 3 "$VG_ERR" | tr '\n' ' ')"; fi
+    fi
+    check_ruleset "$tag: started of $name leaves the ruleset identical" "$before"
+}
+
+# Scenario 23: a forward on a port a host process listens on (here 22, as sshd) is refused; the host's service keeps
+# answering from wan and from the guests. A listener that appears after a guest took its port does not take the
+# forward away.
+scenario_sec_host_listener() {
+    echo "# --- 23. security: a forward never hides a host service (backend $VG_BACKEND)"
+    local x=$LAB_TMP/sec-listener.xml xg=$LAB_TMP/sec-listener-good.xml t="host listener" ssh_pid late_pid
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="22"/>
+      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>'
+    shape_domain "$xg" vgt-g1 21 '      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>'
+    VG_CONFIG=$VG_CONF_WARN
+    check "$t: the host's sshd stand-in listens on 0.0.0.0:22 in $LAB_NS_HOST" host_serve tcp 22 host-22
+    ssh_pid=$HOST_SERVE_PID
+    # as on a host running sshd: UFW admits it
+    if lab_ufw allow 22/tcp >"$LAB_TMP/ufw.out" 2>&1; then
+        lab_ok "$t: ufw allow 22/tcp in $LAB_NS_HOST"
+    else
+        lab_not_ok "$t: ufw allow 22/tcp in $LAB_NS_HOST"
+        lab_diag "$LAB_TMP/ufw.out"
+    fi
+    lab_ruleset >"$LAB_TMP/sec-listener-baseline.rules"
+    expect_reply "$t: before: wan -> 198.18.0.1:22 reaches the host's service" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 22 "host-22 $LAB_WAN_IP"
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    # the ruleset of g1 with its 2222 forward only: the refused one must add nothing to it
+    shape_guest_up vgt-g1 "$xg"
+    lab_ruleset >"$LAB_TMP/sec-listener-good.rules"
+    shape_guest_down vgt-g1 "$xg"
+    shape_guest_up vgt-g1 "$x"
+    check_eq "$t: g1's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_eq "$t: g1's start prints exactly one warning" 1 "$(grep -c 'warning:' "$x.start.err")"
+    check_stderr_line "$t: the warning names vgt-g1, forward #1 host-port=\"22\" and the host's socket tcp 0.0.0.0:22" \
+        "$x.start.err" 'guest "vgt-g1"' 'forward #1 host-port="22"' 'a host process holds tcp 0.0.0.0:22'
+    expect_reply "$t: wan -> 198.18.0.1:22 still reaches the host's service" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 22 "host-22 $LAB_WAN_IP"
+    expect_reply "$t: wan -> 198.18.0.5:22 (the host's other address) reaches the host's service" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_ALT_IP" 22 "host-22 $LAB_WAN_IP"
+    expect_reply "$t: guest g2 -> 10.213.0.1:22 reaches the host's service" \
+        "$LAB_NS_G2" tcp "$LAB_GW" 22 "host-22 $LAB_G2_IP"
+    expect_reply "$t: guest g1 -> 198.18.0.1:22 reaches the host's service, not itself" \
+        "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 22 "host-22 $LAB_G1_IP"
+    expect_reply "$t: g1's other forward wan -> :2222 reaches g1:22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    check_ruleset "$t: the ruleset equals g1's with its 2222 forward only" "$LAB_TMP/sec-listener-good.rules"
+    shape_same_again "$t" vgt-g1 "$x"
+
+    # Later: a host process starts on a port the guest already holds. The guest keeps its forward.
+    check "$t: a host process starts listening on 0.0.0.0:2222 after g1 took it" host_serve tcp 2222 host-2222
+    late_pid=$HOST_SERVE_PID
+    sec_started_keeps "$t: listener after the claim" vgt-g1 "$x" 'host-port="2222"'
+    expect_reply "$t: after started, wan -> :2222 still reaches g1:22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    shape_same_again "$t (listener after the claim)" vgt-g1 "$x"
+    expect_reply "$t: after a second start, wan -> :2222 still reaches g1:22" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    check "$t: the late listener stopped" host_unserve "$late_pid" tcp 2222
+
+    shape_guest_down vgt-g1 "$x"
+    expect_no_reply "$t: after stopped, wan -> :2222 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222
+    expect_reply "$t: after stopped, wan -> 198.18.0.1:22 still reaches the host's service" \
+        "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 22 "host-22 $LAB_WAN_IP"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    check_ruleset "$t: everything stopped, the ruleset equals the one before the guest (UFW allows 22)" \
+        "$LAB_TMP/sec-listener-baseline.rules"
+    if lab_ufw delete allow 22/tcp >"$LAB_TMP/ufw.out" 2>&1; then
+        lab_ok "$t: ufw delete allow 22/tcp in $LAB_NS_HOST"
+    else
+        lab_not_ok "$t: ufw delete allow 22/tcp in $LAB_NS_HOST"
+        lab_diag "$LAB_TMP/ufw.out"
+    fi
+    check "$t: the host's sshd stand-in stopped" host_unserve "$ssh_pid" tcp 22
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 24: guests' DNS. A udp 53 forward on any address reaches the guest from wan, but never takes traffic to
+# the network's own address (where guests find DNS and DHCP): a host service bound there later answers the other
+# guests. A forward that names the gateway address as host-address does take it, and only while no host process
+# is bound there.
+scenario_sec_gateway_dns() {
+    echo "# --- 24. security: a forward on any address leaves the network's own address alone (backend $VG_BACKEND)"
+    local x1=$LAB_TMP/sec-dns-any.xml x2=$LAB_TMP/sec-dns-gw.xml t="gateway DNS" dns_pid
+    shape_domain "$x1" vgt-g1 21 '      <vg:forward proto="udp" host-port="53"/>
+      <vg:forward proto="tcp" host-port="2222" guest-port="22"/>'
+    shape_domain "$x2" vgt-g1 21 "      <vg:forward proto=\"udp\" host-port=\"53\" host-address=\"$LAB_GW\"/>
+      <vg:forward proto=\"tcp\" host-port=\"2222\" guest-port=\"22\"/>"
+    VG_CONFIG=$VG_CONF_WARN
+    check "$t: no host socket on port 53 in $LAB_NS_HOST before the guest starts" sh -c \
+        "! ip netns exec $LAB_NS_HOST ss -Hlun 'sport = :53' | grep -q ."
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x1"
+    check_eq "$t: g1's start warns about nothing" 0 "$(grep -c 'warning:' "$x1.start.err")"
+    expect_reply "$t: wan -> 198.18.0.1:53/udp reaches g1:53" "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 53 "g1-53-udp $LAB_WAN_IP"
+    expect_reply "$t: hairpin g2 -> 198.18.0.1:53/udp reaches g1:53" "$LAB_NS_G2" udp "$LAB_HOST_WAN_IP" 53 "g1-53-udp *"
+    expect_no_reply "$t: g2 -> 10.213.0.1:53/udp (the network's own address) does not reach g1" \
+        "$LAB_NS_G2" udp "$LAB_GW" 53
+    expect_no_reply "$t: g2 -> 10.213.0.1:2222 (the network's own address) does not reach g1's tcp forward either" \
+        "$LAB_NS_G2" tcp "$LAB_GW" 2222
+    shape_same_again "$t" vgt-g1 "$x1"
+
+    # The host's DNS comes up on the network's address (as libvirt's dnsmasq does), after the guest took port 53.
+    check "$t: a host DNS stand-in is bound to $LAB_GW:53/udp" host_serve udp 53 host-dns "$LAB_GW"
+    dns_pid=$HOST_SERVE_PID
+    expect_reply "$t: g2 -> 10.213.0.1:53/udp reaches the host's DNS, not g1" "$LAB_NS_G2" udp "$LAB_GW" 53 "host-dns $LAB_G2_IP*"
+    expect_reply "$t: wan -> 198.18.0.1:53/udp still reaches g1:53" "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 53 "g1-53-udp $LAB_WAN_IP"
+    sec_started_keeps "$t: DNS bound after the claim" vgt-g1 "$x1" 'host-port="53"'
+    expect_reply "$t: after started, wan -> 198.18.0.1:53/udp still reaches g1:53" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 53 "g1-53-udp $LAB_WAN_IP"
+
+    # A forward that names the gateway address: refused while the host's DNS is bound there.
+    shape_guest_down vgt-g1 "$x1"
+    shape_guest_up vgt-g1 "$x2"
+    check_eq "$t: g1's start with host-address=$LAB_GW exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_stderr_line "$t: the warning names vgt-g1, forward #1 host-port=\"53\" and the host's socket udp $LAB_GW:53" \
+        "$x2.start.err" 'guest "vgt-g1"' 'forward #1 host-port="53"' "a host process holds udp $LAB_GW:53"
+    expect_reply "$t: g2 -> 10.213.0.1:53/udp still reaches the host's DNS" "$LAB_NS_G2" udp "$LAB_GW" 53 "host-dns $LAB_G2_IP*"
+    expect_reply "$t: g1's other forward wan -> :2222 reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2222 "g1-22 $LAB_WAN_IP"
+    check "$t: the host's DNS stand-in stopped" host_unserve "$dns_pid" udp 53
+
+    # No host DNS: the forward naming the gateway address applies, and takes exactly that address.
+    vg_hook "$x2" qemu vgt-g1 start begin -
+    cp "$VG_ERR" "$x2.start.err"
+    shape_no_error "vgt-g1 start (no host DNS)"
+    check_eq "$t: without the host's DNS, g1's start with host-address=$LAB_GW warns about nothing" 0 \
+        "$(grep -c 'warning:' "$x2.start.err")"
+    expect_reply "$t: g2 -> 10.213.0.1:53/udp (forward with host-address=$LAB_GW) reaches g1:53" \
+        "$LAB_NS_G2" udp "$LAB_GW" 53 "g1-53-udp *"
+    expect_no_reply "$t: wan -> 198.18.0.1:53/udp (not the forward's address) gets nothing" \
+        "$LAB_NS_WAN" udp "$LAB_HOST_WAN_IP" 53
+    shape_same_again "$t (host-address=$LAB_GW)" vgt-g1 "$x2"
+    shape_guest_down vgt-g1 "$x2"
+    expect_no_reply "$t: after stopped, g2 -> 10.213.0.1:53/udp gets nothing" "$LAB_NS_G2" udp "$LAB_GW" 53
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 25: a guest-address that is not the guest's: another guest's reservation, the network's own address, an
+# address outside the network. Each is refused with one line; nothing is opened for it; the guest's own forward works.
+scenario_sec_guest_address() {
+    echo "# --- 25. security: a forward points only at its own guest (backend $VG_BACKEND)"
+    local x=$LAB_TMP/sec-addr.xml xg=$LAB_TMP/sec-addr-good.xml t="guest-address" p
+    shape_domain "$xg" vgt-g2 22 '      <vg:forward proto="tcp" host-port="2223" guest-port="22"/>'
+    shape_domain "$x" vgt-g2 22 "      <vg:forward proto=\"tcp\" host-port=\"2223\" guest-port=\"22\"/>
+      <vg:forward proto=\"tcp\" host-port=\"7701\" guest-port=\"22\" guest-address=\"$LAB_G1_IP\"/>
+      <vg:forward proto=\"tcp\" host-port=\"7702\" guest-port=\"22\" guest-address=\"$LAB_GW\"/>
+      <vg:forward proto=\"tcp\" host-port=\"7703\" guest-port=\"22\" guest-address=\"192.0.2.44\"/>"
+    VG_CONFIG=$VG_CONF_WARN
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    # the ruleset of g2 with its own forward only: the refused ones must add nothing to it
+    shape_guest_up vgt-g2 "$xg"
+    lab_ruleset >"$LAB_TMP/sec-addr-good.rules"
+    shape_guest_down vgt-g2 "$xg"
+
+    shape_guest_up vgt-g2 "$x"
+    check_eq "$t: g2's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_eq "$t: g2's start prints exactly three warnings" 3 "$(grep -c 'warning:' "$x.start.err")"
+    check_stderr_line "$t: g1's reserved address: the line names vgt-g2, forward #2 guest-address, the value, 'reserved ... for MAC'" \
+        "$x.start.err" 'guest "vgt-g2"' "forward #2 guest-address=\"$LAB_G1_IP\"" 'reserved on network "vgtnet" for MAC' "$LAB_G1_MAC"
+    check_stderr_line "$t: the bridge (gateway) address: the line names vgt-g2, forward #3 guest-address, the value, 'the host's own address'" \
+        "$x.start.err" 'guest "vgt-g2"' "forward #3 guest-address=\"$LAB_GW\"" "the host's own address on network \"vgtnet\""
+    check_stderr_line "$t: an address outside the network: the line names vgt-g2, forward #4 guest-address, the value, 'not in a subnet'" \
+        "$x.start.err" 'guest "vgt-g2"' 'forward #4 guest-address="192.0.2.44"' 'not in a subnet of network "vgtnet"'
+    for p in 7701 7702 7703; do
+        expect_no_reply "$t: wan -> :$p (refused forward) gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" "$p"
+    done
+    expect_no_reply "$t: hairpin g1 -> :7701 gets nothing" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 7701
+    expect_reply "$t: g2's own forward wan -> :2223 reaches g2:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 $LAB_WAN_IP"
+    expect_reply "$t: hairpin g1 -> :2223 reaches g2:22" "$LAB_NS_G1" tcp "$LAB_HOST_WAN_IP" 2223 "g2-22 *"
+    check_ruleset_lacks "$t: no rule or element names $LAB_G1_IP, 192.0.2.44 or ports 7701-7703" \
+        '10\.213\.0\.11([^0-9]|$)|192\.0\.2\.44|(^|[^0-9])770[1-3]([^0-9]|$)'
+    check_ruleset "$t: the ruleset equals g2's with its own forward only" "$LAB_TMP/sec-addr-good.rules"
+    shape_same_again "$t" vgt-g2 "$x"
+    shape_guest_down vgt-g2 "$x"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 26: two long names that shared one owner id under the old 32-bit scheme. Each keeps its own chains or
+# elements and its own forward; stopping one leaves the other's.
+scenario_sec_name_collision() {
+    echo "# --- 26. security: names that collided under the old 32-bit id (backend $VG_BACKEND)"
+    local a=$SEC_COLLIDE_A b=$SEC_COLLIDE_B xa=$LAB_TMP/sec-collide-a.xml xb=$LAB_TMP/sec-collide-b.xml t="name collision"
+    local ida idb
+    check_eq "$t: $a and $b share the old id" "$(sec_old_id "$a")" "$(sec_old_id "$b")"
+    ida=$(sec_id "$a")
+    idb=$(sec_id "$b")
+    check "$t: their ids differ now ($ida, $idb)" test "$ida" != "$idb"
+    shape_domain "$xa" "$a" 31 '      <vg:forward proto="tcp" host-port="7801" guest-port="22"/>' network "$LAB_G1_MAC" vgt-g1h
+    shape_domain "$xb" "$b" 32 '      <vg:forward proto="tcp" host-port="7802" guest-port="22"/>' network "$LAB_G2_MAC" vgt-g2h
+    VG_CONFIG=$VG_CONF_WARN
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up "$a" "$xa"
+    shape_guest_up "$b" "$xb"
+    check_eq "$t: $b's start warns about nothing (no conflict with $a)" 0 "$(grep -c 'warning:' "$xb.start.err")"
+    expect_reply "$t: wan -> :7801 reaches $a (g1:22)" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7801 "g1-22 $LAB_WAN_IP"
+    expect_reply "$t: wan -> :7802 reaches $b (g2:22)" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7802 "g2-22 $LAB_WAN_IP"
+    if [ "$VG_BACKEND" = nft ]; then
+        check_eq "$t: one nft element owned by $ida" 1 "$(lab_nft_owner_elements "$ida")"
+        check_eq "$t: one nft element owned by $idb" 1 "$(lab_nft_owner_elements "$idb")"
+        check "$t: $ida's element is port 7801, $idb's is 7802" sh -c \
+            "ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -F 'comment \"$ida\"' | grep -q 7801 &&
+             ip netns exec $LAB_NS_HOST nft list table inet virtgate | grep -F 'comment \"$idb\"' | grep -q 7802"
+    else
+        check "$t: nat VGD-$ida exists" lab_chain_exists nat "VGD-$ida"
+        check "$t: nat VGD-$idb exists" lab_chain_exists nat "VGD-$idb"
+        check "$t: VGD-$ida forwards 7801, VGD-$idb forwards 7802" sh -c \
+            "ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -F -- '-A VGD-$ida ' | grep -q 'dport 7801' &&
+             ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -F -- '-A VGD-$idb ' | grep -q 'dport 7802'"
+    fi
+    check_ruleset_lacks "$t: nothing carries the old shared id" 'vgt_collision_p|8a34de67'
+    shape_same_again "$t" "$a" "$xa"
+    shape_same_again "$t" "$b" "$xb"
+    shape_guest_down "$a" "$xa"
+    expect_no_reply "$t: $a stopped, wan -> :7801 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7801
+    expect_reply "$t: $a stopped, wan -> :7802 still reaches $b" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7802 "g2-22 $LAB_WAN_IP"
+    if [ "$VG_BACKEND" = nft ]; then
+        check_eq "$t: $a stopped, $idb still owns its element" 1 "$(lab_nft_owner_elements "$idb")"
+    else
+        check "$t: $a stopped, VGD-$ida is gone and VGD-$idb stays" sh -c \
+            "! ip netns exec $LAB_NS_HOST iptables -t nat -S VGD-$ida >/dev/null 2>&1 &&
+             ip netns exec $LAB_NS_HOST iptables -t nat -S VGD-$idb >/dev/null 2>&1"
+    fi
+    shape_same_again "$t ($a stopped)" "$b" "$xb"
+    shape_guest_down "$b" "$xb"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 27: bounded work. A wide range that keeps its ports, with 12 sources, is a handful of kernel objects (nft:
+# one interval element per source), and admits exactly its sources at both edges. A guest with 300 forwards gets the
+# first 256; the rest are refused in at most 21 lines.
+scenario_sec_limits() {
+    echo "# --- 27. security: bounded work per guest (backend $VG_BACKEND)"
+    local x=$LAB_TMP/sec-wide.xml x3=$LAB_TMP/sec-300.xml t="limits" i p sources="" forwards="" ok=yes n
+    for i in $(seq 1 11); do sources="$sources 203.0.113.$i/32"; done
+    sources="$LAB_WAN_IP/32$sources"
+    shape_domain "$x" vgt-g1 21 "      <vg:forward proto=\"tcp\" host-port=\"20000-60000\" source=\"$sources\"/>"
+    lab_serve "$LAB_NS_G1" tcp 20000 g1-20000 || ok=no
+    lab_serve "$LAB_NS_G1" tcp 60000 g1-60000 || ok=no
+    check "$t: g1 listens on 20000 and 60000" test "$ok" = yes
+    VG_CONFIG=$VG_CONF_WARN
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    check_eq "$t: 20000-60000 with 12 sources: g1's start warns about nothing" 0 "$(grep -c 'warning:' "$x.start.err")"
+    if [ "$VG_BACKEND" = nft ]; then
+        check_eq "$t: g1 owns 12 nft elements (one interval per source, not 40,001 x 12)" 12 "$(lab_nft_owner_elements vgt-g1)"
+        n=$(lab_nft_lines | grep -cvE '^nft (rule|chain) ')
+        check "$t: virtgate's whole nft table holds at most 16 elements ($n)" test "$n" -le 16
+    else
+        check_eq "$t: VGD-vgt-g1 holds 12 DNAT rules for 20000:60000" 12 \
+            "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c -- '^-A VGD-vgt-g1 .*--dport 20000:60000 .*-j DNAT')"
+    fi
+    for p in 20000 60000; do
+        expect_reply "$t: wan $LAB_WAN_IP (a source) -> :$p reaches g1:$p" \
+            "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" "$p" "g1-$p $LAB_WAN_IP"
+        expect_no_reply_from "$t: wan $LAB_WAN_ALT_IP (not a source) -> :$p is refused" \
+            "$LAB_WAN_ALT_IP" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" "$p"
+    done
+    shape_same_again "$t (wide range)" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    expect_no_reply "$t: after stopped, wan -> :20000 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 20000
+
+    for i in $(seq 1 300); do
+        forwards="$forwards      <vg:forward proto=\"tcp\" host-port=\"$((30000 + i))\" guest-port=\"22\"/>
+"
+    done
+    shape_domain "$x3" vgt-g1 21 "${forwards%$'\n'}"
+    shape_guest_up vgt-g1 "$x3"
+    check_eq "$t: 300 forwards: g1's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    n=$(grep -c 'warning:' "$x3.start.err")
+    check "$t: 300 forwards: at most 21 warning lines for the event ($n)" test "$n" -le 21
+    check_stderr_line "$t: 300 forwards: forward #257 is refused, 'more than 256 forwards'" \
+        "$x3.start.err" 'guest "vgt-g1"' 'forward #257=' '30257' 'more than 256 forwards'
+    check_stderr_line "$t: 300 forwards: one line counts the 24 problems not shown" \
+        "$x3.start.err" '24 more problems' 'not shown'
+    check "$t: 300 forwards: no line about forward #277 or later" sh -c \
+        "! grep -qE 'forward #(27[7-9]|28[0-9]|29[0-9]|300)=' '$x3.start.err'"
+    if [ "$VG_BACKEND" = nft ]; then
+        check_eq "$t: 300 forwards: g1 owns 256 nft elements" 256 "$(lab_nft_owner_elements vgt-g1)"
+    else
+        check_eq "$t: 300 forwards: VGD-vgt-g1 holds 256 DNAT rules" 256 \
+            "$(ip netns exec "$LAB_NS_HOST" iptables-save -t nat | grep -c -- '^-A VGD-vgt-g1 .*-j DNAT')"
+    fi
+    expect_reply "$t: 300 forwards: wan -> :30001 (#1) reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 30001 "g1-22 $LAB_WAN_IP"
+    expect_reply "$t: 300 forwards: wan -> :30256 (#256) reaches g1:22" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 30256 "g1-22 $LAB_WAN_IP"
+    expect_no_reply "$t: 300 forwards: wan -> :30257 (#257) gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 30257
+    expect_no_reply "$t: 300 forwards: wan -> :30300 (#300) gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 30300
+    shape_same_again "$t (300 forwards)" vgt-g1 "$x3"
+    shape_guest_down vgt-g1 "$x3"
+    expect_no_reply "$t: after stopped, wan -> :30001 is closed" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 30001
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_back_to_baseline "$t"
+}
+
+# Scenario 28: HOST_PORTS (here from VIRTGATE_HOST_PORTS, on every event): a host port outside it is refused.
+scenario_sec_host_ports() {
+    echo "# --- 28. security: HOST_PORTS=8000-8999 (backend $VG_BACKEND)"
+    local x=$LAB_TMP/sec-hostports.xml t="HOST_PORTS"
+    shape_domain "$x" vgt-g1 21 '      <vg:forward proto="tcp" host-port="7000" guest-port="80"/>
+      <vg:forward proto="tcp" host-port="8080" guest-port="80"/>'
+    VG_CONFIG=$VG_CONF_WARN
+    VG_EXTRA_ENV=(VIRTGATE_HOST_PORTS=8000-8999)
+    shape_net_up "$LAB_FIXTURES/network-vgtnet.xml"
+    shape_guest_up vgt-g1 "$x"
+    check_eq "$t: g1's start exits 0 (ON_INVALID=warn)" 0 "$SHAPE_START_RC"
+    check_eq "$t: g1's start prints exactly one warning" 1 "$(grep -c 'warning:' "$x.start.err")"
+    check_stderr_line "$t: the warning names vgt-g1, forward #1 host-port=\"7000\" and HOST_PORTS" \
+        "$x.start.err" 'guest "vgt-g1"' 'forward #1 host-port="7000"' 'HOST_PORTS'
+    expect_no_reply "$t: wan -> :7000 (outside HOST_PORTS) gets nothing" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 7000
+    expect_reply "$t: wan -> :8080 (inside HOST_PORTS) reaches g1:80" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 8080 "g1-80 $LAB_WAN_IP"
+    check_ruleset_lacks "$t: no rule or element holds host port 7000" '(^|[^0-9])7000([^0-9]|$)'
+    shape_same_again "$t" vgt-g1 "$x"
+    shape_guest_down vgt-g1 "$x"
+    shape_net_down "$LAB_FIXTURES/network-vgtnet.xml"
+    VG_EXTRA_ENV=()
+    shape_back_to_baseline "$t"
+}
+
+scenario_security() {
+    scenario_sec_host_listener
+    scenario_sec_gateway_dns
+    scenario_sec_guest_address
+    scenario_sec_name_collision
+    scenario_sec_limits
+    scenario_sec_host_ports
+}
+
 main_inner() {
     local mode=${1:-full}
     trap inner_cleanup EXIT
@@ -1216,6 +1622,7 @@ main_inner() {
     scenario_teardown
     scenario_network_from_run_dir
     scenario_shapes
+    scenario_security
     exit 0
 }
 
