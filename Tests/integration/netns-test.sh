@@ -1196,7 +1196,7 @@ scenario_shapes() {
 }
 
 # =================================================================================================================
-# Untrusted metadata (scenarios 23-29): what a guest's forwards may never do (README, "Security model"), each from the
+# Untrusted metadata (scenarios 23-28): what a guest's forwards may never do (README, "Security model"), each from the
 # baseline back to it, driven as libvirt drives the hook, proved with real traffic and the real kernel, each with "a
 # second identical event writes nothing".
 
