@@ -21,13 +21,18 @@ public struct NftKernel {
 
     /// Map name → (address type per key part: "a" address, "n" network, "p" protocol number, "s" port).
     static func keyShape(_ map: String) -> [Character]? {
-        switch map {
-        case "fwd4", "fwd6": ["a", "p", "s"]
-        case "fwd4any", "fwd6any": ["p", "s"]
-        case "fwd4src", "fwd6src": ["n", "n", "p", "s"]
-        default: nil
+        let base = map.hasSuffix("range") ? String(map.dropLast(5)) : map
+        switch base {
+        case "fwd4", "fwd6": return ["a", "p", "s"]
+        case "fwd4any", "fwd6any": return ["p", "s"]
+        case "fwd4src", "fwd6src": return ["n", "n", "p", "s"]
+        case "fwd4srcany", "fwd6srcany": return ["n", "p", "s"]
+        default: return nil
         }
     }
+
+    /// Maps keyed by port intervals (layout 3) map to the guest address alone.
+    static func valueShape(_ map: String) -> [Character] { map.hasSuffix("range") ? ["a"] : ["a", "s"] }
 
     public mutating func apply(_ script: String) {
         guard !script.isEmpty else { return }
@@ -72,7 +77,7 @@ public struct NftKernel {
                     require(after.hasPrefix(" : "), "\(context): map element without a value")
                     let value = String(after.dropFirst(3))
                     checkKey(key, shape: shape, context)
-                    checkKey(value, shape: ["a", "s"], context)
+                    checkKey(value, shape: Self.valueShape(map), context)
                     require(!comment.isEmpty && comment.utf8.count <= 128, "\(context): comment length \(comment.utf8.count)")
                     require(comment.unicodeScalars.allSatisfy(Self.isCommentCharacter),
                             "\(context): comment \(InputProblem.quoted(comment)) has characters nft would misread")
@@ -100,10 +105,19 @@ public struct NftKernel {
             case "a": IPAddress(part) != nil
             case "n": IPAddress(part) != nil || IPNetwork(parsing: part) != nil
             case "p": UInt8(part).map { [6, 17, 132].contains($0) } ?? false
-            default: UInt16(part).map { $0 > 0 } ?? false
+            default: Self.ports(part) != nil
             }
             require(ok, "\(context): key part \(InputProblem.quoted(part)) of \(InputProblem.quoted(key)) is not a \(kind)")
         }
+    }
+
+    /// A port or an interval `N-M` (N < M), as nft prints them.
+    static func ports(_ text: String) -> (Int, Int)? {
+        let bounds = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard (1...2).contains(bounds.count), let low = UInt16(bounds[0]), low > 0 else { return nil }
+        guard bounds.count == 2 else { return (Int(low), Int(low)) }
+        guard let high = UInt16(bounds[1]), high > low else { return nil }
+        return (Int(low), Int(high))
     }
 
     /// As `nft -j list table inet virtgate` lists it (the parts virtgate reads).
@@ -129,9 +143,10 @@ public struct NftKernel {
                 return "{\"prefix\": {\"addr\": \(string(String(part[..<slash]))), \"len\": \(part[part.index(after: slash)...])}}"
             }
             if let number = Int(part) { return "\(number)" }
+            if part.contains("-"), let (low, high) = ports(part) { return "{\"range\": [\(low), \(high)]}" }
             return string(part)
         }
-        return "{\"concat\": [\(parts.joined(separator: ", "))]}"
+        return parts.count == 1 ? parts[0] : "{\"concat\": [\(parts.joined(separator: ", "))]}"
     }
 
     static func string(_ text: String) -> String {
