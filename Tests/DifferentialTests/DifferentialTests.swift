@@ -21,7 +21,7 @@ func environment(_ name: String) -> String? { getenv(name).map { String(cString:
 /// every event, read-back claims and real connections must match the oracle (and so each other),
 /// repeating an event must write nothing, and removing every owner must restore the ruleset.
 ///
-/// Run as root: `swift test --filter DifferentialTests`. The fixed batch (seed 9100, 6 cases) runs in the
+/// Run as root: `swift test --filter DifferentialTests`. The fixed batch (seed 9100, 16 cases) runs in the
 /// normal `swift test`. `VIRTGATE_DIFF_SEED` and `VIRTGATE_DIFF_CASES` run another seed or a longer
 /// batch, `VIRTGATE_DIFF_SHRINK` sets the runs spent shrinking each failure, `VIRTGATE_BINARY` the
 /// binary (default: the package's `.build/debug/virtgate`). A failure names its seed and prints a
@@ -53,7 +53,7 @@ struct DifferentialTests {
         let binary = Self.binary
         try #require(access(binary, X_OK) == 0, "no virtgate binary at \(binary) (set VIRTGATE_BINARY)")
         let seed = environment("VIRTGATE_DIFF_SEED").flatMap { UInt64($0) } ?? 9100
-        let count = environment("VIRTGATE_DIFF_CASES").flatMap { Int($0) } ?? 6
+        let count = environment("VIRTGATE_DIFF_CASES").flatMap { Int($0) } ?? 16
         // Runs spent on shrinking, per failing case and in all: a broken build must not take an hour.
         let shrinkPerCase = environment("VIRTGATE_DIFF_SHRINK").flatMap { Int($0) } ?? 16
         var shrinkBudget = 8 * shrinkPerCase
