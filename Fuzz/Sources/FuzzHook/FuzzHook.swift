@@ -32,6 +32,13 @@ final class Collector: Sendable {
     var value: String { text.withLock { $0 } }
 }
 
+/// What a migrate/restore filter handed back to libvirt.
+final class ByteCollector: Sendable {
+    let bytes = Mutex<[UInt8]>([])
+    func append(_ more: [UInt8]) { bytes.withLock { $0 += more } }
+    var value: [UInt8] { bytes.withLock { $0 } }
+}
+
 /// Where the hook would keep its state; it must stay absent (a dry run remembers nothing).
 let stateRoot = "/nonexistent-virtgate-fuzz"
 
@@ -77,14 +84,19 @@ public func fuzzHook(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         output.append($0)
     }
     let box = HandlerBox(handler)
-    let status = CurrentThreadExecutor.run { await box.handler.handle(invocation, stdin: stdin) }
+    // The entry the hook binary uses: raw stdin bytes, migrate/restore handed back byte for byte.
+    let input = Array(rest)
+    let filtered = ByteCollector()
+    let status = CurrentThreadExecutor.run {
+        await box.handler.handle(invocation, input: input) { filtered.append($0) }
+    }
     let text = output.value
 
     require(status == 0 || status == 1, "exit status \(status)")
     require(access(stateRoot, F_OK) != 0, "a dry run created \(stateRoot)")
     let operation = invocation.operation
     if driver == .qemu && (operation == "migrate" || operation == "restore") {
-        require(text == stdin, "qemu \(operation) did not hand stdin back unchanged (\(stdin.utf8.count) bytes in, \(text.utf8.count) out)")
+        require(filtered.value == input, "qemu \(operation) did not hand stdin back byte for byte (\(input.count) bytes in, \(filtered.value.count) out)")
         require(status == 0, "qemu \(operation) exit status \(status)")
         require(runner.calls.withLock { $0 } == 0, "qemu \(operation) read the firewall")
         return 0
