@@ -143,6 +143,14 @@ struct EngineTests {
         #expect(preview.plan.guests[0].plan.claims.map(\.hostPorts.lower) == [631, 9000])
     }
 
+    @Test("HOST_PORTS reaches the planner through the backend the settings choose", arguments: BackendKind.allCases)
+    func hostPortsThroughBackend(kind: BackendKind) {
+        var settings = Settings()
+        settings.backend = kind
+        settings.hostPorts = [PortRange(8000, 8999)]
+        #expect(Backends.make(settings, nftInstalled: true).plannerSettings.hostPorts == [PortRange(8000, 8999)])
+    }
+
     @Test("HOST_PORTS limits what guests may claim")
     func hostPortsAllowList() throws {
         let network = try LibvirtXML.network(fromXML: Self.network)

@@ -38,10 +38,6 @@ public struct Settings: Sendable {
 
     public init() {}
 
-    public var planner: PlannerSettings {
-        PlannerSettings(masqueradeRoutedNetworks: masqueradeRoutedNetworks,
-                        forwardMark: backend == .nft ? connectionMark : nil, hostPorts: hostPorts)
-    }
 
     /// Loads the file named by `VIRTGATE_CONFIG` (default `/etc/virtgate/virtgate.conf`; a missing
     /// file means defaults) and applies environment overrides. Unknown values are errors, not defaults.

@@ -53,8 +53,10 @@ public enum Backends {
     /// picked iptables; an explicit `nft` is refused when the context is built).
     public static func make(_ settings: Settings, nftInstalled: Bool) -> any Backend {
         switch settings.backend {
-        case .nft: NftMapBackend(mark: settings.connectionMark, masqueradeRouted: settings.masqueradeRoutedNetworks)
-        case .iptables: IptablesChainBackend(masqueradeRouted: settings.masqueradeRoutedNetworks, nftInstalled: nftInstalled)
+        case .nft: NftMapBackend(mark: settings.connectionMark, masqueradeRouted: settings.masqueradeRoutedNetworks,
+                                 hostPorts: settings.hostPorts)
+        case .iptables: IptablesChainBackend(masqueradeRouted: settings.masqueradeRoutedNetworks, nftInstalled: nftInstalled,
+                                             hostPorts: settings.hostPorts)
         }
     }
 }
@@ -64,15 +66,20 @@ public struct IptablesChainBackend: Backend {
     public let masqueradeRouted: Bool
     /// Whether a leftover nftables table of the other backend can exist (and must go on `sync`).
     public let nftInstalled: Bool
+    /// `HOST_PORTS`: host ports guests may claim; nil: any.
+    public let hostPorts: [PortRange]?
 
-    public init(masqueradeRouted: Bool = false, nftInstalled: Bool = false) {
+    public init(masqueradeRouted: Bool = false, nftInstalled: Bool = false, hostPorts: [PortRange]? = nil) {
         self.masqueradeRouted = masqueradeRouted
         self.nftInstalled = nftInstalled
+        self.hostPorts = hostPorts
     }
 
     public var kind: BackendKind { .iptables }
     public var networksRideAlong: Bool { true }
-    public var plannerSettings: PlannerSettings { PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted) }
+    public var plannerSettings: PlannerSettings {
+        PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted, hostPorts: hostPorts)
+    }
 
     public func reads(for input: EngineInput) -> KernelReads {
         // The other backend's table matters only to a change that clears it.
@@ -97,17 +104,20 @@ public struct IptablesChainBackend: Backend {
 public struct NftMapBackend: Backend {
     public let mark: UInt32
     public let masqueradeRouted: Bool
+    /// `HOST_PORTS`: host ports guests may claim; nil: any.
+    public let hostPorts: [PortRange]?
 
-    public init(mark: UInt32, masqueradeRouted: Bool = false) {
+    public init(mark: UInt32, masqueradeRouted: Bool = false, hostPorts: [PortRange]? = nil) {
         self.mark = mark
         self.masqueradeRouted = masqueradeRouted
+        self.hostPorts = hostPorts
     }
 
     public var kind: BackendKind { .nft }
     /// Networks' rules are in iptables, which a guest event otherwise never reads.
     public var networksRideAlong: Bool { false }
     public var plannerSettings: PlannerSettings {
-        PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted, forwardMark: mark)
+        PlannerSettings(masqueradeRoutedNetworks: masqueradeRouted, forwardMark: mark, hostPorts: hostPorts)
     }
 
     public func reads(for input: EngineInput) -> KernelReads {
