@@ -31,8 +31,12 @@ elif [ -z "$runs" ]; then
 fi
 
 # Release with sanitizers: four times the executions per second of a debug build, same checks
-# (the invariants are explicit checks, not assertions).
-build=(swift build --package-path . --scratch-path .build -c release --sanitize fuzzer --sanitize address)
+# (the invariants are explicit checks, not assertions). SwiftPM's `--sanitize` flags set up the
+# link (libFuzzer's main), but reach the compiler as two `-sanitize=` flags of which it keeps only
+# the last, in an order that varies from build to build: a build had either no coverage or no ASan.
+# The one `-sanitize=fuzzer,address` after them is what each compile uses.
+build=(swift build --package-path . --scratch-path .build -c release --sanitize fuzzer --sanitize address
+       -Xswiftc -sanitize=fuzzer,address)
 mkdir -p .work
 "${build[@]}" > .work/build.log 2>&1
 build_status=$?
