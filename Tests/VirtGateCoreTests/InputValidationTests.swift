@@ -469,14 +469,7 @@ struct InputValidationKernelTests {
     let runner = ProcessRunner()
 
     init() {
-        // A run killed before its defer ran leaves its namespace: remove those of dead test processes.
-        guard Root.isRoot, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run/netns") else { return }
-        for entry in entries where entry.hasPrefix("vgt-in-") {
-            let pid = entry.split(separator: "-")[2]
-            if let value = Int32(pid), value != getpid(), kill(value, 0) != 0 {
-                _ = system("ip netns del \(entry) 2>/dev/null")
-            }
-        }
+        Root.removeStaleNamespaces(prefix: "vgt-in-")
     }
 
     static func guest(_ name: String, _ forwards: String, nic: String? = nil) -> [UInt8] {

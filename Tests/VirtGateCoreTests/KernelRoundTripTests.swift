@@ -13,6 +13,18 @@ enum Root {
     static let isRoot = getuid() == 0
     /// CI sets this so that a missing privilege fails instead of skipping.
     static let required = getenv("VIRTGATE_REQUIRE_ROOT").map { String(cString: $0) == "1" } ?? false
+
+    /// A run killed before its defer ran leaves its namespaces (`PREFIX<pid>-…`): remove those of
+    /// test processes that are gone.
+    static func removeStaleNamespaces(prefix: String) {
+        guard isRoot, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run/netns") else { return }
+        for entry in entries where entry.hasPrefix(prefix) {
+            let pid = entry.dropFirst(prefix.count).prefix { $0 != "-" }
+            if let value = Int32(pid), value != getpid(), kill(value, 0) != 0 {
+                _ = system("ip netns del \(entry) 2>/dev/null")
+            }
+        }
+    }
 }
 
 @Suite("Rules round-trip through the kernel", .enabled(if: Root.isRoot || Root.required), .serialized)
@@ -20,14 +32,7 @@ struct KernelRoundTripTests {
     let runner = ProcessRunner()
 
     init() {
-        // A run killed before its defer ran leaves its namespace: remove those of dead test processes.
-        guard Root.isRoot, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run/netns") else { return }
-        for entry in entries where entry.hasPrefix("vgt-rt-") {
-            let pid = entry.split(separator: "-")[2]
-            if let value = Int32(pid), value != getpid(), kill(value, 0) != 0 {
-                _ = system("ip netns del \(entry) 2>/dev/null")
-            }
-        }
+        Root.removeStaleNamespaces(prefix: "vgt-rt-")
     }
 
     func sh(_ arguments: [String], input: String? = nil) async throws -> CommandResult {

@@ -62,9 +62,10 @@ public struct HookHandler {
                 log.error(InputProblem(.guest(name), field: "name", value: name, reason: "not a usable guest name").description)
                 return 0
             }
-            let known = [stdin, store.guestXML(name)].compactMap { $0 }.compactMap { try? LibvirtXML.guest(fromXML: $0, name: name) }
+            // A `type='bridge'` NIC keeps its source bridge in the stop events' XML too: stdin tells.
+            let guest = try? LibvirtXML.guest(fromXML: stdin, name: name)
             let input = EngineInput(removed: [.guest(name)], addresses: NoAddresses(), names: rememberedNames(except: name),
-                                    removesPlainBridgeRules: known.contains(where: EngineInput.usesPlainBridge))
+                                    removesPlainBridgeRules: guest.map(EngineInput.usesPlainBridge) ?? true)
             let result = await run(input, event: "\(invocation: invocation)")
             if result == .done && !dryRun { store.forgetGuest(name) }
             return policy.status(operation, result)
@@ -91,8 +92,13 @@ public struct HookHandler {
         var input = EngineInput.guest(guest, addresses: addresses, names: rememberedNames(except: guest.name),
                                       assertNetwork: { backend.networksRideAlong || reassertNetworks || store.networkXML($0) == nil },
                                       refuseOnProblems: settings.onInvalid == .refuse)
-        input.hostSockets = ListeningSockets.current()
-        input.gateways = knownGateways(addresses, guest: guest)
+        // Host sockets and gateways matter only to forwards: a guest without any (the common case,
+        // and every guest event starts this binary) reads neither /proc nor the remembered networks.
+        // Its removal of what it may have held leaves the kernel's gateway list as it is (nil).
+        if !guest.forwards.isEmpty {
+            input.hostSockets = ListeningSockets.current()
+            input.gateways = knownGateways(addresses, guest: guest)
+        }
         return input
     }
 
