@@ -18,7 +18,7 @@ set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-FIXTURES=$HERE/fixtures
+FIXTURES=$HERE/../bats/fixtures/install
 INSTALL=$ROOT/install.sh
 SHIPPED_CONF=$ROOT/hooks/virtgate.conf
 NS=vgt-inst

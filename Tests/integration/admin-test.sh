@@ -36,7 +36,7 @@
 set -u
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-LAB_FIXTURES=$LAB_DIR/fixtures
+LAB_FIXTURES=$LAB_DIR/../bats/fixtures/lab
 ADMIN_FIXTURES=$LAB_FIXTURES/admin
 # shellcheck source=lab.sh
 . "$LAB_DIR/lab.sh"

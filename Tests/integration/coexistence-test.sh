@@ -40,7 +40,7 @@
 set -u
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-LAB_FIXTURES=$LAB_DIR/fixtures
+LAB_FIXTURES=$LAB_DIR/../bats/fixtures/lab
 CX_FIXTURES=$LAB_FIXTURES/coexistence
 CX_REPO=$(cd "$LAB_DIR/../.." && pwd)
 # shellcheck source=lab.sh

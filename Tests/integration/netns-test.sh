@@ -35,7 +35,7 @@
 set -u
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-LAB_FIXTURES=$LAB_DIR/fixtures
+LAB_FIXTURES=$LAB_DIR/../bats/fixtures/lab
 # shellcheck source=lab.sh
 . "$LAB_DIR/lab.sh"
 
