@@ -11,13 +11,17 @@
 # Everything that changes rules runs in network namespaces this script creates (vgt-b...-PID); traffic
 # stays inside them. It removes them, its processes and its files on exit, also on failure.
 #
-# Usage: sudo bash Tests/bench/run.sh [--quick] [--binary PATH] [--output FILE]
-#   --quick   few iterations and small sizes (a smoke test, well under 2 minutes)
-#   --binary  the virtgate to measure (default: .build/release/virtgate; build it with
-#             swift build -c release --static-swift-stdlib)
-#   --output  also write the Markdown report to FILE (it always goes to stdout; progress goes to stderr)
-# It ends with "N passed, M failed, K skipped" on stderr: one check per figure that must be measured (a
-# missed target is not a failure; a backend this build lacks is skipped) and exits non-zero on a failure.
+# Usage: sudo bash Tests/bench/run.sh [--quick] [--binary PATH] [--output FILE] [--figures FILE]
+#   --quick    few iterations and small sizes (a smoke test, well under 2 minutes)
+#   --binary   the virtgate to measure (default: .build/release/virtgate; build it with
+#              swift build -c release --static-swift-stdlib)
+#   --output   also write the Markdown report to FILE (it always goes to stdout; progress goes to stderr)
+#   --figures  also write every figure to FILE, one a line, tab-separated:
+#              group figure backend value unit samples note
+#              (group: run, hook, memory, sync, connection or skip; backend "-" for a baseline; value empty
+#              when not measured). Tests/bats/bench.bats checks them.
+# A missed target is a finding of the report, not an error; a figure that could not be measured is
+# missing from the report and from the figures. The exit status is non-zero only when the run itself fails.
 set -Eeuo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,12 +29,14 @@ repo=$(cd "$here/../.." && pwd)
 quick=0
 binary=$repo/.build/release/virtgate
 output=
+figures=
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) quick=1 ;;
         --binary) binary=${2:?--binary needs a path}; shift ;;
         --output) output=${2:?--output needs a file}; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --figures) figures=${2:?--figures needs a file}; shift ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -42,6 +48,7 @@ die() { echo "bench: error: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root: the benchmarks create network namespaces and firewall rules in them"
 [ -x "$binary" ] || die "no virtgate binary at $binary (swift build -c release --static-swift-stdlib, or --binary PATH)"
 case $output in "" | /*) ;; *) output=$PWD/$output ;; esac
+case $figures in "" | /*) ;; *) figures=$PWD/$figures ;; esac
 
 # Tools. /usr/bin/python3 is Debian's (what a libvirt hook with #!/usr/bin/python3 runs).
 missing=()
@@ -272,6 +279,7 @@ skip() { # BACKEND SECTION REASON
     echo "binary=$(du -h "$work/virtgate" | cut -f1)"
     echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "quick=$quick"
+    echo "conn_total=$(( conn_total / conn_rounds * conn_rounds ))"
 } > "$res/machine.txt"
 
 # ---------------------------------------------------------------------------------------------------
@@ -774,27 +782,98 @@ for b in backends:
         if b == "nft":
             p(f"| connection cost, {int(conn_sizes[-1]):,} vs {int(conn_sizes[0]):,} forwards | `nft` | not measured ({skipped(b, 'all') or skipped(b, 'conn') or 'no data'}) | ≤ 1.10× | |")
 print("\n".join(out))
+
+# Every figure, one a line (see --figures): what Tests/bats/bench.bats checks.
+if len(sys.argv) > 4 and sys.argv[4]:
+    rows = [("group", "figure", "backend", "value", "unit", "samples", "note")]
+    def row(group, figure, backend, value, unit, samples="", note=""):
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        rows.append((group, figure, backend, "" if value is None else str(value), unit, str(samples),
+                     note.replace("\t", " ").replace("\n", " ")))
+    def hf_row(group, figure, backend, name):
+        v = hf(name)
+        row(group, figure, backend, v["median"] if v else None, "ms", v["runs"] if v else 0)
+    def mem_row(figure, backend, name):
+        try:
+            values = [int(x) for x in open(f"{res}/{name}.mem").read().split()]
+        except (FileNotFoundError, ValueError):
+            values = []
+        row("memory", figure, backend, statistics.median(values) / 1024 if values else None, "MiB", len(values))
+    row("run", "quick", "-", 1 if quick else 0, "")
+    row("run", "sync-sizes", "-", " ".join(sync_sizes), "guests")
+    row("run", "conn-sizes", "-", " ".join(conn_sizes), "forwards")
+    row("run", "conn-total", "-", machine.get("conn_total"), "connections")
+    events = ["floor", "prepare", "start", "started", "stopped", "release", "start1", "start5", "start20", "stopped20"]
+    # 1. Hook latency: the baselines, each backend's events, the kernel's share (iptables).
+    hf_row("hook", "true", "-", "true")
+    for key in ["noop", "start1", "start5", "start20", "stopped20"]:
+        hf_row("hook", f"python-{key}", "-", f"hook-python-{key}")
+    for b in backends:
+        for key in events:
+            hf_row("hook", key, b, f"hook-{b}-{key}")
+    hf_row("hook", "iptables-save", "iptables", "hook-save")
+    hf_row("hook", "iptables-restore-start20", "iptables", "hook-restore-start20")
+    # 2. Peak memory, and what a waiting hook holds resident.
+    mem_row("python-noop", "-", "mem-python-noop")
+    mem_row("python-start20", "-", "mem-python-start20")
+    for b in backends:
+        mem_row("noop", b, f"mem-{b}-noop")
+        mem_row("start20", b, f"mem-{b}-start20")
+        try:
+            kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open(f"{res}/mem-{b}-split.txt"))}
+        except (FileNotFoundError, ValueError):
+            kib = {}
+        for key, label in [("VmRSS", "waiting-rss"), ("RssAnon", "waiting-anon"), ("RssFile", "waiting-file")]:
+            row("memory", label, b, kib[key] / 1024 if key in kib else None, "MiB", 1 if key in kib else 0)
+    # 3. sync: libvirt alone, then each backend's apply, re-sync, dry run, the DNATs it left, the kernel's share.
+    for g in sync_sizes:
+        hf_row("sync", f"virsh-{g}", "-", f"sync-virsh-{g}")
+    for b in backends:
+        for g in sync_sizes:
+            hf_row("sync", f"{g}-apply", b, f"sync-{b}-{g}-apply")
+            hf_row("sync", f"{g}-resync", b, f"sync-{b}-{g}-noop")
+            hf_row("sync", f"{g}-dry-run", b, f"sync-{b}-{g}-dry")
+            try:
+                dnat = int(open(f"{res}/sync-{b}-{g}.dnat").read().strip())
+            except (FileNotFoundError, ValueError):
+                dnat = None
+            row("sync", f"{g}-dnat", b, dnat, "map elements" if b == "nft" else "rules")
+            if b == "iptables":
+                hf_row("sync", f"{g}-iptables-restore", b, f"sync-restore-{g}")
+    # 4. Connections through the DNAT: the median connect() per size, the path check, the ratio.
+    for b in backends:
+        medians = []
+        for n in conn_sizes:
+            try:
+                samples = json.load(open(f"{res}/conn-{b}-{n}.json"))
+            except FileNotFoundError:
+                samples = []
+            medians.append(statistics.median(samples) if samples else None)
+            row("connection", f"{n}", b, medians[-1], "us", len(samples))
+            seen = open(f"{res}/conn-{b}-{n}.verify").read().strip() if os.path.exists(f"{res}/conn-{b}-{n}.verify") else ""
+            # note: what the guest's server saw and the client's address ("peer port local port client")
+            row("connection", f"{n}-path", b, 1 if seen else None, "verified", 1 if seen else 0, seen)
+        ratio = medians[-1] / medians[0] if None not in medians and medians[0] > 0 else None
+        row("connection", "ratio", b, ratio, "x")
+    # Skipped parts, with the reason.
+    for name in sorted(os.listdir(res)):
+        if name.startswith("skip-") and name.endswith(".txt"):
+            backend, section = name[5:-4].split("-", 1)
+            row("skip", section, backend, None, "", "", open(f"{res}/{name}").read().strip())
+    with open(sys.argv[4], "w") as f:
+        for r in rows:
+            f.write("\t".join(r) + "\n")
 PY
 
 report=$work/report.md
-/usr/bin/python3 "$work/report.py" "$res" "${sync_sizes[*]}" "${conn_sizes[*]}" > "$report"
+/usr/bin/python3 "$work/report.py" "$res" "${sync_sizes[*]}" "${conn_sizes[*]}" "${figures:+$work/figures.tsv}" > "$report"
 cat "$report"
 if [ -n "$output" ]; then
     cp "$report" "$output"
     say "report written to $output"
 fi
-
-# Closing line (stderr): one check per figure that must have been measured. A backend this build does not
-# have counts as skipped; a missed target is a finding of the report, not a failure here.
-passed=0 failed=0 skipped=0
-need() { if [ -s "$res/$1" ]; then passed=$((passed + 1)); else failed=$((failed + 1)); say "  no result: $1"; fi; }
-need true.json; need hook-python-noop.json; need hook-python-start20.json; need mem-python-start20.mem
-for backend in "${backends[@]}"; do
-    if [ -e "$res/skip-$backend-all.txt" ]; then skipped=$((skipped + 1)); continue; fi
-    for f in prepare start started stopped release start1 start5 start20 stopped20; do need "hook-$backend-$f.json"; done
-    need "mem-$backend-noop.mem"; need "mem-$backend-start20.mem"
-    for g in "${sync_sizes[@]}"; do need "sync-$backend-$g-apply.json"; need "sync-$backend-$g-noop.json"; need "sync-$backend-$g-dry.json"; done
-    for n in "${conn_sizes[@]}"; do need "conn-$backend-$n.json"; done
-done
-echo "$passed passed, $failed failed, $skipped skipped" >&2
-[ "$failed" -eq 0 ]
+if [ -n "$figures" ]; then
+    cp "$work/figures.tsv" "$figures"
+    say "figures written to $figures"
+fi
