@@ -622,6 +622,10 @@ lab_stop_services() {
     rm -f "$LAB_PIDFILE"
 }
 
+# A UDP responder's command lingers a moment after its answer: when the command of a UDP-RECVFROM,fork child exits
+# before socat's transfer loop reads its output, socat drops the answer (on a busy machine, about one in three).
+LAB_UDP_LINGER="sleep 0.3"
+
 # lab_serve NS PROTO PORT LABEL (LABEL without ":" or ",": socat would parse them as address syntax)
 lab_serve() {
     local ns=$1 proto=$2 port=$3 label=$4
@@ -629,7 +633,7 @@ lab_serve() {
         ip netns exec "$ns" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     else
-        ip netns exec "$ns" socat "UDP-RECVFROM:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+        ip netns exec "$ns" socat "UDP-RECVFROM:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_LINGER" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     fi
     # `ip netns exec` execs socat, so $! is socat's own PID
@@ -644,7 +648,7 @@ lab_serve6() {
         ip netns exec "$ns" socat "TCP6-LISTEN:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     else
-        ip netns exec "$ns" socat "UDP6-RECVFROM:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
+        ip netns exec "$ns" socat "UDP6-RECVFROM:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_LINGER" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     fi
     lab_remember_pid $!
@@ -677,10 +681,11 @@ lab_probe() {
             head -n1
     else
         # UDP has no handshake: a lost datagram or a slow forked responder on a busy machine looks like "closed".
-        # One more try tells them apart.
-        reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T2 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
+        # One more try tells them apart. -t: once the probe is sent (stdin at EOF), socat waits that long for the
+        # answer (its default, 0.5 s, is shorter than a forked responder takes on a loaded machine).
+        reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T2 -t2 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
         [ -n "$reply" ] ||
-            reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T3 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
+            reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T3 -t3 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
         echo "$reply"
     fi
 }
