@@ -4,10 +4,13 @@
 #   ./install.sh              install, or bring an existing install up to date (idempotent)
 #   ./install.sh --dry-run    print each step it would do; change nothing
 #   ./install.sh --uninstall  remove virtgate's rules, hooks, binary, unchanged config and state
+#   ./install.sh --build DIR  only build: the binary, its man page and shell completions into DIR (no root
+#                             needed; debian/rules builds the Debian package with it)
 #   ./install.sh --help
 #
 # Environment (mostly for tests):
 #   VIRTGATE_BINARY=/path       install this binary instead of building one
+#   VIRTGATE_MANPAGE=/path      with VIRTGATE_BINARY: its man page (without it, none is installed)
 #   VIRTGATE_SKIP_APT=1         do not install packages
 #   VIRTGATE_BUILD_DIR=/path    swift build --scratch-path (default: swift's own .build)
 #   VIRTGATE_HOOKS_DIR          default /etc/libvirt/hooks
@@ -17,6 +20,8 @@
 #   VIRTGATE_STATE_DIR          default /run/virtgate
 #   VIRTGATE_SYSTEMD_DIR        default /etc/systemd/system
 #   VIRTGATE_UFW_DIR            default /etc/ufw
+#   VIRTGATE_DATA_DIR           default /usr/local/share (the directory beside VIRTGATE_SBIN): the man
+#                               page and the bash, zsh and fish completions go below it
 set -euo pipefail
 
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,11 +42,14 @@ SHIPPED_CONF=$SRC_DIR/hooks/virtgate.conf
 UNITS=(virtgate-reapply.service virtgate-leases.path virtgate-sync.service)
 AFTER_INIT=$UFW_DIR/after.init
 SHIPPED_BLOCK=$SRC_DIR/hooks/ufw-after.init.sh
-BLOCK_BEGIN="# BEGIN virtgate"
-BLOCK_END="# END virtgate"
-DRIVERS=(qemu network)
-DAEMONS=(libvirtd virtqemud virtnetworkd)
 PACKAGES=(libvirt-dev libxml2-dev pkg-config iptables)
+# The man page and the shell completions, where man, bash-completion, zsh and fish look by default for
+# files below /usr/local/share.
+DATA_DIR=${VIRTGATE_DATA_DIR:-${SBIN%/*}/share}
+MAN_PAGE=$DATA_DIR/man/man1/virtgate.1
+BASH_COMPLETION=$DATA_DIR/bash-completion/completions/virtgate
+ZSH_COMPLETION=$DATA_DIR/zsh/site-functions/_virtgate
+FISH_COMPLETION=$DATA_DIR/fish/vendor_completions.d/virtgate.fish
 
 # The virtgate commands this script runs read the same files as the hooks.
 export VIRTGATE_CONFIG=${VIRTGATE_CONFIG:-$CONF}
@@ -50,38 +58,31 @@ export VIRTGATE_NETWORK_RUN_DIR=${VIRTGATE_NETWORK_RUN_DIR:-$RUN_LIBVIRT/network
 
 DRY_RUN=no
 MODE=install
+BUILD_OUT=""        # --build DIR
 CHANGED=0           # changes made (or, in --dry-run, that would be made)
 HOOKS_CHANGED=no    # a hook link was added or removed: libvirt must re-read its hooks
 UNITS_CHANGED=no    # a unit file was added, changed or removed: systemd must re-read them
 WOULD_REMOVE=()     # --dry-run: paths that would be removed (to tell which directories would end up empty)
 
-say() { printf '%s\n' "$*"; }
-die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
-# act "would-text" "done-text" command...: runs the command and says what was done, or, in --dry-run,
-# only says what it would do.
-act() {
-    local would=$1 done=$2; shift 2
-    CHANGED=$((CHANGED + 1))
-    if [ "$DRY_RUN" = yes ]; then
-        say "would $would"
-    else
-        "$@" || die "$would: failed"
-        say "$done"
-    fi
-}
-# act_remove "would-text" "done-text" PATH: rm -f PATH (or, in --dry-run, remember that it would go).
-act_remove() {
-    [ "$DRY_RUN" = yes ] && WOULD_REMOVE+=("$3")
-    act "$1" "$2" rm -f "$3"
-}
-indent() { sed 's/^/    /'; }
+# The steps both installers share (hook links, UFW's after.init, libvirt's reload, their removal):
+# hooks/setup.sh, which the Debian package installs as /usr/share/virtgate/setup.sh.
+[ -f "$SRC_DIR/hooks/setup.sh" ] \
+    || { printf 'install.sh: error: %s\n' "$SRC_DIR/hooks/setup.sh is missing: run install.sh from the virtgate source tree" >&2; exit 1; }
+PROG=install.sh
+WHO=install.sh
+CREATOR="virtgate's install.sh"
+AGAIN="run install.sh again"
+UNDO_AGAIN="run install.sh --uninstall again"
+# shellcheck source=hooks/setup.sh
+. "$SRC_DIR/hooks/setup.sh"
 
 usage() {
     cat <<EOF
-Usage: $0 [--dry-run] [--uninstall] [--help]
+Usage: $0 [--dry-run] [--uninstall] [--build DIR] [--help]
 
 Install (default): apt packages (${PACKAGES[*]}), a static release build of virtgate as
-$BIN, hook links in $HOOKS_DIR (qemu, network; an existing
+$BIN with its man page and bash, zsh and fish completions (below
+$DATA_DIR), hook links in $HOOKS_DIR (qemu, network; an existing
 hook that is not virtgate's is kept and virtgate goes into qemu.d/ or network.d/ instead), a commented
 $CONF unless one exists, the systemd units ${UNITS[*]}
 in $SYSTEMD_DIR (virtgate-leases.path started, virtgate-sync.service enabled for the next
@@ -90,21 +91,32 @@ libvirt, and a dry run of the rules for the networks and guests running now. Run
 nothing.
 
 --uninstall  remove every virtgate rule, the units, the after.init block, virtgate's hook links, the
-             binary, the config (only if unchanged) and $STATE_DIR; then reload libvirt.
+             binary, its man page and completions, the config (only if unchanged) and $STATE_DIR;
+             then reload libvirt.
 --dry-run    print each step instead of doing it.
+--build DIR  only build the release binary, its man page and its completions into DIR (virtgate,
+             virtgate.1, completions/virtgate.bash, _virtgate, virtgate.fish); installs nothing and
+             needs no root. debian/rules builds the Debian package with it.
 EOF
 }
 
-for arg in "$@"; do
-    case $arg in
+while [ $# -gt 0 ]; do
+    case $1 in
         --dry-run) DRY_RUN=yes ;;
         --uninstall) MODE=uninstall ;;
+        --build)
+            [ $# -ge 2 ] && [ -n "$2" ] || die "--build needs a directory"
+            MODE=build BUILD_OUT=$2
+            shift ;;
         -h|--help) usage; exit 0 ;;
-        *) die "unknown option '$arg' (try --help)" ;;
+        *) die "unknown option '$1' (try --help)" ;;
     esac
+    shift
 done
 
-if [ "$(id -u)" -ne 0 ]; then
+if [ "$MODE" = build ]; then
+    [ "$DRY_RUN" = no ] || die "--build and --dry-run do not go together"
+elif [ "$(id -u)" -ne 0 ]; then
     if [ "$DRY_RUN" = yes ]; then
         say "note: not root; the dry run may not be able to read every file or the firewall"
     else
@@ -114,193 +126,6 @@ fi
 for f in "$SHIPPED_CONF" "$SHIPPED_BLOCK" "${UNITS[@]/#/$SRC_DIR/hooks/}"; do
     [ -f "$f" ] || die "$f is missing: run install.sh from the virtgate source tree"
 done
-
-# ---------------------------------------------------------------------------------------------------
-# helpers
-
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-
-# is_ours PATH: PATH is a symlink to the installed virtgate binary.
-is_ours() {
-    [ -L "$1" ] || return 1
-    [ "$(readlink "$1")" = "$BIN" ] && return 0
-    [ -e "$BIN" ] && [ "$1" -ef "$BIN" ]
-}
-
-# The record ($ETC/.installed) lists what install.sh created, one "KEY VALUE" a line:
-# "dir PATH" (a directory it may remove again once empty), "config-sha256 HASH" (the config it shipped).
-record_get() { # KEY → the values recorded under KEY
-    [ -f "$RECORD" ] || return 0
-    sed -n "s|^$1 ||p" "$RECORD"
-}
-record_has() { # KEY VALUE
-    [ -f "$RECORD" ] && grep -qxF "$1 $2" "$RECORD"
-}
-record_add() { # KEY VALUE
-    [ "$DRY_RUN" = yes ] && return 0
-    record_has "$1" "$2" && return 0
-    [ -d "$ETC" ] || make_dir "$ETC"
-    printf '%s %s\n' "$1" "$2" >>"$RECORD"
-}
-record_del() { # KEY VALUE
-    [ "$DRY_RUN" = yes ] && return 0
-    [ -f "$RECORD" ] || return 0
-    { grep -vxF "$1 $2" "$RECORD" || true; } >"$RECORD.new"
-    mv -f "$RECORD.new" "$RECORD"
-}
-
-# make_dir DIR: creates DIR, and records that install.sh did, so that uninstall may remove it when empty.
-make_dir() {
-    [ -d "$1" ] && return 0
-    [ -e "$1" ] && die "$1 exists and is not a directory"
-    act "create $1/" "created $1/" mkdir -p "$1"
-    record_add dir "$1"
-}
-
-# empty_after_removals DIR: DIR is empty, or (--dry-run) holds only paths that would be removed.
-empty_after_removals() {
-    local entry gone p
-    while IFS= read -r entry; do
-        [ -n "$entry" ] || continue
-        gone=no
-        for p in "${WOULD_REMOVE[@]}"; do [ "$p" = "$1/$entry" ] && gone=yes; done
-        [ "$gone" = yes ] || return 1
-    done < <(ls -A "$1")
-}
-
-# remove_dir_if_ours DIR: removes DIR if install.sh created it and it is (or would be) empty.
-remove_dir_if_ours() {
-    record_has dir "$1" || return 0
-    if [ ! -d "$1" ]; then record_del dir "$1"; return 0; fi
-    if ! empty_after_removals "$1"; then
-        say "kept $1/: install.sh created it, but it is not empty"
-        return 0
-    fi
-    [ "$DRY_RUN" = yes ] && WOULD_REMOVE+=("$1")
-    act "remove $1/ (created by install.sh, now empty)" "removed $1/ (created by install.sh, now empty)" rmdir "$1"
-    record_del dir "$1"
-}
-
-# new_link HOOK: makes HOOK a symlink to the binary; replaces an existing link in one rename.
-new_link() {
-    local tmp=$1.virtgate-new.$$
-    ln -s "$BIN" "$tmp" && mv -Tf "$tmp" "$1"
-}
-
-# virtgate_bin: the binary for the flush and the dry run: the installed one, else VIRTGATE_BINARY.
-virtgate_bin() {
-    if [ -x "$BIN" ]; then echo "$BIN"
-    elif [ -n "${VIRTGATE_BINARY:-}" ] && [ -x "$VIRTGATE_BINARY" ]; then echo "$VIRTGATE_BINARY"
-    fi
-}
-
-# libvirt_version: the libvirt version the binary reports (e.g. 9.0.0); empty when unknown.
-libvirt_version() {
-    local bin
-    bin=$(virtgate_bin)
-    [ -n "$bin" ] || return 0
-    "$bin" --version 2>/dev/null | sed -n 's/.*(libvirt \([0-9][0-9.]*\)).*/\1/p'
-}
-
-# render FILE: a shipped file as installed: the default binary path replaced by $BIN.
-render() {
-    local bin=$BIN
-    bin=${bin//\\/\\\\}; bin=${bin//|/\\|}; bin=${bin//&/\\&}
-    sed "s|/usr/local/sbin/virtgate|$bin|g" "$1"
-}
-
-# systemd_running: systemd is the init system of this machine (else systemctl is not run).
-systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
-
-# The after.init that install.sh creates when UFW has none (UFW's own template, shortened, plus
-# "exit 0"); virtgate's block goes in before the "exit 0". Uninstall removes the file again while the
-# rest of it is still exactly this.
-after_init_skeleton() {
-    cat <<'SKELETON'
-#!/bin/sh
-#
-# after.init: if executable, called by ufw-init. See 'man ufw-framework' for
-#             details. Created by virtgate's install.sh, because there was none.
-#
-set -e
-
-case "$1" in
-start)
-    # typically required
-    ;;
-stop)
-    # typically required
-    ;;
-status)
-    # optional
-    ;;
-flush-all)
-    # optional
-    ;;
-*)
-    echo "'$1' not supported"
-    echo "Usage: after.init {start|stop|flush-all|status}"
-    ;;
-esac
-
-exit 0
-SKELETON
-}
-
-# block_lines FILE: "BEGIN-line END-line" of virtgate's block; "none" without one; "bad" when the
-# markers are not exactly one BEGIN followed by one END.
-block_lines() {
-    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" '
-        $0 == b { nb++; bl = NR } $0 == e { ne++; el = NR }
-        END {
-            if (nb == 0 && ne == 0) print "none"
-            else if (nb == 1 && ne == 1 && bl < el) print bl, el
-            else print "bad"
-        }' "$1"
-}
-
-# without_block FILE: FILE without virtgate's block (the BEGIN line to the END line).
-without_block() {
-    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" '$0 == b { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$1"
-}
-
-# with_block FILE BLOCKFILE: FILE with the block, which replaces an existing block in place; else goes
-# before a final top-level "exit" (followed only by blank or comment lines), else at the end, that
-# is, after the admin's own commands. Prints the new content; adds a newline to a last line without one.
-with_block() {
-    awk -v b="$BLOCK_BEGIN" -v e="$BLOCK_END" -v blockfile="$2" '
-        function block(   l) { while ((getline l < blockfile) > 0) print l; close(blockfile) }
-        { line[NR] = $0 }
-        $0 == b { has = 1 }
-        END {
-            at = NR + 1
-            if (!has) {
-                for (i = NR; i >= 1; i--) {
-                    if (line[i] ~ /^[ \t]*(#.*)?$/) continue
-                    if (line[i] ~ /^exit([ \t]+[0-9]+)?[ \t]*(;[ \t]*)?(#.*)?$/) at = i
-                    break
-                }
-            }
-            for (i = 1; i <= NR; i++) {
-                if (has && line[i] == b) { block(); skip = 1 }
-                if (!has && i == at) block()
-                if (!skip) print line[i]
-                if (line[i] == e) skip = 0
-            }
-            if (!has && at == NR + 1) block()
-        }' "$1"
-}
-
-# replace_file PATH CONTENTFILE: gives PATH the bytes of CONTENTFILE, keeping its mode and owner, in
-# one rename.
-replace_file() {
-    local tmp=$1.virtgate-new.$$
-    cp "$2" "$tmp" && chmod --reference="$1" "$tmp" && chown --reference="$1" "$tmp" && mv -Tf "$tmp" "$1" \
-        || { rm -f "$tmp"; return 1; }
-}
-
-# exec_mode MODE: MODE (octal) with x added wherever r is set (0640 -> 0750).
-exec_mode() { printf '%o' $(( 8#$1 | ((8#$1 & 8#444) >> 2) )); }
 
 # ---------------------------------------------------------------------------------------------------
 # install steps
@@ -328,14 +153,22 @@ apt_install() {
         || die "apt-get install $* failed"
 }
 
-# step_build: sets SOURCE_BINARY, the binary to install (empty in --dry-run without VIRTGATE_BINARY).
+# step_build: sets SOURCE_BINARY, the binary to install, and SOURCE_MANPAGE, its man page (both empty
+# in --dry-run without VIRTGATE_BINARY; SOURCE_MANPAGE empty with VIRTGATE_BINARY but no VIRTGATE_MANPAGE).
 step_build() {
     SOURCE_BINARY=""
+    SOURCE_MANPAGE=""
     if [ -n "${VIRTGATE_BINARY:-}" ]; then
         [ -f "$VIRTGATE_BINARY" ] && [ -x "$VIRTGATE_BINARY" ] \
             || die "VIRTGATE_BINARY=$VIRTGATE_BINARY is not an executable file"
         "$VIRTGATE_BINARY" --version >/dev/null 2>&1 || die "$VIRTGATE_BINARY does not run (--version failed)"
         SOURCE_BINARY=$VIRTGATE_BINARY
+        if [ -n "${VIRTGATE_MANPAGE:-}" ]; then
+            [ -f "$VIRTGATE_MANPAGE" ] || die "VIRTGATE_MANPAGE=$VIRTGATE_MANPAGE is not a file"
+            SOURCE_MANPAGE=$VIRTGATE_MANPAGE
+        elif [ "$MODE" = build ]; then
+            die "--build with VIRTGATE_BINARY needs VIRTGATE_MANPAGE, its man page"
+        fi
         say "build: skipped, installing $SOURCE_BINARY (VIRTGATE_BINARY)"
         return 0
     fi
@@ -362,6 +195,59 @@ step_build() {
     [ -x "$SOURCE_BINARY" ] || die "swift build produced no $SOURCE_BINARY"
     "$SOURCE_BINARY" --version >/dev/null 2>&1 || die "$SOURCE_BINARY does not run (--version failed)"
     say "build: $SOURCE_BINARY"
+    build_manual "${VIRTGATE_BUILD_DIR:-$SRC_DIR/.build}"
+}
+
+# build_manual SCRATCH: sets SOURCE_MANPAGE to the man page of SOURCE_BINARY, written by
+# swift-argument-parser's generate-manual (the tool behind its plugin, `swift package plugin
+# generate-manual`), built from the checkout in SCRATCH and run on the binary just built. The plugin
+# itself would build every product once more, without --static-swift-stdlib: a second release build.
+# The page's date is SOURCE_DATE_EPOCH's (set by dpkg-buildpackage), else the last commit's, else today.
+build_manual() {
+    local scratch=$1 sap tool date log out
+    sap=$scratch/checkouts/swift-argument-parser
+    [ -f "$sap/Package.swift" ] \
+        || die "no swift-argument-parser checkout in $scratch/checkouts: the man page cannot be generated"
+    local args=(--package-path "$sap" --scratch-path "$scratch/generate-manual" --product generate-manual)
+    log=$(mktemp /tmp/virtgate-build.XXXXXX)
+    if ! swift build "${args[@]}" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "building swift-argument-parser's generate-manual failed (full log: $log)"
+    fi
+    rm -f "$log"
+    tool="$(swift build "${args[@]}" --show-bin-path)/generate-manual"
+    if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+        date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)
+    else
+        date=$(git -C "$SRC_DIR" log -1 --format=%cs 2>/dev/null || true)
+        [ -n "$date" ] || date=$(date -u +%F)
+    fi
+    out=$scratch/manual
+    rm -rf "$out" && mkdir -p "$out"
+    "$tool" "$SOURCE_BINARY" --date "$date" --output-directory "$out" >/dev/null \
+        || die "generate-manual failed on $SOURCE_BINARY"
+    SOURCE_MANPAGE=$out/virtgate.1
+    [ -s "$SOURCE_MANPAGE" ] || die "generate-manual wrote no $SOURCE_MANPAGE"
+    say "build: $SOURCE_MANPAGE (generate-manual)"
+}
+
+# completions BINARY DIR: the bash, zsh and fish completion scripts the binary generates (swift-argument-
+# parser's --generate-completion-script), as DIR/virtgate.bash, DIR/_virtgate and DIR/virtgate.fish.
+completions() {
+    "$1" --generate-completion-script bash >"$2/virtgate.bash" \
+        && "$1" --generate-completion-script zsh >"$2/_virtgate" \
+        && "$1" --generate-completion-script fish >"$2/virtgate.fish" \
+        && [ -s "$2/virtgate.bash" ] && [ -s "$2/_virtgate" ] && [ -s "$2/virtgate.fish" ] \
+        || die "$1 --generate-completion-script failed"
+}
+
+# build_only DIR: --build: the binary, its man page and completions into DIR.
+build_only() {
+    mkdir -p "$1/completions" || die "cannot create $1/completions"
+    install -m 0755 "$SOURCE_BINARY" "$1/virtgate" || die "cannot write $1/virtgate"
+    install -m 0644 "$SOURCE_MANPAGE" "$1/virtgate.1" || die "cannot write $1/virtgate.1"
+    completions "$1/virtgate" "$1/completions"
+    say "built into $1: virtgate ($("$1/virtgate" --version 2>&1)), virtgate.1, completions/virtgate.bash, completions/_virtgate, completions/virtgate.fish"
 }
 
 step_binary() {
@@ -388,49 +274,44 @@ install_binary() {
     mv -Tf "$tmp" "$BIN" || { rm -f "$tmp"; return 1; }
 }
 
-step_hooks() {
-    make_dir "$HOOKS_DIR"
-    local d hook dir version
-    for d in "${DRIVERS[@]}"; do
-        hook=$HOOKS_DIR/$d
-        dir=$HOOKS_DIR/$d.d
-        if { [ ! -e "$hook" ] && [ ! -L "$hook" ]; } || is_ours "$hook"; then
-            if is_ours "$hook" && [ "$(readlink "$hook")" = "$BIN" ]; then
-                say "hook $hook: already linked to $BIN"
-            else
-                HOOKS_CHANGED=yes
-                act "link $hook -> $BIN" "hook $hook -> $BIN: linked" new_link "$hook"
-            fi
-            # virtgate is the main hook now: a link left in <d>.d/ by an earlier install would run it twice.
-            if is_ours "$dir/virtgate"; then
-                HOOKS_CHANGED=yes
-                act_remove "remove $dir/virtgate (virtgate is the main $d hook now)" \
-                    "removed $dir/virtgate (virtgate is the main $d hook now)" "$dir/virtgate"
-                remove_dir_if_ours "$dir"
-            fi
-            continue
-        fi
-        if [ -L "$hook" ]; then
-            say "hook $hook: not virtgate's (a link to $(readlink "$hook")), left untouched"
-        else
-            say "hook $hook: not virtgate's, left untouched"
-        fi
-        make_dir "$dir"
-        if is_ours "$dir/virtgate"; then
-            say "hook $dir/virtgate: already linked to $BIN"
-        elif [ -e "$dir/virtgate" ] || [ -L "$dir/virtgate" ]; then
-            die "$dir/virtgate exists and is not a link to $BIN: move it away, then run install.sh again"
-        else
-            HOOKS_CHANGED=yes
-            act "link $dir/virtgate -> $BIN (libvirt runs it after the existing $d hook)" \
-                "hook $dir/virtgate -> $BIN: linked, because $hook is not virtgate's (libvirt runs it after that hook)" \
-                ln -s "$BIN" "$dir/virtgate"
-        fi
-        version=$(libvirt_version)
-        if [ -n "$version" ] && ! printf '%s\n' 6.5.0 "$version" | sort -V -C; then
-            say "warning: libvirt $version does not run hooks in $d.d/ (6.5 and later do): call $BIN from $hook yourself"
-        fi
-    done
+# make_dirs DIR: make_dir for DIR and each missing directory above it, top down (each recorded).
+make_dirs() {
+    if [ -z "$1" ] || [ -d "$1" ]; then return 0; fi
+    make_dirs "${1%/*}"
+    make_dir "$1"
+}
+
+# install_doc FILE TARGET WHAT: installs FILE as TARGET (mode 0644) unless it is there already.
+install_doc() {
+    if [ -f "$2" ] && [ ! -L "$2" ] && cmp -s "$1" "$2" && [ "$(stat -c %a "$2")" = 644 ]; then
+        say "$3 $2: already installed"
+        return 0
+    fi
+    make_dirs "${2%/*}"
+    local verb=installed
+    { [ -e "$2" ] || [ -L "$2" ]; } && verb=updated
+    act "install $2 ($3)" "$3 $2: $verb" install -m 0644 "$1" "$2"
+}
+
+# step_docs: the man page (man virtgate) and the shell completions (virtgate <TAB>).
+step_docs() {
+    if [ -z "$SOURCE_BINARY" ]; then
+        CHANGED=$((CHANGED + 1))
+        say "would install the man page $MAN_PAGE and the completions $BASH_COMPLETION, $ZSH_COMPLETION, $FISH_COMPLETION"
+        return 0
+    fi
+    if [ -n "$SOURCE_MANPAGE" ]; then
+        install_doc "$SOURCE_MANPAGE" "$MAN_PAGE" "man page"
+    else
+        say "man page: not installed (VIRTGATE_BINARY without VIRTGATE_MANPAGE)"
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    completions "$SOURCE_BINARY" "$tmp"
+    install_doc "$tmp/virtgate.bash" "$BASH_COMPLETION" "bash completion"
+    install_doc "$tmp/_virtgate" "$ZSH_COMPLETION" "zsh completion"
+    install_doc "$tmp/virtgate.fish" "$FISH_COMPLETION" "fish completion"
+    rm -rf "$tmp"
 }
 
 step_config() {
@@ -493,102 +374,6 @@ step_units() {
         act "run systemctl enable virtgate-sync.service (virtgate sync at boot, after UFW and libvirt)" \
             "virtgate-sync.service: enabled; it runs virtgate sync at boot (not now: run 'virtgate sync' to apply the running guests' rules at once)" \
             systemctl enable virtgate-sync.service
-    fi
-}
-
-# step_after_init: virtgate's block in UFW's after.init, which UFW runs on enable, disable and reload.
-step_after_init() {
-    if [ ! -d "$UFW_DIR" ]; then
-        say "UFW: $UFW_DIR does not exist; no after.init block (run install.sh again after installing UFW)"
-        return 0
-    fi
-    local block new mode where
-    block=$(mktemp); new=$(mktemp)
-    render "$SHIPPED_BLOCK" >"$block"
-    if [ ! -e "$AFTER_INIT" ] && [ ! -L "$AFTER_INIT" ]; then
-        after_init_skeleton >"$new.skel"
-        with_block "$new.skel" "$block" >"$new"
-        rm -f "$new.skel"
-        act "create $AFTER_INIT (mode 0755; UFW has none) with virtgate's block: virtgate reapply on start, stop and flush-all" \
-            "ufw: created $AFTER_INIT (mode 0755; there was none) with virtgate's block" \
-            install -m 0755 "$new" "$AFTER_INIT"
-        record_add after-init created
-        rm -f "$block" "$new"
-        return 0
-    fi
-    [ -f "$AFTER_INIT" ] && [ ! -L "$AFTER_INIT" ] \
-        || { rm -f "$block" "$new"; die "$AFTER_INIT is not a regular file: add the block in $SHIPPED_BLOCK yourself"; }
-    where=$(block_lines "$AFTER_INIT")
-    if [ "$where" = bad ]; then
-        rm -f "$block" "$new"
-        die "$AFTER_INIT has a broken virtgate block (the lines '$BLOCK_BEGIN' and '$BLOCK_END' must each appear once, in that order): fix it, then run install.sh again"
-    fi
-    with_block "$AFTER_INIT" "$block" >"$new"
-    if cmp -s "$new" "$AFTER_INIT"; then
-        say "ufw: $AFTER_INIT already has virtgate's block"
-    elif [ "$where" = none ]; then
-        # A last line without a newline gets one; uninstall takes it away again.
-        if [ -s "$AFTER_INIT" ] && [ "$(tail -c 1 "$AFTER_INIT" | od -An -c | tr -d ' ')" != '\n' ]; then
-            record_add after-init no-final-newline
-        fi
-        act "add virtgate's block to $AFTER_INIT (virtgate reapply on start, stop and flush-all; the rest is kept)" \
-            "ufw: added virtgate's block to $AFTER_INIT (the rest is kept)" replace_file "$AFTER_INIT" "$new"
-    else
-        act "update virtgate's block in $AFTER_INIT" "ufw: updated virtgate's block in $AFTER_INIT" \
-            replace_file "$AFTER_INIT" "$new"
-    fi
-    rm -f "$block" "$new"
-    # UFW runs after.init only when it is executable; ufw's package installs it with mode 0640.
-    mode=$(stat -c %a "$AFTER_INIT")
-    if (( (8#$mode & 8#111) == 0 )); then
-        act "make $AFTER_INIT executable ($mode -> $(exec_mode "$mode")): UFW runs it only then" \
-            "ufw: made $AFTER_INIT executable ($mode -> $(exec_mode "$mode")): UFW runs it only then" \
-            chmod "$(exec_mode "$mode")" "$AFTER_INIT"
-        record_add after-init-mode "$mode"
-    fi
-}
-
-# step_reload: makes libvirt re-read its hooks. It caches which hooks exist when it starts, and again
-# on SIGHUP (systemctl reload sends that).
-step_reload() {
-    if [ "$HOOKS_CHANGED" = no ]; then
-        say "libvirt: hooks unchanged, no reload needed"
-        return 0
-    fi
-    local found=no svc pid pids
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-        for svc in "${DAEMONS[@]}"; do
-            systemctl is-active --quiet "$svc.service" 2>/dev/null || continue
-            found=yes
-            if [ "$DRY_RUN" = yes ]; then
-                say "would reload $svc (systemctl reload), so that it re-reads its hooks"
-            elif systemctl reload "$svc.service" 2>/dev/null; then
-                say "reloaded $svc (systemctl reload): it re-read its hooks"
-            else
-                pid=$(systemctl show -p MainPID --value "$svc.service" 2>/dev/null || true)
-                if [ "${pid:-0}" -gt 0 ] 2>/dev/null && kill -HUP "$pid"; then
-                    say "sent SIGHUP to $svc (pid $pid): it re-read its hooks"
-                else
-                    die "cannot reload $svc: run 'systemctl restart $svc' so that it sees the hooks"
-                fi
-            fi
-        done
-    else
-        for svc in "${DAEMONS[@]}"; do
-            pids=$(pidof "$svc" 2>/dev/null || true)
-            for pid in $pids; do
-                found=yes
-                if [ "$DRY_RUN" = yes ]; then
-                    say "would send SIGHUP to $svc (pid $pid), so that it re-reads its hooks"
-                else
-                    kill -HUP "$pid" || die "cannot send SIGHUP to $svc (pid $pid): restart it so that it sees the hooks"
-                    say "sent SIGHUP to $svc (pid $pid): it re-read its hooks"
-                fi
-            done
-        done
-    fi
-    if [ "$found" = no ]; then
-        say "libvirt: no libvirtd, virtqemud or virtnetworkd running; it reads the hooks when it starts"
     fi
 }
 
@@ -666,100 +451,6 @@ un_units() {
     fi
     return 0
 }
-
-# un_after_init: removes exactly virtgate's block from UFW's after.init (and what install.sh changed
-# besides: the mode, a final newline, or the whole file it created).
-un_after_init() {
-    local where rest mode
-    if [ ! -f "$AFTER_INIT" ] || [ -L "$AFTER_INIT" ]; then
-        say "ufw: no $AFTER_INIT"
-        record_clear_after_init
-        return 0
-    fi
-    where=$(block_lines "$AFTER_INIT")
-    if [ "$where" = none ]; then
-        say "ufw: $AFTER_INIT has no virtgate block"
-        record_clear_after_init
-        return 0
-    fi
-    [ "$where" = bad ] && die "$AFTER_INIT has a broken virtgate block (the lines '$BLOCK_BEGIN' and '$BLOCK_END' must each appear once, in that order): remove it by hand, then run install.sh --uninstall again"
-    rest=$(mktemp)
-    without_block "$AFTER_INIT" >"$rest"
-    if record_has after-init created && cmp -s "$rest" <(after_init_skeleton); then
-        [ "$DRY_RUN" = yes ] && WOULD_REMOVE+=("$AFTER_INIT")
-        act "remove $AFTER_INIT (install.sh created it; nothing else was added)" \
-            "ufw: removed $AFTER_INIT (install.sh created it; nothing else was added)" rm -f "$AFTER_INIT"
-    else
-        if record_has after-init no-final-newline && [ -s "$rest" ]; then
-            truncate -s -1 "$rest"
-        fi
-        act "remove virtgate's block from $AFTER_INIT (the rest is kept)" \
-            "ufw: removed virtgate's block from $AFTER_INIT (the rest is kept)" replace_file "$AFTER_INIT" "$rest"
-        mode=$(record_get after-init-mode | tail -n 1)
-        if [ -n "$mode" ] && [ "$(stat -c %a "$AFTER_INIT")" = "$(exec_mode "$mode")" ]; then
-            act "restore the mode of $AFTER_INIT ($mode)" "ufw: $AFTER_INIT has mode $mode again" \
-                chmod "$mode" "$AFTER_INIT"
-        fi
-        record_has after-init created && say "ufw: kept $AFTER_INIT: install.sh created it, but it was changed since"
-    fi
-    rm -f "$rest"
-    record_clear_after_init
-}
-record_clear_after_init() {
-    local mode
-    record_del after-init created
-    record_del after-init no-final-newline
-    for mode in $(record_get after-init-mode); do record_del after-init-mode "$mode"; done
-}
-
-un_hooks() {
-    local d hook dir any=no
-    for d in "${DRIVERS[@]}"; do
-        hook=$HOOKS_DIR/$d
-        dir=$HOOKS_DIR/$d.d
-        if is_ours "$hook"; then
-            any=yes
-            act_remove "remove hook $hook" "removed hook $hook" "$hook"
-        elif [ -e "$hook" ] || [ -L "$hook" ]; then
-            say "hook $hook: not virtgate's, left untouched"
-        fi
-        if is_ours "$dir/virtgate"; then
-            any=yes
-            act_remove "remove hook $dir/virtgate" "removed hook $dir/virtgate" "$dir/virtgate"
-        fi
-        [ -d "$dir" ] && remove_dir_if_ours "$dir"
-    done
-    if [ "$any" = yes ]; then HOOKS_CHANGED=yes; else say "hooks: no virtgate hook in $HOOKS_DIR"; fi
-    [ -d "$HOOKS_DIR" ] && remove_dir_if_ours "$HOOKS_DIR"
-    return 0
-}
-
-un_rules() {
-    local bin out
-    bin=$(virtgate_bin)
-    if [ -z "$bin" ]; then
-        if iptables-save 2>/dev/null | grep -qE '^:(VIRTGATE-|VG[NMFDS]-)'; then
-            die "virtgate chains are present, but there is no virtgate binary at $BIN to remove them: install, then uninstall again"
-        fi
-        say "rules: no virtgate binary and no virtgate chain; nothing to remove"
-        return 0
-    fi
-    out=$("$bin" flush --dry-run 2>&1) || die "virtgate flush --dry-run failed: $(printf '%s' "$out" | tail -n 1)"
-    if [ "$out" = "# nothing to remove" ]; then
-        say "rules: no virtgate rule present"
-        return 0
-    fi
-    if [ "$DRY_RUN" = yes ]; then
-        CHANGED=$((CHANGED + 1))
-        say "would remove every virtgate rule and chain (virtgate flush):"
-        printf '%s\n' "$out" | indent
-        return 0
-    fi
-    out=$("$bin" flush 2>&1) || die "virtgate flush failed: $(printf '%s' "$out" | tail -n 1)"
-    CHANGED=$((CHANGED + 1))
-    say "rules: removed every virtgate rule and chain (virtgate flush)"
-}
-
 un_binary() {
     if [ -e "$BIN" ] || [ -L "$BIN" ]; then
         act_remove "remove $BIN" "removed $BIN" "$BIN"
@@ -767,6 +458,24 @@ un_binary() {
         say "binary $BIN: not installed"
     fi
     [ -d "$SBIN" ] && remove_dir_if_ours "$SBIN"
+    return 0
+}
+
+# un_docs: the man page and the completions, and the directories install.sh made for them once empty.
+un_docs() {
+    local f d any=no
+    for f in "$MAN_PAGE" "$BASH_COMPLETION" "$ZSH_COMPLETION" "$FISH_COMPLETION"; do
+        if [ -e "$f" ] || [ -L "$f" ]; then
+            any=yes
+            act_remove "remove $f" "removed $f" "$f"
+        fi
+    done
+    [ "$any" = yes ] || say "man page and completions: not installed"
+    for d in man/man1 man bash-completion/completions bash-completion zsh/site-functions zsh \
+        fish/vendor_completions.d fish; do
+        remove_dir_if_ours "$DATA_DIR/$d"
+    done
+    remove_dir_if_ours "$DATA_DIR"
     return 0
 }
 
@@ -792,22 +501,18 @@ un_config() {
     return 0
 }
 
-un_state() {
-    if [ -e "$STATE_DIR" ]; then
-        act "remove $STATE_DIR/" "removed $STATE_DIR/" rm -rf "$STATE_DIR"
-    else
-        say "state $STATE_DIR/: not present"
-    fi
-}
-
 # ---------------------------------------------------------------------------------------------------
 
 [ "$DRY_RUN" = yes ] && say "dry run: nothing is changed; each step says what it would do"
 
-if [ "$MODE" = install ]; then
+if [ "$MODE" = build ]; then
+    step_build
+    build_only "$BUILD_OUT"
+elif [ "$MODE" = install ]; then
     step_packages
     step_build
     step_binary
+    step_docs
     step_hooks
     step_config
     step_units
@@ -830,6 +535,7 @@ else
     un_hooks
     un_rules
     un_binary
+    un_docs
     un_config
     un_state
     step_reload

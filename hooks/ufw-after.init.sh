@@ -1,5 +1,6 @@
 # BEGIN virtgate
-# Added by virtgate's install.sh; `install.sh --uninstall` removes everything from BEGIN to END.
+# Added by virtgate's install.sh or its Debian package; `install.sh --uninstall`, or removing the
+# package, removes everything from BEGIN to END.
 # UFW runs this file with start (enable), stop (disable), stop then start (reload) and flush-all. With
 # MANAGE_BUILTINS=yes, and on flush-all, UFW flushes the built-in chains and so removes virtgate's jumps:
 # `virtgate reapply` puts virtgate's rules back (from /run/virtgate; it never calls libvirt). This block
