@@ -46,7 +46,7 @@ PACKAGES=(libvirt-dev libxml2-dev pkg-config iptables)
 # The man page and the shell completions, where man, bash-completion, zsh and fish look by default for
 # files below /usr/local/share.
 DATA_DIR=${VIRTGATE_DATA_DIR:-${SBIN%/*}/share}
-MAN_PAGE=$DATA_DIR/man/man1/virtgate.1
+MAN_PAGE=$DATA_DIR/man/man8/virtgate.8
 BASH_COMPLETION=$DATA_DIR/bash-completion/completions/virtgate
 ZSH_COMPLETION=$DATA_DIR/zsh/site-functions/_virtgate
 FISH_COMPLETION=$DATA_DIR/fish/vendor_completions.d/virtgate.fish
@@ -95,7 +95,7 @@ nothing.
              then reload libvirt.
 --dry-run    print each step instead of doing it.
 --build DIR  only build the release binary, its man page and its completions into DIR (virtgate,
-             virtgate.1, completions/virtgate.bash, _virtgate, virtgate.fish); installs nothing and
+             virtgate.8, completions/virtgate.bash, _virtgate, virtgate.fish); installs nothing and
              needs no root. debian/rules builds the Debian package with it.
 EOF
 }
@@ -200,8 +200,9 @@ step_build() {
 
 # build_manual SCRATCH: sets SOURCE_MANPAGE to the man page of SOURCE_BINARY, written by
 # swift-argument-parser's generate-manual (the tool behind its plugin, `swift package plugin
-# generate-manual`), built from the checkout in SCRATCH and run on the binary just built. The plugin
-# itself would build every product once more, without --static-swift-stdlib: a second release build.
+# generate-manual`), built from the checkout in SCRATCH and run on the binary just built, in section 8
+# (an administrator's command in /usr/sbin or /usr/local/sbin). The plugin itself would build every
+# product once more, without --static-swift-stdlib: a second release build.
 # The page's date is SOURCE_DATE_EPOCH's (set by dpkg-buildpackage), else the last commit's, else today.
 build_manual() {
     local scratch=$1 sap tool date log out
@@ -224,17 +225,18 @@ build_manual() {
     fi
     out=$scratch/manual
     rm -rf "$out" && mkdir -p "$out"
-    "$tool" "$SOURCE_BINARY" --date "$date" --output-directory "$out" >/dev/null \
+    "$tool" "$SOURCE_BINARY" --date "$date" --section 8 --output-directory "$out" >/dev/null \
         || die "generate-manual failed on $SOURCE_BINARY"
-    SOURCE_MANPAGE=$out/virtgate.1
+    SOURCE_MANPAGE=$out/virtgate.8
     [ -s "$SOURCE_MANPAGE" ] || die "generate-manual wrote no $SOURCE_MANPAGE"
     say "build: $SOURCE_MANPAGE (generate-manual)"
 }
 
 # completions BINARY DIR: the bash, zsh and fish completion scripts the binary generates (swift-argument-
-# parser's --generate-completion-script), as DIR/virtgate.bash, DIR/_virtgate and DIR/virtgate.fish.
+# parser's --generate-completion-script), as DIR/virtgate.bash, DIR/_virtgate and DIR/virtgate.fish. The
+# bash script is sourced, never run: its "#!/bin/bash" line goes.
 completions() {
-    "$1" --generate-completion-script bash >"$2/virtgate.bash" \
+    "$1" --generate-completion-script bash | sed '1{/^#!/d}' >"$2/virtgate.bash" \
         && "$1" --generate-completion-script zsh >"$2/_virtgate" \
         && "$1" --generate-completion-script fish >"$2/virtgate.fish" \
         && [ -s "$2/virtgate.bash" ] && [ -s "$2/_virtgate" ] && [ -s "$2/virtgate.fish" ] \
@@ -245,9 +247,9 @@ completions() {
 build_only() {
     mkdir -p "$1/completions" || die "cannot create $1/completions"
     install -m 0755 "$SOURCE_BINARY" "$1/virtgate" || die "cannot write $1/virtgate"
-    install -m 0644 "$SOURCE_MANPAGE" "$1/virtgate.1" || die "cannot write $1/virtgate.1"
+    install -m 0644 "$SOURCE_MANPAGE" "$1/virtgate.8" || die "cannot write $1/virtgate.8"
     completions "$1/virtgate" "$1/completions"
-    say "built into $1: virtgate ($("$1/virtgate" --version 2>&1)), virtgate.1, completions/virtgate.bash, completions/_virtgate, completions/virtgate.fish"
+    say "built into $1: virtgate ($("$1/virtgate" --version 2>&1)), virtgate.8, completions/virtgate.bash, completions/_virtgate, completions/virtgate.fish"
 }
 
 step_binary() {
@@ -471,7 +473,7 @@ un_docs() {
         fi
     done
     [ "$any" = yes ] || say "man page and completions: not installed"
-    for d in man/man1 man bash-completion/completions bash-completion zsh/site-functions zsh \
+    for d in man/man8 man bash-completion/completions bash-completion zsh/site-functions zsh \
         fish/vendor_completions.d fish; do
         remove_dir_if_ours "$DATA_DIR/$d"
     done
