@@ -505,3 +505,56 @@ un_state() {
     fi
 }
 
+
+# ---------------------------------------------------------------------------------------------------
+# The Debian package's maintainer scripts: postinst runs package_configure, prerm package_remove.
+
+# package_settings: the package's paths and words. The environment moves none of them: whatever
+# VIRTGATE_* variables the admin's shell has, the binary acts on the system's config and state.
+package_settings() {
+    local v
+    for v in $(compgen -e); do
+        case $v in VIRTGATE_*) unset "$v" ;; esac
+    done
+    BIN=/usr/sbin/virtgate
+    HOOKS_DIR=/etc/libvirt/hooks
+    UFW_DIR=/etc/ufw
+    AFTER_INIT=$UFW_DIR/after.init
+    STATE_DIR=/run/virtgate
+    RUN_LIBVIRT=/run/libvirt
+    RECORD=/var/lib/virtgate/installed
+    SHIPPED_BLOCK=/usr/share/virtgate/ufw-after.init.sh
+    DRY_RUN=no
+    PROG=virtgate
+    WHO="the virtgate package"
+    CREATOR="virtgate's Debian package"
+    AGAIN="run dpkg-reconfigure virtgate"
+    UNDO_AGAIN="remove the package again"
+    export VIRTGATE_CONFIG=/etc/virtgate/virtgate.conf
+    export VIRTGATE_STATE_DIR=$STATE_DIR
+    export VIRTGATE_NETWORK_RUN_DIR=$RUN_LIBVIRT/network
+}
+
+# package_configure: the hook links, the after.init block, libvirt's reload (postinst configure).
+package_configure() {
+    package_settings
+    mkdir -p "${RECORD%/*}"
+    step_hooks
+    step_after_init
+    step_reload
+    if [ -e /usr/local/sbin/virtgate ]; then
+        say "warning: install.sh's virtgate is installed too (/usr/local/sbin/virtgate; its units in /etc/systemd/system override the package's): run install.sh --uninstall from the source tree, then dpkg-reconfigure virtgate"
+    fi
+}
+
+# package_remove: as install.sh --uninstall, but for what the package made by hand: the after.init block
+# and the hook links first (no hook may re-add rules after the flush), every virtgate rule (virtgate
+# flush), the state, libvirt's reload (prerm remove; debhelper's part has stopped the units before).
+package_remove() {
+    package_settings
+    un_after_init
+    un_hooks
+    un_rules
+    un_state
+    step_reload
+}
