@@ -63,6 +63,7 @@ CHANGED=0           # changes made (or, in --dry-run, that would be made)
 HOOKS_CHANGED=no    # a hook link was added or removed: libvirt must re-read its hooks
 UNITS_CHANGED=no    # a unit file was added, changed or removed: systemd must re-read them
 WOULD_REMOVE=()     # --dry-run: paths that would be removed (to tell which directories would end up empty)
+WOULD_CREATE=()     # --dry-run: directories that would be created (each named once)
 
 # The steps both installers share (hook links, UFW's after.init, libvirt's reload, their removal):
 # hooks/setup.sh, which the Debian package installs as /usr/share/virtgate/setup.sh.
@@ -276,11 +277,15 @@ install_binary() {
     mv -Tf "$tmp" "$BIN" || { rm -f "$tmp"; return 1; }
 }
 
-# make_dirs DIR: make_dir for DIR and each missing directory above it, top down (each recorded).
+# make_dirs DIR: make_dir for DIR and each missing directory above it, top down (each recorded). In
+# --dry-run, a directory it would create is named once.
 make_dirs() {
     if [ -z "$1" ] || [ -d "$1" ]; then return 0; fi
+    local d
+    for d in "${WOULD_CREATE[@]}"; do [ "$d" = "$1" ] && return 0; done
     make_dirs "${1%/*}"
     make_dir "$1"
+    [ "$DRY_RUN" = no ] || WOULD_CREATE+=("$1")
 }
 
 # install_doc FILE TARGET WHAT: installs FILE as TARGET (mode 0644) unless it is there already.
