@@ -73,6 +73,7 @@ netns_need() {
         baseline | applied | ipv6) ;;
         *) netns_recover && now=baseline ;;   # dirty, or half way through a scenario
     esac
+    [ "$now" = "$want" ] && return 0
     case $now-$want in
         baseline-applied) netns_apply ;;
         baseline-ipv6) netns_apply && netns_apply_ipv6 ;;
@@ -84,13 +85,14 @@ netns_need() {
     esac
 }
 
-# netns_recover: after a test that failed half way: what such a test may have added besides virtgate's rules (a
-# foreign nft table, foreign iptables rules, a UFW rule, host services, libvirt's status file, br_netfilter on), then
-# everything of virtgate's on both backends, its state directory emptied; the ruleset must be the baseline again.
+# netns_recover: after a test that failed half way (or a run that left out the test finishing a scenario): what such a
+# test may have added besides virtgate's rules (a foreign nft table, foreign iptables rules, a UFW rule, host
+# services, libvirt's status file, br_netfilter on), then everything of virtgate's on both backends, its state
+# directory emptied; the ruleset must be the baseline again.
 netns_recover() {
     local pid other=nft
     [ "$VG_BACKEND" = nft ] && other=iptables
-    echo "# recovering from a test that failed half way" >&3
+    echo "# the lab is half way through a scenario (a test failed, or the one that finishes it did not run): recovering" >&3
     if [ -f "$LAB_TMP/host-services" ]; then
         while read -r pid; do lab_stop_pid "$pid"; done <"$LAB_TMP/host-services"
         rm -f "$LAB_TMP/host-services"
