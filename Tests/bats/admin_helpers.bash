@@ -386,7 +386,7 @@ admin_set_state() {
 # be the baseline again.
 admin_recover() {
     local pid
-    echo "# recovering from a test that failed half way" >&3
+    echo "# the lab was left $(admin_state) (a test failed half way, or ran alone): back to the baseline" >&3
     if [ -f "$LAB_TMP/host-services" ]; then
         while read -r pid; do lab_stop_pid "$pid"; done <"$LAB_TMP/host-services"
         rm -f "$LAB_TMP/host-services"
@@ -487,17 +487,15 @@ admin_need() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# UDP services and probes that a busy machine cannot make fail. helpers.bash's UDP responder is
-# `socat UDP-RECVFROM:PORT,fork SYSTEM:"echo LABEL $SOCAT_PEERADDR"` and its probe `echo probe | socat -T2 - UDP:...`.
-# Two races there read a working forward as "no answer" when the machine is loaded:
-#  - the responder's `sh -c echo` never reads the datagram; when it has already exited by the time socat's child
-#    passes the datagram on, that write fails (EPIPE, "E write(6, ..., 6): Broken pipe") and socat's child exits at
-#    once, dropping the reply the shell had written;
-#  - socat's default -t is 0.5 s: after one side reaches EOF (the responder's datagram side right after the one
-#    datagram, the probe's stdin right after "probe"), socat waits that long for the other side, then ends.
-# Here the responder's shell reads its input to the end (`cat >/dev/null`) and gets 5 s (-t5); the probe's reading end
-# is `head -n1`, which ends the probe as soon as a line has come (-T3 ends a probe nobody answers), once more after a
-# short pause if nothing came. These replace helpers.bash's lab_serve and lab_probe; TCP is unchanged.
+# UDP services and probes. A UDP-RECVFROM,fork responder whose command exits without reading the datagram can lose
+# its answer on a busy machine: socat's child then fails to pass the datagram on (EPIPE, "E write(6, ..., 6): Broken
+# pipe") and exits without relaying the answer the command wrote; and socat's -t (0.5 s by default) bounds how long
+# either end waits once its own side is at EOF. helpers.bash answers this with timing (the responder's command
+# lingers 0.3 s; the probe waits 2 s after sending, so every UDP probe takes that long). Here nothing depends on
+# timing: the responder's command reads the datagram to its end (`cat >/dev/null`, -t5), and the probe ends as soon
+# as the answer's line has come (`head -n1` as socat's other end; -T3 ends a probe nobody answers), tried once more
+# after a short pause if nothing came. These replace helpers.bash's lab_serve and lab_probe; TCP is
+# unchanged.
 
 # lab_serve NS PROTO PORT LABEL (LABEL without ":" or ",": socat would parse them as address syntax)
 lab_serve() {
