@@ -3,8 +3,8 @@
 # namespace vgt-inst. The real /etc/libvirt, /usr/local/sbin, /etc/virtgate, /etc/systemd/system,
 # /etc/ufw, /run, services and firewall are never touched: every path install.sh uses is moved into a temp
 # dir with the VIRTGATE_* variables, and in the namespaces install.sh runs in, /run, /usr/local/sbin,
-# /etc/libvirt, /etc/virtgate, /etc/systemd/system and /etc/ufw are additionally covered with empty tmpfs
-# mounts. systemctl is a stand-in on PATH that only records its arguments. teardown_file checks that those
+# /usr/local/share, /etc/libvirt, /etc/virtgate, /etc/systemd/system and /etc/ufw are additionally covered
+# with empty tmpfs mounts. systemctl is a stand-in on PATH that only records its arguments. teardown_file checks that those
 # real paths and the root namespace's ruleset are unchanged.
 #
 # Run (as root, in a private mount namespace):
@@ -69,7 +69,7 @@ setup_file() {
     inns mount -t tmpfs -o size=16m tmpfs /run
     inns mount -t tmpfs -o size=1m tmpfs /usr/local/sbin
     local p
-    for p in /etc/libvirt /etc/virtgate /etc/systemd/system /etc/ufw; do
+    for p in /etc/libvirt /etc/virtgate /etc/systemd/system /etc/ufw /usr/local/share; do
         if [ -d "$p" ]; then inns mount -t tmpfs -o size=1m tmpfs "$p"; fi
     done
     unset VIRTGATE_CONFIG VIRTGATE_STATE_DIR VIRTGATE_DRY_RUN VIRTGATE_ON_INVALID VIRTGATE_IPTABLES \
@@ -89,7 +89,7 @@ teardown_file() {
         after=$(real_state)
         if [ "$(cat "$TMP/real-before")" != "$after" ]; then
             diff "$TMP/real-before" <(echo "$after") | head -20
-            echo "real machine changed: /etc/libvirt/hooks, /usr/local/sbin, /etc/virtgate, /run/virtgate, /etc/systemd/system, /etc/ufw, root-namespace ruleset"
+            echo "real machine changed: /etc/libvirt/hooks, /usr/local/sbin, /usr/local/share, /etc/virtgate, /run/virtgate, /etc/systemd/system, /etc/ufw, root-namespace ruleset"
             status=1
         else
             echo ok >>"$TMP/checks"
@@ -525,6 +525,89 @@ STUB
     same "units: a second --uninstall makes no systemctl change" "" "$(changing_calls)"
 }
 
+# --- the man page and the shell completions --------------------------------------------------------
+
+# A man page as VIRTGATE_MANPAGE names it (install.sh --build generates the real one, in section 8).
+test_manpage() {
+    printf '.TH VIRTGATE 8\n.SH NAME\nvirtgate \\- a test page for install.bats\n' >"$TMP/virtgate.8"
+    echo "$TMP/virtgate.8"
+}
+# generated_completion BINARY SHELL: the completion script BINARY generates for SHELL, as installed (the
+# bash script is sourced, never run: without its #! line).
+generated_completion() {
+    if [ "$2" = bash ]; then
+        inns "$1" --generate-completion-script bash | sed '1{/^#!/d}'
+    else
+        inns "$1" --generate-completion-script "$2"
+    fi
+}
+# completion_is SHELL FILE: FILE (mode 0644) is what the binary under test generates for SHELL.
+completion_is() {
+    [ "$(stat -c %a "$2" 2>/dev/null)" = 644 ] && cmp -s "$2" <(generated_completion "$VG_BIN" "$1")
+}
+
+@test "docs: install --dry-run names the man page and the completions, installs none" {
+    scenario docs
+    save before "$(listing "$S")"
+    INSTALL_MANPAGE=$(test_manpage) installer --dry-run
+    installed_ok "docs: install --dry-run succeeds"
+    ON_FAIL=show_run check "docs: --dry-run names the man page and the bash, zsh and fish completions below the share directory beside sbin" \
+        eval 'said "would install $MAN_PAGE (man page)" && said "would install $BASH_COMPLETION (bash completion)" && said "would install $ZSH_COMPLETION (zsh completion)" && said "would install $FISH_COMPLETION (fish completion)"'
+    check "docs: --dry-run installs none of them" test ! -e "$DATA"
+}
+
+@test "docs: install installs the man page and the bash, zsh and fish completions" {
+    scenario_vars docs
+    INSTALL_MANPAGE=$(test_manpage) installer
+    installed_ok "docs: install succeeds"
+    check "docs: the man page is VIRTGATE_MANPAGE, mode 0644, in man8/ below the share directory beside sbin" \
+        eval '[ "$(stat -c %a "$MAN_PAGE" 2>/dev/null)" = 644 ] && cmp -s "$MAN_PAGE" "$TMP/virtgate.8"'
+    check "docs: the bash completion is what the binary generates (mode 0644), in bash-completion/completions/" \
+        completion_is bash "$BASH_COMPLETION"
+    check "docs: the bash completion is valid bash (bash -n), without a #! line (it is sourced)" \
+        eval 'bash -n "$BASH_COMPLETION" && ! head -n 1 "$BASH_COMPLETION" | grep -q "^#!"'
+    check "docs: the zsh completion is what the binary generates (mode 0644), in zsh/site-functions/" \
+        completion_is zsh "$ZSH_COMPLETION"
+    check "docs: the fish completion is what the binary generates (mode 0644), in fish/vendor_completions.d/" \
+        completion_is fish "$FISH_COMPLETION"
+}
+
+@test "docs: a second install changes nothing; --uninstall removes them and the directories it made" {
+    scenario_vars docs
+    local second
+    second=$(listing_full "$S")
+    INSTALL_MANPAGE=$(test_manpage) installer
+    installed_ok "docs: second install succeeds"
+    same "docs: second install changes nothing (man page and completions untouched)" "$second" "$(listing_full "$S")"
+    installer --uninstall --dry-run
+    same "docs: --uninstall --dry-run changes nothing" "$second" "$(listing_full "$S")"
+    ON_FAIL=show_run check "docs: --uninstall --dry-run names the man page and each completion" \
+        eval 'said "would remove $MAN_PAGE" && said "would remove $BASH_COMPLETION" && said "would remove $ZSH_COMPLETION" && said "would remove $FISH_COMPLETION"'
+    installer --uninstall
+    installed_ok "docs: --uninstall succeeds"
+    check "docs: --uninstall removed the man page and the three completions" \
+        eval '[ ! -e "$MAN_PAGE" ] && [ ! -e "$BASH_COMPLETION" ] && [ ! -e "$ZSH_COMPLETION" ] && [ ! -e "$FISH_COMPLETION" ]'
+    same "docs: --uninstall leaves the tree as before install (the directories it made for them gone)" \
+        "$(saved before)" "$(listing "$S")"
+}
+
+@test "docs: the admin's own files beside them are kept, and so are their directories" {
+    scenario docs-admin
+    mkdir -p "$DATA/man/man8" "$DATA/bash-completion/completions"
+    printf '.TH OTHER 8\n' >"$DATA/man/man8/other.8"
+    printf 'complete -W x other\n' >"$DATA/bash-completion/completions/other"
+    local before
+    before=$(listing "$S")
+    INSTALL_MANPAGE=$(test_manpage) installer
+    installed_ok "docs (the admin's files beside them): install succeeds"
+    check "docs (the admin's files beside them): man page and bash completion installed next to them" \
+        eval '[ -f "$MAN_PAGE" ] && completion_is bash "$BASH_COMPLETION"'
+    installer --uninstall
+    installed_ok "docs (the admin's files beside them): --uninstall succeeds"
+    same "docs (the admin's files beside them): --uninstall removes only virtgate's files and the directories it made" \
+        "$before" "$(listing "$S")"
+}
+
 # --- UFW's after.init -----------------------------------------------------------------------------
 
 @test "after.init (none before): created with virtgate's block, mode 0755" {
@@ -670,4 +753,12 @@ STUB
     check "build: installed binary answers --version" eval 'inns "$BIN" --version >/dev/null 2>&1'
     check "build: Swift runtime linked statically (no libswiftCore.so needed)" \
         eval '! ldd "$BIN" | grep -q libswiftCore'
+    ON_FAIL="eval show_run; ls -lR $DATA" check "build: the man page generated with the build is installed (mode 0644), and man reads it" \
+        eval '[ "$(stat -c %a "$MAN_PAGE" 2>/dev/null)" = 644 ] && man -l "$MAN_PAGE" 2>/dev/null | grep -q virtgate'
+    check "build: the bash, zsh and fish completions are what the built binary generates" \
+        eval 'cmp -s "$BASH_COMPLETION" <(generated_completion "$BIN" bash) && cmp -s "$ZSH_COMPLETION" <(generated_completion "$BIN" zsh) && cmp -s "$FISH_COMPLETION" <(generated_completion "$BIN" fish)'
+    installer --uninstall
+    installed_ok "build: --uninstall succeeds"
+    check "build: --uninstall removes the binary, the man page and the completions" \
+        eval '[ ! -e "$BIN" ] && [ ! -e "$MAN_PAGE" ] && [ ! -e "$BASH_COMPLETION" ] && [ ! -e "$ZSH_COMPLETION" ] && [ ! -e "$FISH_COMPLETION" ]'
 }

@@ -4,7 +4,8 @@
 # entered through a holder process (`inns COMMAND...`), so that pidof sees only this test's processes and
 # no real libvirt daemon can get a signal. Every path install.sh uses is moved into a temp dir ($TMP) with
 # the VIRTGATE_* variables; in the holder's mount namespace /run, /usr/local/sbin, /etc/libvirt,
-# /etc/virtgate, /etc/systemd/system and /etc/ufw are additionally covered with empty tmpfs mounts.
+# /etc/virtgate, /etc/systemd/system, /etc/ufw and /usr/local/share are additionally covered with empty
+# tmpfs mounts.
 # systemctl is a stand-in on PATH that only records its arguments.
 
 NS=vgt-inst
@@ -82,7 +83,7 @@ stop_holder() {
 # real_state: what must stay the same on the real machine (paths, the root namespace's ruleset).
 real_state() {
     local p
-    for p in /etc/libvirt/hooks /usr/local/sbin /etc/virtgate /run/virtgate /etc/systemd/system /etc/ufw; do
+    for p in /etc/libvirt/hooks /usr/local/sbin /usr/local/share /etc/virtgate /run/virtgate /etc/systemd/system /etc/ufw; do
         if [ -e "$p" ]; then find "$p" -printf '%p %y %l %m %s %T@\n' 2>/dev/null | sort; else echo "$p absent"; fi
     done
     iptables-save 2>/dev/null | sed -e 's/\[[0-9]*:[0-9]*\]//' -e '/^#/d'
@@ -112,6 +113,12 @@ scenario_vars() { # NAME: sets the scenario's paths (the tree may exist already)
     CONF=$ETC/virtgate.conf
     SYSD=$S/etc/systemd/system
     UFW=$S/etc/ufw
+    # The man page and the completions: below the share directory beside sbin.
+    DATA=$S/usr/local/share
+    MAN_PAGE=$DATA/man/man8/virtgate.8
+    BASH_COMPLETION=$DATA/bash-completion/completions/virtgate
+    ZSH_COMPLETION=$DATA/zsh/site-functions/_virtgate
+    FISH_COMPLETION=$DATA/fish/vendor_completions.d/virtgate.fish
 }
 scenario() { # NAME: a fresh fake root
     scenario_vars "$1"
@@ -133,6 +140,7 @@ installer() {
     inns env VIRTGATE_HOOKS_DIR="$HOOKS" VIRTGATE_SBIN="$SBIN" VIRTGATE_ETC="$ETC" VIRTGATE_RUN_LIBVIRT="$RUNLV" \
         VIRTGATE_STATE_DIR="$STATE" VIRTGATE_SYSTEMD_DIR="$SYSD" VIRTGATE_UFW_DIR="$UFW" \
         VIRTGATE_SKIP_APT="${INSTALL_SKIP_APT-1}" VIRTGATE_BINARY="${INSTALL_BINARY-$VG_BIN}" \
+        VIRTGATE_MANPAGE="${INSTALL_MANPAGE:-}" \
         VIRTGATE_SYSLOG=no PATH="${INSTALL_PATH:-$PATH}" \
         bash "$INSTALL" "$@" >"$OUT" 2>"$ERR" </dev/null || RC=$?
 }
