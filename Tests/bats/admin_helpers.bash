@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # admin_helpers.bash: what admin.bats needs beyond helpers.bash: a third guest (vgt-g3, for late binding), libvirt's
 # test driver node files, running the admin commands and reading `status --json`, damaging the ruleset by hand, the
-# lab states the tests start from, and UDP services and probes whose reply window a busy machine cannot close.
+# lab states the tests start from.
 #
 # libvirt: the admin commands talk to libvirt's own test driver, `--connect test:///ABSOLUTE/PATH/node.xml`. Every
 # connection starts afresh from that file, so a `forward add` persists only inside its own process (it still applies
@@ -484,53 +484,4 @@ admin_need() {
             ;;
         *) fail "admin_need: no way from state $now to $want" ;;
     esac
-}
-
-# ---------------------------------------------------------------------------------------------------------------
-# UDP services and probes. A UDP-RECVFROM,fork responder whose command exits without reading the datagram can lose
-# its answer on a busy machine: socat's child then fails to pass the datagram on (EPIPE, "E write(6, ..., 6): Broken
-# pipe") and exits without relaying the answer the command wrote; and socat's -t (0.5 s by default) bounds how long
-# either end waits once its own side is at EOF. helpers.bash answers this with timing (the responder's command
-# lingers 0.3 s; the probe waits 2 s after sending, so every UDP probe takes that long). Here nothing depends on
-# timing: the responder's command reads the datagram to its end (`cat >/dev/null`, -t5), and the probe ends as soon
-# as the answer's line has come (`head -n1` as socat's other end; -T3 ends a probe nobody answers), tried once more
-# after a short pause if nothing came. These replace helpers.bash's lab_serve and lab_probe; TCP is
-# unchanged.
-
-# lab_serve NS PROTO PORT LABEL (LABEL without ":" or ",": socat would parse them as address syntax)
-lab_serve() {
-    local ns=$1 proto=$2 port=$3 label=$4
-    if [ "$proto" = tcp ]; then
-        ip netns exec "$ns" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
-            </dev/null >/dev/null 2>&1 3>&- 9>&- &
-    else
-        ip netns exec "$ns" socat -t5 "UDP-RECVFROM:$port,fork,reuseaddr" \
-            SYSTEM:"echo $label \$SOCAT_PEERADDR; cat >/dev/null" </dev/null >/dev/null 2>&1 3>&- 9>&- &
-    fi
-    # `ip netns exec` execs socat, so $! is socat's own PID
-    lab_remember_pid $!
-    lab_wait_listen "$ns" "$proto" "$port"
-}
-
-# lab_probe NS PROTO ADDR PORT: print the first line the service answered, nothing if no answer.
-# LAB_PROBE_BIND (set by expect_reply_from/expect_no_reply_from): the client's source address, for tcp.
-lab_probe() {
-    local ns=$1 proto=$2 addr=$3 port=$4
-    local v="" bind=${LAB_PROBE_BIND:+,bind=$LAB_PROBE_BIND} reply="" f try
-    case $addr in *:*) v=6; addr="[$addr]" ;; esac   # IPv6: socat's TCP6/UDP6 with a bracketed address
-    if [ "$proto" = tcp ]; then
-        ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2$bind" - 2>/dev/null 3>&- |
-            head -n1
-        return 0
-    fi
-    f=$(mktemp "$LAB_TMP/udp-probe.XXXXXX")
-    for try in 1 2; do
-        [ "$try" = 1 ] || sleep 0.5
-        ip netns exec "$ns" timeout 5 socat -T3 -t0 "UDP$v:$addr:$port" SYSTEM:"echo probe; head -n1 >$f" \
-            </dev/null >/dev/null 2>&1 3>&- 9>&- || true
-        reply=$(head -n1 "$f")
-        [ -z "$reply" ] || break
-    done
-    rm -f "$f"
-    echo "$reply"
 }

@@ -622,9 +622,13 @@ lab_stop_services() {
     rm -f "$LAB_PIDFILE"
 }
 
-# A UDP responder's command lingers a moment after its answer: when the command of a UDP-RECVFROM,fork child exits
-# before socat's transfer loop reads its output, socat drops the answer (on a busy machine, about one in three).
-LAB_UDP_LINGER="sleep 0.3"
+# UDP services and probes. A UDP-RECVFROM,fork responder whose command exits without reading the datagram can lose
+# its answer on a busy machine: socat's child then fails to pass the datagram on (EPIPE, "E write(6, ..., 6): Broken
+# pipe") and exits without relaying the answer the command wrote; and socat's -t (0.5 s by default) bounds how long
+# either end waits once its own side is at EOF. So nothing here depends on timing: the responder's command reads the
+# datagram to its end (LAB_UDP_DRAIN, with -t5), and the probe ends as soon as the answer's line has come (`head -n1`
+# as socat's other end; -T3 ends a probe nobody answers), tried once more after a short pause if nothing came.
+LAB_UDP_DRAIN="cat >/dev/null"
 
 # lab_serve NS PROTO PORT LABEL (LABEL without ":" or ",": socat would parse them as address syntax)
 lab_serve() {
@@ -633,7 +637,7 @@ lab_serve() {
         ip netns exec "$ns" socat "TCP-LISTEN:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     else
-        ip netns exec "$ns" socat "UDP-RECVFROM:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_LINGER" \
+        ip netns exec "$ns" socat -t5 "UDP-RECVFROM:$port,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_DRAIN" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     fi
     # `ip netns exec` execs socat, so $! is socat's own PID
@@ -648,7 +652,7 @@ lab_serve6() {
         ip netns exec "$ns" socat "TCP6-LISTEN:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     else
-        ip netns exec "$ns" socat "UDP6-RECVFROM:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_LINGER" \
+        ip netns exec "$ns" socat -t5 "UDP6-RECVFROM:$port,ipv6only=1,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR; $LAB_UDP_DRAIN" \
             </dev/null >/dev/null 2>&1 3>&- 9>&- &
     fi
     lab_remember_pid $!
@@ -674,20 +678,24 @@ lab_wait_listen() {
 # LAB_PROBE_BIND (set by expect_reply_from/expect_no_reply_from): the client's source address, for tcp.
 lab_probe() {
     local ns=$1 proto=$2 addr=$3 port=$4
-    local v="" bind=${LAB_PROBE_BIND:+,bind=$LAB_PROBE_BIND} reply
+    local v="" bind=${LAB_PROBE_BIND:+,bind=$LAB_PROBE_BIND} reply="" f try
     case $addr in *:*) v=6; addr="[$addr]" ;; esac   # IPv6: socat's TCP6/UDP6 with a bracketed address
     if [ "$proto" = tcp ]; then
         ip netns exec "$ns" timeout 5 socat -T2 -u "TCP$v:$addr:$port,connect-timeout=2$bind" - 2>/dev/null 3>&- |
             head -n1
-    else
-        # UDP has no handshake: a lost datagram or a slow forked responder on a busy machine looks like "closed".
-        # One more try tells them apart. -t: once the probe is sent (stdin at EOF), socat waits that long for the
-        # answer (its default, 0.5 s, is shorter than a forked responder takes on a loaded machine).
-        reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T2 -t2 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
-        [ -n "$reply" ] ||
-            reply=$(echo probe | ip netns exec "$ns" timeout 5 socat -T3 -t3 - "UDP$v:$addr:$port" 2>/dev/null 3>&- | head -n1)
-        echo "$reply"
+        return 0
     fi
+    # UDP has no handshake: a lost datagram looks like "closed"; one more try tells them apart.
+    f=$(mktemp "$LAB_TMP/udp-probe.XXXXXX")
+    for try in 1 2; do
+        [ "$try" = 1 ] || sleep 0.5
+        ip netns exec "$ns" timeout 5 socat -T3 -t0 "UDP$v:$addr:$port" SYSTEM:"echo probe; head -n1 >$f" \
+            </dev/null >/dev/null 2>&1 3>&- 9>&- || true
+        reply=$(head -n1 "$f")
+        [ -z "$reply" ] || break
+    done
+    rm -f "$f"
+    echo "$reply"
 }
 
 # expect_reply DESCRIPTION NS PROTO ADDR PORT PATTERN: the answer must match the glob PATTERN.

@@ -71,16 +71,18 @@ netns_need() {
     [ "$now" = "$want" ] && return 0
     case $now in
         baseline | applied | ipv6) ;;
-        *) netns_recover && now=baseline ;;   # dirty, or half way through a scenario
+        # dirty, or half way through a scenario. Not `netns_recover && ...`: a function called in an && list runs
+        # without errexit, and a failing check inside it would go unnoticed.
+        *) netns_recover; now=baseline ;;
     esac
     [ "$now" = "$want" ] && return 0
     case $now-$want in
         baseline-applied) netns_apply ;;
-        baseline-ipv6) netns_apply && netns_apply_ipv6 ;;
+        baseline-ipv6) netns_apply; netns_apply_ipv6 ;;
         applied-ipv6) netns_apply_ipv6 ;;
         applied-baseline) netns_stop_all ;;
         ipv6-applied) netns_back_to_ipv4 ;;
-        ipv6-baseline) netns_back_to_ipv4 && netns_stop_all ;;
+        ipv6-baseline) netns_back_to_ipv4; netns_stop_all ;;
         *) fail "netns_need: no way from state $now to $want" ;;
     esac
 }
@@ -437,9 +439,9 @@ sec_id() {
 # host_serve PROTO PORT LABEL [BIND]: a service of the host itself (standing for sshd or dnsmasq) in vgt-host, on
 # every IPv4 address or on BIND only; answers like lab_serve. Its PID is in HOST_SERVE_PID, for host_unserve.
 host_serve() {
-    local proto=$1 port=$2 label=$3 bind=${4:+,bind=$4} kind=TCP-LISTEN linger=""
-    [ "$proto" = udp ] && kind=UDP-RECVFROM linger="; $LAB_UDP_LINGER"
-    ip netns exec "$LAB_NS_HOST" socat "$kind:$port$bind,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR$linger" \
+    local proto=$1 port=$2 label=$3 bind=${4:+,bind=$4} kind=TCP-LISTEN linger="" wait=-t0.5
+    [ "$proto" = udp ] && kind=UDP-RECVFROM linger="; $LAB_UDP_DRAIN" wait=-t5
+    ip netns exec "$LAB_NS_HOST" socat "$wait" "$kind:$port$bind,fork,reuseaddr" SYSTEM:"echo $label \$SOCAT_PEERADDR$linger" \
         </dev/null >/dev/null 2>&1 3>&- 9>&- &
     HOST_SERVE_PID=$!
     lab_remember_pid "$HOST_SERVE_PID"
