@@ -11,13 +11,14 @@
 bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file
+load private_mount
 
 BENCH_TOOLS="hyperfine ip iptables-save iptables-restore nft virsh which"
 
 setup_file() {
     ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
     [ "$(id -u)" -eq 0 ] || fail "run as root: sudo unshare --mount --propagation private -- bats Tests/bats/bench.bats"
-    [ "$(stat -L -c %i /proc/self/ns/mnt)" != "$(stat -L -c %i /proc/1/ns/mnt)" ] \
+    in_private_mount_namespace \
         || fail "not in a private mount namespace: run unshare --mount --propagation private -- bats Tests/bats/bench.bats"
     local tool missing=()
     for tool in $BENCH_TOOLS; do command -v "$tool" >/dev/null || missing+=("$tool"); done

@@ -42,6 +42,7 @@
 bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file
+load private_mount
 load e2e_helpers
 
 setup_file() {

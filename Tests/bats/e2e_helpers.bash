@@ -565,26 +565,13 @@ shapes_bridge_down() {
 # ---------------------------------------------------------------------------------------------------------------
 # Set-up (setup_file)
 
-# The mount namespace of the machine: PID 1's, or where PID 1 cannot be read, that of the outermost ancestor
-# that can.
-machine_mnt_ns() {
-    local ns p=$$ up
-    ns=$(stat -L -c %i /proc/1/ns/mnt 2>/dev/null) && { echo "$ns"; return; }
-    while [ "$p" -gt 1 ]; do
-        up=$(stat -L -c %i "/proc/$p/ns/mnt" 2>/dev/null) || break
-        ns=$up
-        p=$(awk '/^PPid:/ {print $2}' "/proc/$p/status" 2>/dev/null) || break
-        [ -n "$p" ] || break
-    done
-    echo "$ns"
-}
 
 # refuse: root, a private mount namespace, every tool, the binary; one clear line otherwise
 refuse_unless_ready() {
     if [ "$(id -u)" -ne 0 ]; then
         fail "e2e.bats must run as root (namespaces, iptables, libvirtd): $E2E_RUN_HINT"
     fi
-    if [ "$(stat -L -c %i /proc/self/ns/mnt)" = "$(machine_mnt_ns)" ]; then
+    if ! in_private_mount_namespace; then
         fail "e2e.bats must run in a private mount namespace: $E2E_RUN_HINT"
     fi
     local t missing=""

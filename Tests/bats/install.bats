@@ -17,6 +17,7 @@
 bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file
+load private_mount
 load install_helpers
 
 setup_file() {
@@ -27,7 +28,7 @@ setup_file() {
     export ROOT FIXTURES INSTALL SHIPPED_CONF
 
     [ "$(id -u)" -eq 0 ] || fail "run as root: sudo unshare --mount --propagation private -- bats Tests/bats/install.bats"
-    [ "$(stat -L -c %i /proc/self/ns/mnt)" != "$(stat -L -c %i /proc/1/ns/mnt)" ] \
+    in_private_mount_namespace \
         || fail "not in a private mount namespace: run unshare --mount --propagation private -- bats Tests/bats/install.bats"
     local tool missing=()
     for tool in $INSTALL_TOOLS; do command -v "$tool" >/dev/null || missing+=("$tool"); done
