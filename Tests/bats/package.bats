@@ -24,7 +24,7 @@ bats_load_library bats-file
 
 NS=vgt-pkg
 PKG_LOCK=/tmp/vgt-pkg.lock
-PKG_TOOLS="dpkg dpkg-deb dpkg-query lintian ip unshare nsenter flock mount findmnt iptables-save ip6tables-save nft
+PKG_TOOLS="dpkg dpkg-deb dpkg-query dpkg-reconfigure lintian ip unshare nsenter flock mount findmnt iptables-save ip6tables-save nft
     man gzip cmp sha256sum find stat tar git bash file ldd systemctl"
 SYSTEM_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SUBCOMMANDS="hook plan sync status forward reapply doctor flush"
@@ -627,6 +627,23 @@ teardown_file() {
     assert said "removed /etc/ufw/after.init"
     assert_equal "$(host_listing)" "$before"
     assert_equal "$(upper_changes)" "$upper_before"
+}
+
+@test "UFW installed after the package: the install says so, dpkg-reconfigure virtgate adds the block" {
+    local before
+    before=$(host_listing)
+    inns mv /etc/ufw /etc/ufw.away
+    pkg -i "$TMP/new.deb"
+    dpkg_ok "dpkg -i $NEW_VERSION on a host without UFW"
+    assert said "UFW: /etc/ufw does not exist; no after.init block (run dpkg-reconfigure virtgate after installing UFW)"
+    inns mv /etc/ufw.away /etc/ufw
+    run inns env -i PATH="$SYSTEM_PATH" LC_ALL=C HOME=/root DEBIAN_FRONTEND=noninteractive dpkg-reconfigure virtgate
+    assert_success
+    assert_output --partial "ufw: created /etc/ufw/after.init"
+    assert_equal "$(inns grep -cxF '# BEGIN virtgate' /etc/ufw/after.init)" 1
+    pkg -P virtgate
+    dpkg_ok "dpkg -P virtgate"
+    assert_equal "$(host_listing)" "$before"
 }
 
 @test "install.sh's hooks are taken over by the package, never kept as foreign" {
