@@ -21,6 +21,7 @@
 bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file
+load private_mount
 
 NS=vgt-pkg
 PKG_LOCK=/tmp/vgt-pkg.lock
@@ -254,7 +255,7 @@ setup_file() {
     ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
     export ROOT
     [ "$(id -u)" -eq 0 ] || fail "run as root: sudo unshare --mount --propagation private -- bats Tests/bats/package.bats"
-    [ "$(stat -L -c %i /proc/self/ns/mnt)" != "$(stat -L -c %i /proc/1/ns/mnt)" ] \
+    in_private_mount_namespace \
         || fail "not in a private mount namespace: run unshare --mount --propagation private -- bats Tests/bats/package.bats"
     local tool missing=()
     for tool in $PKG_TOOLS; do command -v "$tool" >/dev/null || missing+=("$tool"); done
