@@ -185,30 +185,6 @@ dnat_text() { if is_nft; then echo ": $1 . $2"; else echo "--to-destination $1:$
 # nft_dnat_elements REGEX: DNAT map elements whose JSON line matches REGEX
 nft_dnat_elements() { lab_nft_lines | grep -E '^nft fwd[46]' | grep -cE -- "$1" || true; }
 
-# check_jump_positions TAG: virtgate's jumps are the first rule of their built-in chains.
-check_jump_positions() {
-    local tag=$1 rule
-    check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
-        "$(lab_first_rule filter FORWARD)"
-    if is_nft; then
-        lab_check_nft_hooks "$tag"
-        return
-    fi
-    rule=$(lab_first_rule nat PREROUTING)
-    check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    rule=$(lab_first_rule nat OUTPUT)
-    check "$tag: first rule of nat OUTPUT jumps to VIRTGATE-DNAT ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    check_eq "$tag: first rule of nat POSTROUTING is the VIRTGATE-POST jump" "-A POSTROUTING -j VIRTGATE-POST" \
-        "$(lab_first_rule nat POSTROUTING)"
-}
-
-# state directory content, without the lock file, to prove a dry run writes nothing
-state_digest() {
-    find "$VG_STATE" -type f ! -name '*lock*' -print0 | sort -z | xargs -0 -r sha256sum
-}
-
 # ---------------------------------------------------------------------------------------------------------------
 # status --json
 

@@ -253,7 +253,7 @@ teardown_file() {
     cx_e5_reapply
     cx_set_state dirty
     cx_forwards "E5 after reapply (UFW still flushed)"
-    cx_check_jumps "E5 after reapply"
+    check_jump_positions "E5 after reapply"
     cx_set_state e5-reapplied
 }
 

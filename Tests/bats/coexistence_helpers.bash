@@ -217,24 +217,6 @@ cx_stop_guests() {
 # ---------------------------------------------------------------------------------------------------------------
 # Verification after every event
 
-cx_check_jumps() {
-    local tag=$1 rule
-    check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
-        "$(lab_first_rule filter FORWARD)"
-    if [ "$VG_BACKEND" = nft ]; then
-        lab_check_nft_hooks "$tag"
-        return
-    fi
-    rule=$(lab_first_rule nat PREROUTING)
-    check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    rule=$(lab_first_rule nat OUTPUT)
-    check "$tag: first rule of nat OUTPUT jumps to VIRTGATE-DNAT ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '! -d 127.0.0.0/8' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    check_eq "$tag: first rule of nat POSTROUTING is the VIRTGATE-POST jump" "-A POSTROUTING -j VIRTGATE-POST" \
-        "$(lab_first_rule nat POSTROUTING)"
-}
-
 # cx_normalise RULESET_FILE: the ruleset with chains in name order (iptables-save lists them in creation order, which
 # has no effect on packets and changes when UFW deletes and re-creates chains); rule order within a chain is kept.
 cx_normalise() {
@@ -310,7 +292,7 @@ cx_verify() {
             lab_info "$tag: libvirt's masquerade is gone, so egress leaves un-NATed; it works here only because wan routes $LAB_SUBNET back (a real uplink would not) until libvirt re-adds its rules"
         fi
     fi
-    cx_check_jumps "$tag"
+    check_jump_positions "$tag"
     lab_ruleset >"$now"
     check_eq "$tag: no duplicate rule lines (beyond the lab's own)" "$(cat "$LAB_TMP/baseline.dups")" "$(cx_dups "$now")"
     if diff <(cx_normalise "$LAB_TMP/applied.rules" | cx_virtgate_lines -) <(cx_normalise "$now" | cx_virtgate_lines -) \

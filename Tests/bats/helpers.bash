@@ -507,6 +507,32 @@ lab_check_nft_hooks() {
         "! ip netns exec $LAB_NS_HOST iptables-save -t nat | grep -q VIRTGATE"
 }
 
+# check_jump_positions TAG: virtgate's jumps are the first rule of their built-in chains (with nft: its base
+# chains' jumps, lab_check_nft_hooks).
+check_jump_positions() {
+    local tag=$1 rule
+    check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
+        "$(lab_first_rule filter FORWARD)"
+    if [ "$VG_BACKEND" = nft ]; then
+        lab_check_nft_hooks "$tag"
+        return
+    fi
+    rule=$(lab_first_rule nat PREROUTING)
+    check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT for --dst-type LOCAL ('$rule')" \
+        sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
+    rule=$(lab_first_rule nat OUTPUT)
+    check "$tag: first rule of nat OUTPUT jumps to VIRTGATE-DNAT, not for 127.0.0.0/8 ('$rule')" \
+        sh -c "echo '$rule' | grep -q -- '! -d 127.0.0.0/8' && echo '$rule' | grep -q -- '--dst-type LOCAL' &&
+               echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
+    check_eq "$tag: first rule of nat POSTROUTING is the VIRTGATE-POST jump" "-A POSTROUTING -j VIRTGATE-POST" \
+        "$(lab_first_rule nat POSTROUTING)"
+}
+
+# state directory content, without the lock file, to prove a dry run writes nothing
+state_digest() {
+    find "$VG_STATE" -type f ! -name '*lock*' -print0 | sort -z | xargs -0 -r sha256sum
+}
+
 # lab_nft_owner_elements GUEST: how many elements of virtgate's nft table the guest owns.
 lab_nft_owner_elements() {
     { ip netns exec "$LAB_NS_HOST" nft list table inet virtgate 2>/dev/null || true; } | grep -o "comment \"$1\"" | wc -l

@@ -192,35 +192,10 @@ netns_stop_all() {
 # =================================================================================================================
 # Helpers of this file
 
-# Our four jumps must be the first rule of their built-in chains.
-check_jump_positions() {
-    local tag=$1 rule
-    check_eq "$tag: first rule of filter FORWARD is the VIRTGATE-FWD jump" "-A FORWARD -j VIRTGATE-FWD" \
-        "$(lab_first_rule filter FORWARD)"
-    if [ "$VG_BACKEND" = nft ]; then
-        lab_check_nft_hooks "$tag"
-        return
-    fi
-    rule=$(lab_first_rule nat PREROUTING)
-    check "$tag: first rule of nat PREROUTING jumps to VIRTGATE-DNAT for --dst-type LOCAL ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '--dst-type LOCAL' && echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    rule=$(lab_first_rule nat OUTPUT)
-    check "$tag: first rule of nat OUTPUT jumps to VIRTGATE-DNAT, not for 127.0.0.0/8 ('$rule')" \
-        sh -c "echo '$rule' | grep -q -- '! -d 127.0.0.0/8' && echo '$rule' | grep -q -- '--dst-type LOCAL' &&
-               echo '$rule' | grep -q -- '-j VIRTGATE-DNAT'"
-    check_eq "$tag: first rule of nat POSTROUTING is the VIRTGATE-POST jump" "-A POSTROUTING -j VIRTGATE-POST" \
-        "$(lab_first_rule nat POSTROUTING)"
-}
-
 # bad_domain IN OUT: vgt-bad's domain XML (IN, "-" for stdin) on g2's NIC (its MAC), whose leased address
 # 10.213.0.12 its guest-address= forward points at.
 bad_domain() {
     sed "s/52:54:00:00:00:13/$LAB_G2_MAC/" "$1" >"$2"
-}
-
-# state directory content, without the lock file, to prove a dry run writes nothing
-state_digest() {
-    find "$VG_STATE" -type f ! -name '*lock*' -print0 | sort -z | xargs -0 -r sha256sum
 }
 
 # check_output DESCRIPTION LINE...: each LINE must be a whole line of the last run's stdout.

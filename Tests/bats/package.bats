@@ -22,6 +22,7 @@ bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file
 load private_mount
+load holder
 
 NS=vgt-pkg
 PKG_LOCK=/tmp/vgt-pkg.lock
@@ -33,36 +34,7 @@ SUBCOMMANDS="hook plan sync status forward reapply doctor flush"
 # --------------------------------------------------------------------------------------------------
 # The namespaces and the overlays.
 
-# inns COMMAND...: runs COMMAND in the holder's network, pid and mount namespaces.
-inns() { nsenter -t "$HOLDER" -m -n -p -- "$@"; }
-
-start_holder() {
-    if ip netns list | awk '{print $1}' | grep -qxF "$NS"; then ip netns del "$NS"; fi
-    ip netns add "$NS"
-    ip netns exec "$NS" ip link set lo up
-    ip netns exec "$NS" unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
-        sleep infinity </dev/null >/dev/null 2>&1 3>&- 8>&- &
-    UNSHARE_PID=$!
-    local i
-    HOLDER=
-    for i in $(seq 100); do
-        HOLDER=$(cat "/proc/$UNSHARE_PID/task/$UNSHARE_PID/children" 2>/dev/null | awk '{print $1}')
-        if [ -n "$HOLDER" ] && [ "$(cat "/proc/$HOLDER/comm" 2>/dev/null)" = sleep ]; then break; fi
-        HOLDER=
-        sleep 0.05
-    done
-    [ -n "$HOLDER" ] || { echo "the namespace holder did not start" >&2; return 1; }
-}
-
-stop_holder() {
-    if [ -n "${UNSHARE_PID:-}" ] && kill -0 "$UNSHARE_PID" 2>/dev/null; then
-        # SIGKILL makes unshare (--kill-child) kill the holder and with it the pid namespace; the overlays
-        # and the tmpfs go with its mount namespace.
-        kill -KILL "$UNSHARE_PID" 2>/dev/null
-        wait "$UNSHARE_PID" 2>/dev/null || true
-    fi
-    if ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF "$NS"; then ip netns del "$NS"; fi
-}
+# inns, start_holder, stop_holder: holder.bash.
 
 # overlays: /etc, /usr and /var as overlays in the holder, /run an empty tmpfs; the stand-ins.
 overlays() {
