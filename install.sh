@@ -41,7 +41,7 @@ BLOCK_BEGIN="# BEGIN virtgate"
 BLOCK_END="# END virtgate"
 DRIVERS=(qemu network)
 DAEMONS=(libvirtd virtqemud virtnetworkd)
-PACKAGES=(libvirt-dev libxml2-dev pkg-config iptables)
+PACKAGES=(libvirt-dev libexpat1-dev nettle-dev pkg-config iptables)
 
 # The virtgate commands this script runs read the same files as the hooks.
 export VIRTGATE_CONFIG=${VIRTGATE_CONFIG:-$CONF}
