@@ -25,7 +25,9 @@ let package = Package(
         // nettle's SHA-256 (libnettle comes with libvirt, through GnuTLS) for owner ids of long or
         // unusual guest names: collisions must not be craftable. swift-crypto pulled all of
         // Foundation and ICU's data into the binary (94 MB instead of 32).
-        .systemLibrary(name: "CNettle", pkgConfig: "nettle", providers: [.apt(["nettle-dev"])]),
+        // Linked by VirtGateCore (below): statically in release builds, so that a hook run neither
+        // loads nor relocates the shared library for a function it seldom calls.
+        .systemLibrary(name: "CNettle", providers: [.apt(["nettle-dev"])]),
         // libvirt's C API (libvirt-dev's headers); imported only by the Libvirt wrapper. The library
         // is not linked at build time but opened on first use: linking it makes every process start
         // load ~50 shared libraries (17 ms measured), and libvirt starts this binary on every guest
@@ -39,6 +41,10 @@ let package = Package(
                 "CExpat",
                 "CNettle",
                 .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            linkerSettings: [
+                .linkedLibrary("nettle", .when(configuration: .debug)),
+                .linkedLibrary(":libnettle.a", .when(configuration: .release)),
             ]
         ),
         // Admin commands' logic (sync, status, forward editing) over libvirt's API. Hooks never get here.
