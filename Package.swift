@@ -22,9 +22,9 @@ let package = Package(
         // hardened, C only. libxml2 brought ICU and the shared libstdc++ into every hook run
         // (~1.4 ms), FoundationXML would too.
         .systemLibrary(name: "CExpat", pkgConfig: "expat", providers: [.apt(["libexpat1-dev"])]),
-        // nettle's SHA-256 (libnettle comes with libvirt, through GnuTLS) for owner ids of long or
-        // unusual guest names: collisions must not be craftable. swift-crypto pulled all of
-        // Foundation and ICU's data into the binary (94 MB instead of 32).
+        // nettle's SHA-256 for owner ids of long or unusual guest names: collisions must not be
+        // craftable. swift-crypto pulled all of Foundation and ICU's data into the binary (94 MB
+        // instead of 32).
         // Linked by VirtGateCore (below): statically in release builds, so that a hook run neither
         // loads nor relocates the shared library for a function it seldom calls.
         .systemLibrary(name: "CNettle", providers: [.apt(["nettle-dev"])]),

@@ -1,7 +1,7 @@
 import CNettle
 
-/// SHA-256 through nettle (libnettle, which libvirt's hosts have through GnuTLS): owner ids and state
-/// file names of long or unusual guest names, where collisions must not be craftable. swift-crypto
+/// SHA-256 through nettle (nettle-dev; release builds link it statically): owner ids and state file
+/// names of long or unusual guest names, where collisions must not be craftable. swift-crypto
 /// brought all of Foundation, with ICU's data, into the binary (94 MB instead of 32).
 enum SHA256 {
     static let digestSize = 32
