@@ -13,3 +13,17 @@ struct OneLineTests {
         #expect(text.oneLine == expected)
     }
 }
+
+@Suite("MAC addresses read as bytes")
+struct MACBytesTests {
+    @Test("Six pairs of ASCII hex between five colons, lower-cased; anything else is nil", arguments: [
+        ("52:54:00:AA:bb:Cc", "52:54:00:aa:bb:cc"), ("00:00:00:00:00:00", "00:00:00:00:00:00"),
+        ("52:54:00:aa:bb:c", nil), ("52:54:00:aa:bb:cc:", nil), ("52:54:00:aa:bb:ccd", nil), ("52-54-00-aa-bb-cc", nil),
+        ("52:54:00:aa:bb:\u{FF43}c", nil), ("52:54:00:aa:b:bcc", nil), (":52:54:00:aa:bb:c", nil), ("", nil),
+        ("52:54:00:aa:bb:cg", nil), ("52:54:00:aa:bb:c\u{301}", nil),
+    ] as [(String, String?)])
+    func parsed(text: String, expected: String?) {
+        #expect(MACAddress(text)?.description == expected)
+        #expect(MACAddress(text[...])?.description == expected)
+    }
+}
