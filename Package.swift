@@ -14,15 +14,20 @@ let package = Package(
         // tests hold virtgate's own reader to it. Loading through it cost a hook run 0.5 ms, and
         // parsing the commented default config character by character 4.5 ms (measured).
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: []),
-        // SHA-256 for owner ids of long or unusual guest names: collisions must not be craftable.
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         // Spawning iptables-restore/iptables-save with stdin and captured output without deadlocks.
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2", traits: []),
     ],
     targets: [
-        // libxml2 (already a dependency of libvirt): a small, fast, hardened XML parser that keeps
-        // the hook's start-up cheap (FoundationXML would pull ICU into every hook run).
-        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        // expat (the parser behind Python's ElementTree; libvirt's hosts have it): small, fast,
+        // hardened, C only. libxml2 brought ICU and the shared libstdc++ into every hook run
+        // (~1.4 ms), FoundationXML would too.
+        .systemLibrary(name: "CExpat", pkgConfig: "expat", providers: [.apt(["libexpat1-dev"])]),
+        // nettle's SHA-256 for owner ids of long or unusual guest names: collisions must not be
+        // craftable. swift-crypto pulled all of Foundation and ICU's data into the binary (94 MB
+        // instead of 32).
+        // Linked by VirtGateCore (below): statically in release builds, so that a hook run neither
+        // loads nor relocates the shared library for a function it seldom calls.
+        .systemLibrary(name: "CNettle", providers: [.apt(["nettle-dev"])]),
         // libvirt's C API (libvirt-dev's headers); imported only by the Libvirt wrapper. The library
         // is not linked at build time but opened on first use: linking it makes every process start
         // load ~50 shared libraries (17 ms measured), and libvirt starts this binary on every guest
@@ -33,9 +38,13 @@ let package = Package(
         .target(
             name: "VirtGateCore",
             dependencies: [
-                "CLibXML2",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "CExpat",
+                "CNettle",
                 .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            linkerSettings: [
+                .linkedLibrary("nettle", .when(configuration: .debug)),
+                .linkedLibrary(":libnettle.a", .when(configuration: .release)),
             ]
         ),
         // Admin commands' logic (sync, status, forward editing) over libvirt's API. Hooks never get here.
@@ -47,6 +56,17 @@ let package = Package(
                 "VirtGateAdmin",
                 "Libvirt",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            exclude: ["link"],
+            // Release builds (what install.sh installs, libvirt's hook) start with as little as the
+            // loader can do: the binary's ~41,000 relative relocations packed (RELR, glibc 2.36+;
+            // gold cannot pack them, the toolchain's lld can), and libstdc++ linked statically
+            // (Sources/virtgate/link/libstdc++.so sends the Swift runtime's -lstdc++ to libstdc++.a): the shared one's
+            // ~5,000 symbol relocations and locale set-up were most of a hook run's start-up.
+            linkerSettings: [
+                .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+                              "-L", Context.packageDirectory + "/Sources/virtgate/link"],
+                             .when(platforms: [.linux], configuration: .release)),
             ]
         ),
         .testTarget(

@@ -42,7 +42,7 @@ SHIPPED_CONF=$SRC_DIR/hooks/virtgate.conf
 UNITS=(virtgate-reapply.service virtgate-leases.path virtgate-sync.service)
 AFTER_INIT=$UFW_DIR/after.init
 SHIPPED_BLOCK=$SRC_DIR/hooks/ufw-after.init.sh
-PACKAGES=(libvirt-dev libxml2-dev pkg-config iptables)
+PACKAGES=(libvirt-dev libexpat1-dev nettle-dev pkg-config iptables)
 # The man page and the shell completions, where man, bash-completion, zsh and fish look by default for
 # files below /usr/local/share.
 DATA_DIR=${VIRTGATE_DATA_DIR:-${SBIN%/*}/share}

@@ -32,7 +32,7 @@ fi
 # Packaging: what dpkg-buildpackage and lintian need. Benchmarks: hyperfine, GNU time and Debian's python3.
 # Tests: bats and its helper libraries.
 PACKAGES=(
-    libvirt-dev libxml2-dev libexpat1-dev pkg-config
+    libvirt-dev libexpat1-dev nettle-dev pkg-config
     iptables nftables ufw iproute2 socat netcat-openbsd jq util-linux procps kmod ca-certificates
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 dnsmasq-base busybox-static cpio
     debhelper dpkg-dev fakeroot lintian man-db bash-completion

@@ -157,6 +157,36 @@ struct HookHandlerTests {
         #expect(runner.restores[0].contains("-X VIRTGATE-DNAT\n"))
     }
 
+    @Test("A guest with no forwards now and none remembered: the kernel is neither read nor written")
+    func guestWithoutForwardsTouchesNoKernel() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner()
+        let plain = "<domain><name>web</name><devices><interface type='network'><mac address='52:54:00:aa:00:01'/><source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>"
+        for operation in ["start", "started", "attach"] {
+            #expect(await handler(runner).handle(qemu(operation), stdin: plain) == 0)
+        }
+        #expect(runner.callCount == 0)
+        #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/guests/web.xml"))
+        let output = OutputCollector()
+        #expect(await handler(runner, dryRun: true, output: output).handle(qemu("start"), stdin: plain) == 0)
+        #expect(output.value == "# qemu \"web\": no changes\n" && runner.callCount == 0)
+        // libvirtd restarted: a reconnect reads and re-asserts as ever.
+        #expect(await handler(runner).handle(qemu("reconnect"), stdin: plain) == 0)
+        #expect(runner.callCount > 0)
+        // Remembered with forwards, started again without them: the kernel is read for what it held.
+        var calls = runner.callCount
+        #expect(await handler(runner).handle(qemu("start"), stdin: try Files.fixture("domain-web-start.xml")) == 0)
+        #expect(runner.callCount > calls)
+        calls = runner.callCount
+        #expect(await handler(runner).handle(qemu("started"), stdin: plain) == 0)
+        #expect(runner.callCount > calls)
+        // Invalid metadata is still reported through the engine, not skipped.
+        let bad = plain.replacing("<devices>", with: "<metadata><vg:forwards xmlns:vg='urn:virtgate:forwards:1'><vg:forward host-port='0'/></vg:forwards></metadata><devices>")
+        let before = runner.callCount
+        _ = await handler(runner).handle(qemu("start"), stdin: bad)
+        #expect(runner.callCount > before)
+    }
+
     @Test func dryRunPrintsAndWritesNothing() async throws {
         let runner = RecordingRunner()
         let output = OutputCollector()

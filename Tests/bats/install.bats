@@ -417,7 +417,7 @@ libvirt_like_firewall() {
 
 @test "apt: installs only the missing packages, after apt-get update; --dry-run runs no apt-get" {
     # Step 1 with stand-ins for dpkg-query and apt-get (on PATH, in this test only): iptables is
-    # installed, the other three are missing.
+    # installed, the other four are missing.
     scenario apt
     local stubs=$TMP/aptbin
     mkdir -p "$stubs"
@@ -432,10 +432,10 @@ STUB
     : >"$TMP/apt.calls"
     INSTALL_SKIP_APT="" INSTALL_PATH="$stubs:$PATH" installer --dry-run
     ON_FAIL=show_run check "apt: --dry-run names the missing packages and runs no apt-get" \
-        eval 'said "would run apt-get update and apt-get install libvirt-dev libxml2-dev pkg-config" && [ ! -s "$TMP/apt.calls" ]'
+        eval 'said "would run apt-get update and apt-get install libvirt-dev libexpat1-dev nettle-dev pkg-config" && [ ! -s "$TMP/apt.calls" ]'
     INSTALL_SKIP_APT="" INSTALL_PATH="$stubs:$PATH" installer
     ON_FAIL="eval show_run; cat $TMP/apt.calls" check "apt: runs apt-get update, then installs only the missing packages" \
-        eval '[ "$(cat "$TMP/apt.calls")" = "$(printf "update -q\ninstall -y -q --no-install-recommends libvirt-dev libxml2-dev pkg-config")" ]'
+        eval '[ "$(cat "$TMP/apt.calls")" = "$(printf "update -q\ninstall -y -q --no-install-recommends libvirt-dev libexpat1-dev nettle-dev pkg-config")" ]'
     installer --uninstall
 }
 

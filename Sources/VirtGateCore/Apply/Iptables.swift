@@ -63,6 +63,13 @@ public struct IptablesCommands: Sendable {
 extension String {
     /// Multi-line tool output folded into one log line.
     var oneLine: String {
-        split(whereSeparator: \.isNewline).map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }.joined(separator: " | ")
+        // Every log line goes through here: one ASCII line with no white space at either end (the
+        // common case) is already what the general path would make of it, without its Unicode work.
+        let bytes = utf8
+        if let first = bytes.first, let last = bytes.last, first != 0x20, first != 0x09, last != 0x20, last != 0x09,
+           bytes.allSatisfy({ $0 < 0x80 && !(0x0A...0x0D).contains($0) }) {
+            return self
+        }
+        return split(whereSeparator: \.isNewline).map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }.joined(separator: " | ")
     }
 }

@@ -65,8 +65,9 @@ public final class LibNftables: NftTransport, Sendable {
     }
 
     private let functions: Functions
-    /// One context for plain commands, one with JSON output for listing.
-    private let contexts: Mutex<(plain: UInt, json: UInt)>
+    /// One context (each costs a netlink socket and reads of /etc/iproute2's tables), its output
+    /// flags set per call: JSON for listing, plain for commands.
+    private let context: Mutex<UInt>
 
     /// nil when the library cannot be loaded (then `nft` is run instead).
     public static let shared: LibNftables? = LibNftables()
@@ -85,19 +86,16 @@ public final class LibNftables: NftTransport, Sendable {
               let run = symbol("nft_run_cmd_from_buffer", Run.self) else { return nil }
         functions = Functions(new: new, free: free, bufferOutput: bufferOutput, bufferError: bufferError,
                               output: output, error: error, setFlags: setFlags, run: run)
-        guard let plain = new(0), let json = new(0) else { return nil }
-        for context in [plain, json] {
-            _ = bufferOutput(context)
-            _ = bufferError(context)
-        }
-        setFlags(json, Self.outputJSON | Self.outputNumericProtocol)
-        contexts = Mutex((UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(plain))),
-                          UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(json)))))
+        guard let created = new(0) else { return nil }
+        _ = bufferOutput(created)
+        _ = bufferError(created)
+        context = Mutex(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(created))))
     }
 
     func run(_ command: String, json: Bool) -> CommandResult {
-        contexts.withLock { contexts in
-            let context = OpaquePointer(bitPattern: json ? contexts.json : contexts.plain)
+        context.withLock { address in
+            let context = OpaquePointer(bitPattern: address)
+            functions.setFlags(context, json ? Self.outputJSON | Self.outputNumericProtocol : 0)
             let status = functions.run(context, command)
             let output = functions.output(context).map { String(cString: $0) } ?? ""
             let error = functions.error(context).map { String(cString: $0) } ?? ""

@@ -50,7 +50,15 @@ public struct HookHandler {
                 report(guest.problems)
                 return policy.status(operation, .problems)
             }
+            let holdsNothing = holdsNothing(guest, xml: stdin)
             remember { try store.rememberGuest(name, xml: stdin) }
+            if holdsNothing, operation != .reconnect {
+                // No forwards now and none remembered: the plan is "nothing for this guest", so the
+                // kernel is neither read nor written (nor is libnftables loaded). A stop still
+                // removes by name, and a reconnect (libvirtd restarted) reads and re-asserts as ever.
+                if dryRun { output("# qemu \(InputProblem.quoted(name)): no changes\n") }
+                return policy.status(operation, .done)
+            }
             let addresses = FileAddressBook(store: store, settings: settings)
             let input = guestInput(guest, addresses: addresses, reassertNetworks: operation == .reconnect)
             let result = await run(input, event: "qemu \(InputProblem.quoted(name))")
@@ -73,6 +81,16 @@ public struct HookHandler {
             log.info("qemu \(InputProblem.quoted(name)) \(text): nothing to do")
             return 0
         }
+    }
+
+    /// A guest with no forwards and nothing to report, which virtgate does not remember with any
+    /// either (its last start, or none since its last stop): whatever it held was removed by that
+    /// stop, so there is nothing of it in the kernel and nothing to put there.
+    func holdsNothing(_ guest: GuestDefinition, xml: String) -> Bool {
+        guard guest.forwards.isEmpty, guest.problems.isEmpty else { return false }
+        guard let remembered = store.guestXML(guest.name), !remembered.utf8.elementsEqual(xml.utf8) else { return true }
+        guard let before = try? LibvirtXML.guest(fromXML: remembered, name: guest.name) else { return false }
+        return before.forwards.isEmpty
     }
 
     func parseGuest(_ name: String, _ xml: String) -> GuestDefinition? {

@@ -1,4 +1,3 @@
-import Crypto
 
 /// Renders plans as iptables rule lines, in exactly the form `iptables-save` prints them back, so
 /// that comparing the kernel's state with the desired state is a plain string comparison.

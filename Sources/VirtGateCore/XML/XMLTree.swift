@@ -1,6 +1,9 @@
-import CLibXML2
+import CExpat
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// A read-only element tree copied out of libxml2, so no C pointer outlives `parse`.
+/// A read-only element tree copied out of expat's events, so no C pointer outlives `parse`.
 public struct XMLElement: Sendable {
     public var name: String
     public var namespaceURI: String?
@@ -32,8 +35,8 @@ public struct XMLElement: Sendable {
 public struct XMLParseError: Error, Sendable, CustomStringConvertible {
     public let description: String
 
-    /// libxml2's messages quote the input (a 40 KB element name comes back whole): kept to one
-    /// short line, so the error that carries it stays within a log line.
+    /// Parser messages may quote the input: kept to one short line, so the error that carries it
+    /// stays within a log line.
     init(description: String) {
         let line = description.split(whereSeparator: \.isNewline).joined(separator: " ")
         self.description = line.count <= Self.maximumLength ? line : String(line.prefix(Self.maximumLength)) + "…"
@@ -45,87 +48,138 @@ public struct XMLParseError: Error, Sendable, CustomStringConvertible {
 public enum XMLTree {
     /// Hook input is at most a domain definition: the one cap for every input (`InputLimits`).
     public static let maximumInputBytes = InputLimits.maximumBytes
+    /// Elements nested deeper than this are refused (libvirt's documents nest about ten deep), so
+    /// neither the tree nor anything that walks it recursively can run out of stack.
+    public static let maximumDepth = 256
 
-    /// Parses a whole document. External entities, DTD loading and network access are off; libxml2's
-    /// default limits against entity expansion attacks stay on; errors are returned, never printed.
-    /// A document with a DOCTYPE is refused whole: libvirt never writes one, and an entity declared in
-    /// it would otherwise vanish from a value (`host-port="80&p;"` read as 80) instead of being refused.
+    /// Parses a whole document with expat (the parser behind Python's ElementTree: no ICU, no C++),
+    /// namespace-aware. It loads nothing from outside the input: no external entities, no DTD, no
+    /// network. A document with a DOCTYPE is refused whole: libvirt never writes one, and an entity
+    /// declared in it would otherwise vanish from a value (`host-port="80&p;"` read as 80) instead of
+    /// being refused; so no entity but the predefined and character ones is ever expanded (expat's
+    /// own limits against expansion attacks stay on behind that). Errors are returned, never printed.
     public static func parse(_ text: String) throws(XMLParseError) -> XMLElement {
-        let bytes = Array(text.utf8)
-        guard bytes.count <= maximumInputBytes else {
+        var text = text
+        let count = text.utf8.count
+        guard count <= maximumInputBytes else {
             throw XMLParseError(description: "input larger than \(InputLimits.label) (\(maximumInputBytes) bytes)")
         }
-        guard !bytes.isEmpty else { throw XMLParseError(description: "empty input") }
-        let options = Int32(XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue
-            | XML_PARSE_NOCDATA.rawValue)
-        xmlResetLastError()
-        let document = bytes.withUnsafeBufferPointer { buffer in
+        guard count > 0 else { throw XMLParseError(description: "empty input") }
+        // The document's own encoding declaration is overridden: a Swift string is UTF-8.
+        guard let parser = XML_ParserCreateNS("UTF-8", TreeBuilder.separator) else {
+            throw XMLParseError(description: "out of memory")
+        }
+        defer { XML_ParserFree(parser) }
+        let builder = TreeBuilder(parser: parser)
+        let context = Unmanaged.passUnretained(builder).toOpaque()
+        XML_SetUserData(parser, context)
+        XML_SetElementHandler(parser, { context, name, attributes in
+            TreeBuilder.from(context).start(name, attributes)
+        }, { context, _ in
+            TreeBuilder.from(context).end()
+        })
+        XML_SetCharacterDataHandler(parser, { context, bytes, length in
+            TreeBuilder.from(context).characters(bytes, length)
+        })
+        XML_SetStartDoctypeDeclHandler(parser, { context, _, _, _, _ in
+            TreeBuilder.from(context).stop("a DOCTYPE or entity declaration is not allowed")
+        })
+        // Never reached with the DOCTYPE refused; kept so that no change above can make expat read a file.
+        XML_SetParamEntityParsing(parser, XML_PARAM_ENTITY_PARSING_NEVER)
+        let status = text.withUTF8 { buffer in
             buffer.withMemoryRebound(to: CChar.self) {
-                xmlReadMemory($0.baseAddress, Int32($0.count), "input.xml", "UTF-8", options)
+                XML_Parse(parser, $0.baseAddress, Int32($0.count), 1)
             }
         }
-        guard let document else {
-            throw XMLParseError(description: lastErrorMessage() ?? "not well-formed XML")
-        }
-        defer { xmlFreeDoc(document) }
-        guard document.pointee.intSubset == nil, document.pointee.extSubset == nil else {
-            throw XMLParseError(description: "a DOCTYPE or entity declaration is not allowed")
-        }
-        guard let root = xmlDocGetRootElement(document) else {
-            throw XMLParseError(description: "no root element")
-        }
-        return element(root)
-    }
-
-    private static func lastErrorMessage() -> String? {
-        guard let error = xmlGetLastError(), let message = error.pointee.message else { return nil }
-        let text = String(cString: message).trimmingWhitespace()
-        return error.pointee.line > 0 ? "line \(error.pointee.line): \(text)" : text
-    }
-
-    private static func string(_ pointer: UnsafePointer<xmlChar>?) -> String? {
-        pointer.map { String(decodingCString: $0, as: UTF8.self) }
-    }
-
-    private static func element(_ node: xmlNodePtr) -> XMLElement {
-        var attributes: [String: String] = [:]
-        var attribute = node.pointee.properties
-        while let current = attribute {
-            // Attributes we read are unprefixed; a namespaced attribute keeps its local name.
-            if let name = string(current.pointee.name) {
-                // The value is the attribute's text children (predefined and character entities are
-                // decoded by the parser; other entity references are not expanded, on purpose).
-                var value = ""
-                var part = current.pointee.children
-                while let text = part {
-                    if text.pointee.type == XML_TEXT_NODE { value += string(text.pointee.content) ?? "" }
-                    part = text.pointee.next
-                }
-                attributes[name] = value
+        return try withExtendedLifetime(builder) { () throws(XMLParseError) -> XMLElement in
+            if let problem = builder.problem { throw XMLParseError(description: problem) }
+            guard status == XML_STATUS_OK, let root = builder.root else {
+                throw XMLParseError(description: errorMessage(parser))
             }
-            attribute = current.pointee.next
+            return root
         }
-        var children: [XMLElement] = []
-        var text = ""
-        var child = node.pointee.children
-        while let current = child {
-            switch current.pointee.type {
-            case XML_ELEMENT_NODE:
-                children.append(element(current))
-            case XML_TEXT_NODE, XML_CDATA_SECTION_NODE:
-                text += string(current.pointee.content) ?? ""
-            default:
-                break
+    }
+
+    private static func errorMessage(_ parser: XML_Parser) -> String {
+        let message = XML_ErrorString(XML_GetErrorCode(parser)).map { String(cString: $0) } ?? "not well-formed XML"
+        let line = XML_GetCurrentLineNumber(parser)
+        return line > 0 ? "line \(line): \(message)" : message
+    }
+}
+
+/// Collects expat's events into `XMLElement`s: one open element per level on a stack.
+private final class TreeBuilder {
+    /// Between a namespace URI and a local name in the names expat reports: a control character,
+    /// which XML 1.0 allows in neither (expat refuses a URI that contains the separator).
+    static let separator: XML_Char = 0x01
+
+    struct Open {
+        var element: XMLElement
+        var text: [UInt8] = []
+    }
+
+    let parser: XML_Parser
+    var stack: [Open] = []
+    var root: XMLElement?
+    var problem: String?
+
+    init(parser: XML_Parser) { self.parser = parser }
+
+    static func from(_ context: UnsafeMutableRawPointer?) -> TreeBuilder {
+        Unmanaged<TreeBuilder>.fromOpaque(context!).takeUnretainedValue()
+    }
+
+    func stop(_ reason: String) {
+        if problem == nil { problem = reason }
+        XML_StopParser(parser, 0)
+    }
+
+    /// `URI\u{1}local` or `local`.
+    static func split(_ name: UnsafePointer<XML_Char>) -> (namespace: String?, local: String) {
+        let length = strlen(name)
+        return name.withMemoryRebound(to: UInt8.self, capacity: length) { start in
+            let bytes = UnsafeBufferPointer(start: start, count: length)
+            guard let mark = bytes.lastIndex(of: UInt8(separator)) else {
+                return (nil, String(decoding: bytes, as: UTF8.self))
             }
-            child = current.pointee.next
+            return (String(decoding: bytes[..<mark], as: UTF8.self), String(decoding: bytes[(mark + 1)...], as: UTF8.self))
         }
-        return XMLElement(
-            name: string(node.pointee.name) ?? "",
-            namespaceURI: string(node.pointee.ns?.pointee.href),
-            attributes: attributes,
-            children: children,
-            text: text
-        )
+    }
+
+    func start(_ name: UnsafePointer<XML_Char>?, _ attributes: UnsafeMutablePointer<UnsafePointer<XML_Char>?>?) {
+        guard problem == nil, let name else { return }
+        guard stack.count < XMLTree.maximumDepth else {
+            stop("line \(XML_GetCurrentLineNumber(parser)): elements nested deeper than \(XMLTree.maximumDepth)")
+            return
+        }
+        let (namespace, local) = Self.split(name)
+        var values: [String: String] = [:]
+        // Name, value, name, value, …, NULL. Attributes we read are unprefixed; a namespaced
+        // attribute keeps its local name. Predefined and character entities are decoded by expat.
+        var index = 0
+        while let attribute = attributes?[index], let value = attributes?[index + 1] {
+            values[Self.split(attribute).local] = String(cString: value)
+            index += 2
+        }
+        stack.append(Open(element: XMLElement(name: local, namespaceURI: namespace, attributes: values,
+                                              children: [], text: "")))
+    }
+
+    func characters(_ bytes: UnsafePointer<XML_Char>?, _ length: Int32) {
+        guard problem == nil, let bytes, length > 0, !stack.isEmpty else { return }
+        bytes.withMemoryRebound(to: UInt8.self, capacity: Int(length)) {
+            stack[stack.count - 1].text.append(contentsOf: UnsafeBufferPointer(start: $0, count: Int(length)))
+        }
+    }
+
+    func end() {
+        guard problem == nil, var open = stack.popLast() else { return }
+        open.element.text = String(decoding: open.text, as: UTF8.self)
+        if stack.isEmpty {
+            root = open.element
+        } else {
+            stack[stack.count - 1].element.children.append(open.element)
+        }
     }
 }
 
