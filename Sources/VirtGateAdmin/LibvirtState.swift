@@ -53,10 +53,13 @@ public struct LibvirtState: Sendable {
     }
 
     mutating func addLeases(of guest: GuestDefinition, from interfaces: [(mac: String, addresses: [String])]) {
+        guard !interfaces.isEmpty else { return }
+        // Each reported MAC parsed once, not once per NIC it is compared with.
+        let reported = interfaces.map { (mac: MACAddress($0.mac), addresses: $0.addresses) }
         for nic in guest.interfaces {
             guard let bridge = nic.bridge ?? nic.network.flatMap({ name in input.networks.first { $0.name == name }?.bridge }),
                   input.leases[bridge]?[nic.mac] == nil,
-                  let entry = interfaces.first(where: { MACAddress($0.mac) == nic.mac }),
+                  let entry = reported.first(where: { $0.mac == nic.mac }),
                   case let addresses = entry.addresses.compactMap(IPAddress.init), !addresses.isEmpty else { continue }
             input.leases[bridge, default: [:]][nic.mac] = addresses
         }

@@ -37,8 +37,13 @@ extension VirtGate {
         func rememberState(_ context: AdminContext, _ state: LibvirtState) {
             do {
                 try context.store.prepare()
-                for (name, xml) in state.networkXML { try context.store.rememberNetwork(name, xml: xml) }
-                for (name, xml) in state.guestXML { try context.store.rememberGuest(name, xml: xml) }
+                // Only what changed is written: a re-sync of thousands of guests rewrites no file.
+                for (name, xml) in state.networkXML where context.store.networkXML(name) != xml {
+                    try context.store.rememberNetwork(name, xml: xml)
+                }
+                for (name, xml) in state.guestXML where context.store.guestXML(name) != xml {
+                    try context.store.rememberGuest(name, xml: xml)
+                }
                 for remembered in context.store.guestNames() where state.guestXML[remembered] == nil {
                     context.store.forgetGuest(remembered)
                 }

@@ -164,20 +164,28 @@ public struct Firewall: Sendable {
 }
 
 extension IptablesTransaction {
+    /// How many changed chains the summary names.
+    static let namedChains = 10
+
     /// "3 rules written, 1 removed (VGD-web, VGF-web)": owner chains whose rules change.
     static func summary(from snapshot: IptablesSnapshot, to desired: DesiredChains) -> String {
         let have = snapshot.ownerChains
         var written = 0, removed = 0
         var touched: [String] = []
+        var seen = Set<String>()
         for table in IptablesTable.allCases {
             let mine = have[table] ?? [:], want = desired[table] ?? [:]
             for chain in Set(mine.keys).union(want.keys).sorted() where mine[chain] != want[chain] {
                 written += want[chain]?.count ?? 0
                 removed += mine[chain]?.count ?? 0
-                if !touched.contains(chain) { touched.append(chain) }
+                // A set beside the list: thousands of chains were each looked for in the whole list.
+                if seen.insert(chain).inserted { touched.append(chain) }
             }
         }
-        return "\(written) rules written, \(removed) removed" + (touched.isEmpty ? "" : " (\(touched.joined(separator: ", ")))")
+        // At most a few chains named: a sync of thousands of guests is still one log line.
+        let named = touched.count <= Self.namedChains ? touched.joined(separator: ", ")
+            : touched.prefix(Self.namedChains).joined(separator: ", ") + " and \(touched.count - Self.namedChains) more"
+        return "\(written) rules written, \(removed) removed" + (touched.isEmpty ? "" : " (\(named))")
     }
 }
 

@@ -113,9 +113,9 @@ public enum Engine {
         })
         var taken = ClaimIndex(input.exclusive ? [] : incumbents.filter { !replaced.contains($0.guest) })
         let holders = Set(incumbents.map(\.guest))
-        let ordered = input.guests.sorted {
-            (holders.contains($0.name) ? 0 : 1, $0.name) < (holders.contains($1.name) ? 0 : 1, $1.name)
-        }
+        // Each guest's rank computed once, not in every comparison.
+        let ordered = input.guests.map { (holders.contains($0.name) ? 0 : 1, $0) }
+            .sorted { ($0.0, $0.1.name) < ($1.0, $1.1.name) }.map(\.1)
         let gateways = input.gateways.map { known in
             Array(Set(known + input.networks.flatMap { $0.subnets.map(\.gateway) })).sorted()
         }

@@ -41,16 +41,28 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     }
 
     static func parseV4(_ text: some StringProtocol) -> UInt32? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
+        // Byte by byte: addresses are parsed for every guest, lease and kernel element.
         var value: UInt32 = 0
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  !(part.count > 1 && part.first == "0"),
-                  let octet = UInt32(part), octet <= 255 else { return nil }
-            value = value << 8 | octet
+        var octets = 0, digits = 0
+        var octet: UInt32 = 0
+        var leadingZero = false
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: ".") {
+                guard digits > 0, octets < 3 else { return nil }
+                value = value << 8 | octet
+                octets += 1
+                digits = 0
+                octet = 0
+                continue
+            }
+            guard byte >= 0x30 && byte <= 0x39, digits < 3, !leadingZero || digits == 0 else { return nil }
+            if digits == 0 { leadingZero = byte == 0x30 } else if leadingZero { return nil }
+            octet = octet * 10 + UInt32(byte - 0x30)
+            digits += 1
+            guard octet <= 255 else { return nil }
         }
-        return value
+        guard octets == 3, digits > 0 else { return nil }
+        return value << 8 | octet
     }
 
     static func parseV6(_ text: String) -> UInt128? {
@@ -65,7 +77,19 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     public var description: String {
         if family == .v4 {
             let v = UInt32(truncatingIfNeeded: value)
-            return "\(v >> 24).\(v >> 16 & 0xff).\(v >> 8 & 0xff).\(v & 0xff)"
+            // At most 15 bytes, written directly: every rendered element and rule has addresses.
+            return String(unsafeUninitializedCapacity: 15) { buffer in
+                var count = 0
+                for shift in [24, 16, 8, 0] as [UInt32] {
+                    let octet = UInt8(truncatingIfNeeded: v >> shift)
+                    if shift != 24 { buffer[count] = UInt8(ascii: "."); count += 1 }
+                    if octet >= 100 { buffer[count] = 0x30 + octet / 100; count += 1 }
+                    if octet >= 10 { buffer[count] = 0x30 + octet / 10 % 10; count += 1 }
+                    buffer[count] = 0x30 + octet % 10
+                    count += 1
+                }
+                return count
+            }
         }
         var raw = in6_addr()
         withUnsafeMutableBytes(of: &raw) { bytes in
@@ -179,14 +203,13 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
     public let description: String
 
     public init?(_ text: some StringProtocol) {
-        // Six pairs of ASCII hex digits between five colons, read as bytes (every NIC of every
-        // event passes here; splitting into Characters cost a hook run 0.23M instructions).
-        // ASCII hex only: Character.isHexDigit also takes fullwidth digits and letters.
+        // Six pairs of ASCII hex digits (Character.isHexDigit would also take fullwidth ones)
+        // separated by colons: exactly 17 bytes, checked and lower-cased byte by byte.
         var bytes: [UInt8] = []
         bytes.reserveCapacity(17)
-        for (index, byte) in text.utf8.enumerated() {
-            guard index < 17 else { return nil }
-            if index % 3 == 2 {
+        for byte in text.utf8 {
+            guard bytes.count < 17 else { return nil }
+            if bytes.count % 3 == 2 {
                 guard byte == UInt8(ascii: ":") else { return nil }
                 bytes.append(byte)
             } else {
@@ -219,15 +242,33 @@ public struct PortRange: Hashable, Sendable, CustomStringConvertible {
 
     /// "N" or "N-M", 1...65535, N <= M.
     public static func parse(_ text: some StringProtocol) -> Result<PortRange, ParseError> {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 1 || parts.count == 2 else { return .failure(.notANumber) }
+        // Byte by byte (every forward and every kernel element has ports): one or two parts of
+        // 1-5 ASCII digits around one '-', each checked in order as the parts come.
         var values: [Int] = []
-        for part in parts {
-            guard !part.isEmpty, part.count <= 5, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let value = Int(part) else { return .failure(.notANumber) }
-            guard (1...65535).contains(value) else { return .failure(.outOfRange) }
+        var value = 0, digits = 0, parts = 1
+        for byte in text.utf8 where byte == UInt8(ascii: "-") { parts += 1 }
+        guard parts <= 2 else { return .failure(.notANumber) }
+        func finish() -> ParseError? {
+            guard digits > 0 else { return .notANumber }
+            guard (1...65535).contains(value) else { return .outOfRange }
             values.append(value)
+            value = 0
+            digits = 0
+            return nil
         }
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: "-") {
+                if let error = finish() { return .failure(error) }
+                continue
+            }
+            guard byte >= 0x30 && byte <= 0x39, digits < 5 else {
+                // The rest of this part decides nothing: it is not a number.
+                return .failure(.notANumber)
+            }
+            value = value * 10 + Int(byte - 0x30)
+            digits += 1
+        }
+        if let error = finish() { return .failure(error) }
         let lower = values[0], upper = values.last!
         guard lower <= upper else { return .failure(.reversed) }
         return .success(PortRange(UInt16(lower), UInt16(upper)))

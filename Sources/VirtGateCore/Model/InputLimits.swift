@@ -14,9 +14,11 @@ public enum InputLimits {
     public static var label: String { "\(maximumBytes >> 20) MiB" }
 
     /// At most `maximumBytes + 1` bytes from a file descriptor (until end of file).
-    public static func read(fileDescriptor: Int32) -> [UInt8] {
+    public static func read(fileDescriptor: Int32, sizeHint: Int = 65536) -> [UInt8] {
         var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
+        // A buffer of the size expected (plus one byte, to see the end in one read), not 64 KiB
+        // for each of a sync's thousands of small state files.
+        var buffer = [UInt8](repeating: 0, count: max(1, min(sizeHint, 65536)))
         while bytes.count <= maximumBytes {
             let wanted = min(buffer.count, maximumBytes + 1 - bytes.count)
             let count = buffer.withUnsafeMutableBytes { Glibc.read(fileDescriptor, $0.baseAddress, wanted) }
@@ -32,7 +34,9 @@ public enum InputLimits {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
-        return read(fileDescriptor: descriptor)
+        var status = stat()
+        let size = fstat(descriptor, &status) == 0 && status.st_size > 0 ? Int(status.st_size) + 1 : 65536
+        return read(fileDescriptor: descriptor, sizeHint: size)
     }
 
     /// The file as text, capped: an over-long file comes back longer than the cap, and the parser

@@ -18,7 +18,8 @@ extension IptablesSnapshot {
             let id = String(chain.dropFirst(4))
             let guest = names[id] ?? id
             for rule in nat.rules[chain] ?? [] {
-                let tokens = rule.split(separator: " ").map(String.init)
+                // Split on the space byte (not by Character: thousands of rules).
+                let tokens = rule.utf8.split(separator: 0x20).map { String(Substring($0)) }
                 func value(after flag: String) -> String? {
                     guard let index = tokens.firstIndex(of: flag), index + 1 < tokens.count,
                           index == 0 || tokens[index - 1] != "!" else { return nil }

@@ -82,8 +82,13 @@ public enum ChainNames {
     /// their rules. '+' never occurs in a plain name, so the two forms cannot collide either.
     public static func id(for name: String) -> String {
         let plainLimit = maximumLength - 4
-        let isPlain = name.utf8.count <= plainLimit && name.unicodeScalars.allSatisfy {
-            $0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil || "_.-".unicodeScalars.contains($0))
+        // ASCII letters, digits and "_.-", byte by byte (an id is computed for every guest of a sync).
+        let isPlain = name.utf8.count <= plainLimit && name.utf8.allSatisfy {
+            switch $0 {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"): true
+            default: false
+            }
         } && !name.isEmpty
         if isPlain { return name }
         let digest = Array(SHA256.hash(data: Array(name.utf8)).prefix(16))

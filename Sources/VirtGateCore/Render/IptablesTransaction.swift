@@ -29,8 +29,10 @@ public struct IptablesSnapshot: Hashable, Sendable {
 
     public mutating func add(parsing text: String, family: IPFamily) {
         var current: IptablesTable?
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            let line = String(rawLine)
+        // Lines split on the newline byte: splitting a String by Character runs grapheme breaking
+        // over every byte of a ruleset that can have tens of thousands of rules.
+        for rawLine in text.utf8.split(separator: 0x0A, omittingEmptySubsequences: true) {
+            let line = String(Substring(rawLine))
             if line.hasPrefix("*") {
                 current = IptablesTable(name: String(line.dropFirst()), family: family)
                 if let current { tables[current] = tables[current] ?? Table() }

@@ -29,8 +29,14 @@ public struct NftElement: Hashable, Sendable, Comparable {
         "\(key) comment \"\(comment)\"" + (value.map { " : \($0)" } ?? "")
     }
 
+    /// By set, key, value (none first), comment. Field by field without building tuples of copied
+    /// strings: a sync sorts thousands of elements.
     public static func < (lhs: Self, rhs: Self) -> Bool {
-        (lhs.set, lhs.key, lhs.value ?? "", lhs.comment) < (rhs.set, rhs.key, rhs.value ?? "", rhs.comment)
+        if lhs.set != rhs.set { return lhs.set < rhs.set }
+        if lhs.key != rhs.key { return lhs.key < rhs.key }
+        let left = lhs.value ?? "", right = rhs.value ?? ""
+        if left != right { return left < right }
+        return lhs.comment < rhs.comment
     }
 }
 
@@ -73,6 +79,17 @@ public enum NftLayout {
         }
         return ranges ? base + "range" : base
     }
+
+    /// Every DNAT map by name, with what its forwards receive and their family.
+    static let dnatMaps: [String: (Scope, IPFamily)] = {
+        var maps: [String: (Scope, IPFamily)] = [:]
+        for scope in Scope.allCases {
+            for family in IPFamily.allCases {
+                for ranges in [false, true] { maps[map(scope, family, ranges: ranges)] = (scope, family) }
+            }
+        }
+        return maps
+    }()
 
     /// DNAT map for forwards with a host address (no source list): exact-match hash lookup.
     static func addressMap(_ family: IPFamily) -> String { map(.address, family, ranges: false) }
