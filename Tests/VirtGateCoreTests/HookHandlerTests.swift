@@ -166,7 +166,15 @@ struct HookHandlerTests {
             #expect(await handler(runner).handle(qemu(operation), stdin: plain) == 0)
         }
         #expect(runner.callCount == 0)
-        #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/guests/web.xml"))
+        // Remembered once: the same XML again is not rewritten (a rewrite renames a new file in place).
+        let file = "\(stateDirectory)/guests/web.xml"
+        func inode() -> UInt64? { (try? FileManager.default.attributesOfItem(atPath: file))?[.systemFileNumber] as? UInt64 }
+        let first = inode()
+        #expect(first != nil)
+        #expect(await handler(runner).handle(qemu("started"), stdin: plain) == 0)
+        #expect(inode() == first)
+        #expect(await handler(runner).handle(qemu("started"), stdin: plain.replacing("vnet0", with: "vnet1")) == 0)
+        #expect(inode() != first && runner.callCount == 0)
         let output = OutputCollector()
         #expect(await handler(runner, dryRun: true, output: output).handle(qemu("start"), stdin: plain) == 0)
         #expect(output.value == "# qemu \"web\": no changes\n" && runner.callCount == 0)

@@ -50,8 +50,12 @@ public struct HookHandler {
                 report(guest.problems)
                 return policy.status(operation, .problems)
             }
-            let holdsNothing = holdsNothing(guest, xml: stdin)
-            remember { try store.rememberGuest(name, xml: stdin) }
+            // libvirt hands most events of a running guest the same XML: remembered once, read back
+            // once, and not rewritten while it stays the same.
+            let remembered = store.guestXML(name)
+            let unchanged = remembered.map { $0.utf8.elementsEqual(stdin.utf8) } ?? false
+            let holdsNothing = holdsNothing(guest, remembered: unchanged ? nil : remembered)
+            if !unchanged { remember { try store.rememberGuest(name, xml: stdin) } }
             if holdsNothing, operation != .reconnect {
                 // No forwards now and none remembered: the plan is "nothing for this guest", so the
                 // kernel is neither read nor written (nor is libnftables loaded). A stop still
@@ -86,9 +90,10 @@ public struct HookHandler {
     /// A guest with no forwards and nothing to report, which virtgate does not remember with any
     /// either (its last start, or none since its last stop): whatever it held was removed by that
     /// stop, so there is nothing of it in the kernel and nothing to put there.
-    func holdsNothing(_ guest: GuestDefinition, xml: String) -> Bool {
+    /// `remembered`: the guest's remembered XML where it differs from this event's (nil: none, or the same).
+    func holdsNothing(_ guest: GuestDefinition, remembered: String?) -> Bool {
         guard guest.forwards.isEmpty, guest.problems.isEmpty else { return false }
-        guard let remembered = store.guestXML(guest.name), !remembered.utf8.elementsEqual(xml.utf8) else { return true }
+        guard let remembered else { return true }
         guard let before = try? LibvirtXML.guest(fromXML: remembered, name: guest.name) else { return false }
         return before.forwards.isEmpty
     }
