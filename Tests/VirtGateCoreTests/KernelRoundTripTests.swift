@@ -75,10 +75,19 @@ struct KernelRoundTripTests {
         defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
         let backend = NftCommands(runner: NamespaceRunner(namespace: namespace, base: runner))
         let desired = try NftRenderTests.desired(testCase)
+        // Every read both ways: nft's JSON listing (the reference) and the hook's netlink reader.
+        func read() async throws -> NftState {
+            let listed = try await backend.state()
+            let fromNetlink = try Self.inNamespace(namespace) { try NftNetlink.shared?.state() }
+            #expect(fromNetlink.map { NftState(exists: $0.exists, layout: $0.layout, elements: $0.elements.sorted()) }
+                    == NftState(exists: listed.exists, layout: listed.layout, elements: listed.elements.sorted()),
+                    "netlink and nft's listing disagree")
+            return listed
+        }
 
-        #expect(try await backend.state() == NftState())
+        #expect(try await read() == NftState())
         try await backend.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
-        let applied = try await backend.state()
+        let applied = try await read()
         // A guest without valid forwards leaves the host without a virtgate table (the gateway set
         // alone keeps none).
         let forwardless = !desired.contains { $0.key != NftLayout.gatewayOwner }
@@ -91,10 +100,10 @@ struct KernelRoundTripTests {
         next["other"] = [NftElement(set: "fwd4any", key: "6 . 7000", value: "10.0.0.9 . 7000", comment: "other")]
         next = NftTransaction.desired(next, replacing: try NftRenderTests.plan(testCase).plan.owner, with: [])
         try await backend.apply(NftTransaction.render(from: applied, to: next, mark: NftRenderTests.mark))
-        #expect(Set(try await backend.state().elements) == Set(next.values.joined()))
+        #expect(Set(try await read().elements) == Set(next.values.joined()))
 
-        try await backend.apply(NftTransaction.render(from: try await backend.state(), to: [:], mark: NftRenderTests.mark))
-        #expect(try await backend.state() == NftState())
+        try await backend.apply(NftTransaction.render(from: try await read(), to: [:], mark: NftRenderTests.mark))
+        #expect(try await read() == NftState())
     }
 
     @Test("Shapes the nft backend once failed on: the kernel accepts every event, a repeat writes nothing, stops leave nothing",
@@ -196,6 +205,24 @@ struct KernelRoundTripTests {
 }
 
 /// Runs every command inside a network namespace (`ip netns exec`).
+extension KernelRoundTripTests {
+    /// Runs `body` on this thread inside network namespace `name` (sockets it opens belong to
+    /// that namespace), then puts the thread back. `body` is synchronous: it cannot change threads.
+    static func inNamespace<T>(_ name: String, _ body: () throws -> T) throws -> T {
+        // setns(2) needs _GNU_SOURCE, which the C module does not define: found at run time instead.
+        typealias SetNamespace = @convention(c) (Int32, Int32) -> Int32
+        let setns = try #require(dlsym(nil, "setns").map { unsafeBitCast($0, to: SetNamespace.self) })
+        let newNetworkNamespace: Int32 = 0x4000_0000                   // CLONE_NEWNET
+        let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        let target = open("/run/netns/\(name)", O_RDONLY | O_CLOEXEC)
+        defer { close(original); close(target) }
+        try #require(original >= 0 && target >= 0, "cannot open the namespaces")
+        try #require(setns(target, newNetworkNamespace) == 0, "setns \(name): errno \(errno)")
+        defer { precondition(setns(original, newNetworkNamespace) == 0, "cannot return to the test's namespace") }
+        return try body()
+    }
+}
+
 struct NamespaceRunner: CommandRunner {
     let namespace: String
     let base: any CommandRunner

@@ -166,6 +166,8 @@ hook_latency() {
         measured hook "$key" "$b"
         measured hook "python-$key" -
     done
+    # start with 20 forwards beside a table full of other guests' forwards (a smaller one with --quick).
+    measured hook start20-scale "$b"
 }
 
 @test "hook latency: iptables backend, each event next to the Python pattern; the kernel's share" {
@@ -176,8 +178,10 @@ hook_latency() {
     measured hook iptables-restore-start20 iptables
 }
 
-@test "hook latency: nft backend, each event next to the Python pattern" {
+@test "hook latency: nft backend, each event next to the Python pattern; the kernel's share" {
     hook_latency nft
+    # The kernel's share of start with 20 forwards: the same transaction applied by nft alone.
+    measured hook nft-alone-start20 nft
 }
 
 # peak_memory BACKEND: the peak RSS of a no-op and of a start with 20 forwards, next to the Python

@@ -19,6 +19,11 @@ public struct NftCommands: Sendable {
     }
 
     public func state() async throws -> NftState {
+        // In-process, the table is read over netlink when it is of the current layout; nft's
+        // listing reads anything else (an older layout, a shape virtgate never writes).
+        if transport is PreferLibNftables, let netlink = NftNetlink.shared, let state = try? netlink.state() {
+            return state
+        }
         let result = try await transport.list()
         guard result.status == 0 else {
             if result.error.contains("No such file or directory") { return NftState() }
