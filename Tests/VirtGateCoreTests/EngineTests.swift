@@ -239,15 +239,22 @@ struct EngineTests {
         #expect(iptables.desired.chains?[.filter]?["VGF-lan"]?.first?.contains("-o br-lan") == true)
         // Stopping it with nft removes that accept too (the engine reads iptables for it).
         let stop = EngineInput(removed: [.guest("lan")], addresses: NoAddresses(), removesPlainBridgeRules: true)
-        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: stop) == KernelReads(iptables: true, nft: true))
+        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: stop)
+                == KernelReads(iptables: true, nft: true, nftScope: NftReadScope(owners: ["lan", NftLayout.gatewayOwner], ports: [:])))
     }
 
     @Test("A guest event on a libvirt network never reads iptables with nft")
     func nftGuestEventsStayInNft() throws {
         let guest = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward host-port="8080"/>"#))
         let input = EngineInput(guests: [guest], addresses: NoAddresses())
-        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: input) == KernelReads(iptables: false, nft: true))
+        // Of the table, only web's own elements, the gateways and others' claims on tcp 8080 are read.
+        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: input)
+                == KernelReads(iptables: false, nft: true,
+                               nftScope: NftReadScope(owners: [ChainNames.id(for: "web"), NftLayout.gatewayOwner], ports: [6: [PortRange(8080, 8080)]])))
         #expect(IptablesChainBackend(nftInstalled: true).reads(for: input) == KernelReads(iptables: true, nft: false))
+        // sync and reapply replace everything: they read the whole table.
+        let everything = EngineInput(guests: [guest], exclusive: true, addresses: NoAddresses())
+        #expect(NftMapBackend(mark: 0x0020_0000).reads(for: everything).nftScope == nil)
     }
 
     @Test("Exit statuses: only refuse stops a guest; reconnect never fails")

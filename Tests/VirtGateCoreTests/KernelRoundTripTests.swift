@@ -106,6 +106,50 @@ struct KernelRoundTripTests {
         #expect(try await read() == NftState())
     }
 
+    @Test("A scoped netlink read holds the owners a change replaces and the claims that can collide with it, nothing else")
+    func scopedNetlinkRead() async throws {
+        try #require(Root.isRoot, "needs root to create a network namespace")
+        let namespace = "vgt-rt-\(getpid())-scoped"
+        #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
+        defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
+        let backend = NftCommands(runner: NamespaceRunner(namespace: namespace, base: runner))
+        func any(_ owner: String, _ proto: Int, _ port: Int) -> NftElement {
+            NftElement(set: "fwd4any", key: "\(proto) . \(port)", value: "192.168.122.10 . \(port)", comment: owner)
+        }
+        let range = NftElement(set: "fwd4anyrange", key: "6 . 8000-8100", value: "192.168.122.20", comment: "bbbb")
+        let gateway = NftElement(set: "gw4", key: "192.168.122.1", value: nil, comment: NftLayout.gatewayOwner)
+        let desired: DesiredElements = [
+            "aaaa": [any("aaaa", 6, 8080), any("aaaa", 6, 9000)],
+            "bbbb": [any("bbbb", 6, 8081), range],
+            "cccc": [any("cccc", 17, 8080), any("cccc", 6, 7000)],
+            NftLayout.gatewayOwner: [gateway],
+        ]
+        try await backend.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
+
+        // aaaa changes, claiming tcp 8080 and 9000: bbbb's range holds tcp 8080, nothing else of others does.
+        let scope = NftReadScope(owners: ["aaaa", NftLayout.gatewayOwner],
+                                 ports: [6: [PortRange(8080, 8080), PortRange(9000, 9000)]])
+        let scoped = try #require(try Self.inNamespace(namespace) { try NftNetlink.shared?.state(scope: scope) })
+        #expect(Set(scoped.elements) == [any("aaaa", 6, 8080), any("aaaa", 6, 9000), range, gateway])
+        #expect(scoped.unreadElements == 3)
+        #expect(scoped.forwardClaims().contains { $0.guest == "bbbb" && $0.hostPorts == PortRange(8000, 8100) })
+
+        // aaaa stops, read with its own scope only: what was left unread keeps the table, and stays.
+        let narrow = try #require(try Self.inNamespace(namespace) {
+            try NftNetlink.shared?.state(scope: NftReadScope(owners: ["aaaa", NftLayout.gatewayOwner], ports: [:]))
+        })
+        #expect(narrow.unreadElements == 4)
+        var after = narrow.ownerElements
+        after["aaaa"] = nil
+        let script = NftTransaction.render(from: narrow, to: after, mark: NftRenderTests.mark)
+        #expect(!script.contains("delete table"))
+        try await backend.apply(script)
+        var left = desired
+        left["aaaa"] = nil
+        #expect(Set(try await backend.state().elements) == Set(left.values.joined()))
+        #expect(NftTransaction.summary(from: narrow, to: after, mark: NftRenderTests.mark) == "0 elements added, 2 removed")
+    }
+
     @Test("Shapes the nft backend once failed on: the kernel accepts every event, a repeat writes nothing, stops leave nothing",
           arguments: ["iptables", "nft"])
     func engineShapes(backendName: String) async throws {

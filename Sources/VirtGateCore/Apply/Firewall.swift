@@ -99,7 +99,7 @@ public struct Firewall: Sendable {
         do {
             var state = KernelState()
             if reads.iptables { state.iptables = try await iptables.snapshot() }
-            if reads.nft, let nft { state.nft = try await nft.state() }
+            if reads.nft, let nft { state.nft = try await nft.state(scope: reads.nftScope) }
             return state
         } catch where dryRun {
             log.warning("dry-run: \(error); showing changes against an empty ruleset")
@@ -193,7 +193,7 @@ extension NftTransaction {
     /// "5 elements added, 2 removed" (or the table created or removed).
     static func summary(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
         let want = Set(desired.values.joined())
-        if want.isEmpty { return "table inet \(NftLayout.table) removed (its last forward went)" }
+        if want.isEmpty && state.unreadElements == 0 { return "table inet \(NftLayout.table) removed (its last forward went)" }
         if state.layout != NftLayout.marker(mark: mark) {
             return "\(want.count) elements added (table inet \(NftLayout.table) created)"
         }

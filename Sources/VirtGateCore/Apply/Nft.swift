@@ -18,10 +18,12 @@ public struct NftCommands: Sendable {
         self.transport = transport
     }
 
-    public func state() async throws -> NftState {
+    /// The table, or with `scope` only its elements that scope names (by netlink; nft's listing
+    /// always reads all of it).
+    public func state(scope: NftReadScope? = nil) async throws -> NftState {
         // In-process, the table is read over netlink when it is of the current layout; nft's
         // listing reads anything else (an older layout, a shape virtgate never writes).
-        if transport is PreferLibNftables, let netlink = NftNetlink.shared, let state = try? netlink.state() {
+        if transport is PreferLibNftables, let netlink = NftNetlink.shared, let state = try? netlink.state(scope: scope) {
             return state
         }
         let result = try await transport.list()

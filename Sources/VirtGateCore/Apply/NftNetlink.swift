@@ -87,7 +87,7 @@ final class NftNetlink: Sendable {
 
     /// The table as `NftState`; nil when it is of another layout, or holds anything this reader
     /// does not know (the caller then reads it through nft's listing).
-    func state() throws -> NftState? {
+    func state(scope: NftReadScope? = nil) throws -> NftState? {
         let session = try Session(functions)
         defer { session.close() }
         var state = NftState()
@@ -103,8 +103,9 @@ final class NftNetlink: Sendable {
         }
         guard let layout = state.layout, layout.hasPrefix("layout-\(NftLayout.version)-") else { return nil }
         for (set, fields) in NftLayout.elementFields {
-            guard let elements = try session.elements(of: set, fields: fields) else { return nil }
+            guard let (elements, unread) = try session.elements(of: set, fields: fields, scope: scope) else { return nil }
             state.elements += elements
+            state.unreadElements += unread
         }
         return state
     }
@@ -208,8 +209,9 @@ final class NftNetlink: Sendable {
             return result
         }
 
-        /// Every element of `set` as `NftElement`; nil when one has a shape virtgate never writes.
-        func elements(of set: String, fields: NftLayout.ElementFields) throws -> [NftElement]? {
+        /// The elements of `set` that `scope` wants (all without one) as `NftElement`, and how many
+        /// it left out; nil when one has a shape virtgate never writes.
+        func elements(of set: String, fields: NftLayout.ElementFields, scope: NftReadScope?) throws -> ([NftElement], Int)? {
             guard let handle = functions.setAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
             defer { functions.setFree(handle) }
             _ = functions.setString(handle, NftNetlink.setTable, NftLayout.table)
@@ -223,14 +225,57 @@ final class NftNetlink: Sendable {
                     throw VirtGateError(.firewall, "netlink: cannot read the elements of \(set)")
                 }
             })
-            guard let iterator = functions.iteratorCreate(handle) else { return [] }
+            guard let iterator = functions.iteratorCreate(handle) else { return ([], 0) }
             defer { functions.iteratorDestroy(iterator) }
             var result: [NftElement] = []
+            var unread = 0
+            let owners = scope.map { $0.owners.map { Array($0.utf8) } } ?? []
             while let element = functions.iteratorNext(iterator) {
+                if let scope {
+                    guard let wanted = wants(element, fields: fields, owners: owners, scope: scope) else { return nil }
+                    if !wanted { unread += 1; continue }
+                }
                 guard let decoded = decode(element, set: set, fields: fields) else { return nil }
                 result.append(decoded)
             }
-            return result
+            return (result, unread)
+        }
+
+        /// Whether `scope` wants `element`, from its raw comment and key; nil when they do not fit.
+        /// Thousands of elements of other owners pass through here: nothing is decoded to text.
+        func wants(_ element: OpaquePointer, fields: NftLayout.ElementFields, owners: [[UInt8]], scope: NftReadScope) -> Bool? {
+            guard let comment = commentBytes(element) else { return nil }
+            let owner = comment.prefix { $0 != UInt8(ascii: " ") }
+            if owners.contains(where: { $0.elementsEqual(owner) }) { return true }
+            guard let key = bytes(element, NftNetlink.elementKey) else { return nil }
+            let end = fields.interval ? bytes(element, NftNetlink.elementKeyEnd) ?? key : key
+            guard key.count == fields.key.reduce(0, { $0 + $1.width }), end.count == key.count else { return nil }
+            // The gateway sets have no port: their only owner is in every scope.
+            guard let protoAt = fields.offset(of: .proto), let portAt = fields.offset(of: .port) else { return false }
+            return scope.overlaps(proto: key[protoAt],
+                                  low: UInt16(NftLayout.number(key, portAt, .port)), high: UInt16(NftLayout.number(end, portAt, .port)))
+        }
+
+        /// The element's comment ("" without one); nil when its user data is malformed.
+        func comment(_ element: OpaquePointer) -> String? {
+            commentBytes(element).map { String(decoding: $0, as: UTF8.self) }
+        }
+
+        /// The comment's bytes (empty without one), up to its NUL; nil when the user data is
+        /// malformed. libnftnl's user data: type (1 byte), length (1 byte), value; a comment is type 0.
+        func commentBytes(_ element: OpaquePointer) -> Slice<UnsafeRawBufferPointer>? {
+            guard let user = bytes(element, NftNetlink.elementUserData) else { return UnsafeRawBufferPointer(start: nil, count: 0)[...] }
+            var comment = user[0..<0], offset = 0
+            while offset + 2 <= user.count {
+                let type = user[offset], length = Int(user[offset + 1])
+                guard offset + 2 + length <= user.count else { return nil }
+                if type == 0 {
+                    let value = user[(offset + 2)..<(offset + 2 + length)]
+                    comment = value[..<(value.firstIndex(of: 0) ?? value.endIndex)]
+                }
+                offset += 2 + length
+            }
+            return comment
         }
 
         func bytes(_ element: OpaquePointer, _ attribute: UInt16) -> UnsafeRawBufferPointer? {
@@ -253,21 +298,7 @@ final class NftNetlink: Sendable {
                       let text = NftLayout.text(data, end: data, fields: valueFields) else { return nil }
                 value = text
             }
-            var comment = ""
-            if let user = bytes(element, NftNetlink.elementUserData) {
-                // libnftnl's user data: type (1 byte), length (1 byte), value; a comment is type 0,
-                // its value NUL-terminated.
-                var offset = 0
-                while offset + 2 <= user.count {
-                    let type = user[offset], length = Int(user[offset + 1])
-                    guard offset + 2 + length <= user.count else { return nil }
-                    if type == 0 {
-                        let text = user[(offset + 2)..<(offset + 2 + length)]
-                        comment = String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)
-                    }
-                    offset += 2 + length
-                }
-            }
+            guard let comment = comment(element) else { return nil }
             return NftElement(set: set, key: keyText, value: value, comment: comment)
         }
     }
@@ -291,6 +322,16 @@ extension NftLayout {
         var key: [Field]
         var value: [Field]?
         var interval: Bool
+
+        /// Where the first key field of `kind` starts in the key's bytes.
+        func offset(of kind: Field) -> Int? {
+            var offset = 0
+            for field in key {
+                if field == kind { return offset }
+                offset += field.width
+            }
+            return nil
+        }
     }
 
     /// Every map and set of the current layout with its key and value fields, as `definition` declares them.

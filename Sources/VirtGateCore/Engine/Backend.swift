@@ -18,6 +18,28 @@ public struct KernelReads: Hashable, Sendable {
     public var iptables: Bool
     /// virtgate's nftables table.
     public var nft: Bool
+    /// With `nft`: nil reads the whole table; else only what `NftReadScope` names.
+    public var nftScope: NftReadScope? = nil
+}
+
+/// The part of virtgate's nft table a guest event needs: every element of the owners it changes
+/// (and the gateway set's), and any other owner's element on a protocol and port that one of its
+/// forwards claims (a conflict needs both). Nothing else can change or matter, so nothing else is
+/// decoded or compared: with 1,000 guests in the table that is almost all of it.
+public struct NftReadScope: Hashable, Sendable {
+    public var owners: Set<String>
+    /// Protocol number → host port ranges claimed.
+    public var ports: [UInt8: [PortRange]]
+
+    public init(owners: Set<String>, ports: [UInt8: [PortRange]]) {
+        self.owners = owners
+        self.ports = ports
+    }
+
+    /// Whether an element of another owner on `proto`, host ports `low`…`high`, can collide.
+    public func overlaps(proto: UInt8, low: UInt16, high: UInt16) -> Bool {
+        ports[proto]?.contains { $0.lower <= high && low <= $0.upper } ?? false
+    }
 }
 
 /// virtgate's objects in the kernel, as far as they were read.
@@ -124,7 +146,19 @@ public struct NftMapBackend: Backend {
         let filter = input.clearsOtherBackend || !input.networks.isEmpty || input.removesPlainBridgeRules
             || input.removed.contains { if case .network = $0 { true } else { false } }
             || input.guests.contains(where: EngineInput.usesPlainBridge)
-        return KernelReads(iptables: filter, nft: true)
+        return KernelReads(iptables: filter, nft: true, nftScope: Self.scope(for: input))
+    }
+
+    /// What a change that replaces only its own owners needs of the table (nil: all of it).
+    static func scope(for input: EngineInput) -> NftReadScope? {
+        guard !input.exclusive, !input.clearsOtherBackend else { return nil }
+        var scope = NftReadScope(owners: [NftLayout.gatewayOwner], ports: [:])
+        for guest in input.guests {
+            scope.owners.insert(ChainNames.id(for: guest.name))
+            for forward in guest.forwards { scope.ports[forward.proto.number, default: []].append(forward.hostPorts) }
+        }
+        for case .guest(let name) in input.removed { scope.owners.insert(ChainNames.id(for: name)) }
+        return scope
     }
 
     public func desired(_ plan: EnginePlan, on state: KernelState) -> DesiredState {

@@ -257,7 +257,10 @@ public enum NftTransaction {
     public static func render(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
         let want = Set(desired.values.joined())
         // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
-        if !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) { return removal(from: state) }
+        // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
+        if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
+            return removal(from: state)
+        }
         let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
         if !layoutCurrent {
             var text = ""

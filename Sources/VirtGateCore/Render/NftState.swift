@@ -5,6 +5,9 @@ public struct NftState: Hashable, Sendable {
     public var layout: String?
     /// Every element of virtgate's maps and sets, keys and values in the form virtgate renders.
     public var elements: [NftElement] = []
+    /// Elements left out of `elements` by a scoped read (`NftReadScope`): owners this change does
+    /// not touch. While there are any, the table is not the change's to remove.
+    public var unreadElements = 0
 
     public init() {}
 
