@@ -102,6 +102,18 @@ struct KernelRoundTripTests {
         try await backend.apply(NftTransaction.render(from: applied, to: next, mark: NftRenderTests.mark))
         #expect(Set(try await read().elements) == Set(next.values.joined()))
 
+        // The same changes both ways again, this time written over netlink (as a hook writes them).
+        if !forwardless {
+            let back = NftTransaction.diff(from: try await read(), to: desired, mark: NftRenderTests.mark)
+            let changes = try #require(back.changes, "only elements change")
+            #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(changes) } == true)
+            #expect(Set(try await read().elements) == Set(desired.values.joined()))
+            #expect(NftTransaction.render(from: try await read(), to: desired, mark: NftRenderTests.mark) == "")
+            let forth = try #require(NftTransaction.diff(from: try await read(), to: next, mark: NftRenderTests.mark).changes)
+            #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(forth) } == true)
+            #expect(Set(try await read().elements) == Set(next.values.joined()))
+        }
+
         try await backend.apply(NftTransaction.render(from: try await read(), to: [:], mark: NftRenderTests.mark))
         #expect(try await read() == NftState())
     }

@@ -20,6 +20,8 @@ public struct Firewall: Sendable {
     public struct Transaction: Sendable, Equatable {
         public var iptables: [IPFamily: String] = [:]
         public var nft = ""
+        /// What `nft` does, as elements, when that is all it does (see `NftTransaction.diff`).
+        public var nftChanges: NftElementChanges?
         /// One line for the log, counted from the difference itself.
         public var summary = ""
 
@@ -122,7 +124,7 @@ public struct Firewall: Sendable {
         }
         if let elements = desired.elements {
             let current = state.nft ?? NftState()
-            transaction.nft = NftTransaction.render(from: current, to: elements, mark: mark)
+            (transaction.nft, transaction.nftChanges) = NftTransaction.diff(from: current, to: elements, mark: mark)
             if !transaction.nft.isEmpty { summary.append(NftTransaction.summary(from: current, to: elements, mark: mark)) }
         }
         transaction.summary = summary.joined(separator: "; ")
@@ -141,7 +143,7 @@ public struct Firewall: Sendable {
             }
             if !transaction.nft.isEmpty {
                 guard let nft else { throw VirtGateError(.firewall, "\(NftCommands.defaultPath) is not installed") }
-                try await nft.apply(transaction.nft)
+                try await nft.apply(transaction.nft, changes: transaction.nftChanges)
             }
         } catch {
             if !restored.isEmpty, let snapshot = state.iptables { try await rollback(to: snapshot, families: restored) }

@@ -34,7 +34,12 @@ public struct NftCommands: Sendable {
         return try NftState(json: result.output)
     }
 
-    public func apply(_ script: String) async throws {
+    /// Applies `script`; in-process, a script that only changes elements (`changes`) goes to the
+    /// kernel over netlink without loading libnftables.
+    public func apply(_ script: String, changes: NftElementChanges? = nil) async throws {
+        if let changes, transport is PreferLibNftables, let netlink = NftNetlink.shared, try netlink.apply(changes) {
+            return
+        }
         let result = try await transport.apply(script)
         guard result.status == 0 else {
             throw VirtGateError(.firewall, "nft -f failed (exit \(result.status)): \(result.error.oneLine)")

@@ -30,6 +30,11 @@ final class NftNetlink: Sendable {
     typealias IteratorDestroy = @convention(c) (OpaquePointer?) -> Void
     typealias ElementGet = @convention(c) (OpaquePointer?, UInt16, UnsafeMutablePointer<UInt32>?) -> UnsafeRawPointer?
     typealias ElementIsSet = @convention(c) (OpaquePointer?, UInt16) -> Bool
+    typealias ElementAllocate = @convention(c) () -> OpaquePointer?
+    typealias ElementSet = @convention(c) (OpaquePointer?, UInt16, UnsafeRawPointer?, UInt32) -> Int32
+    typealias ElementAdd = @convention(c) (OpaquePointer?, OpaquePointer?) -> Void
+    typealias Batch = @convention(c) (UnsafeMutablePointer<CChar>?, UInt32) -> UnsafeMutableRawPointer?
+    typealias SocketDescriptor = @convention(c) (OpaquePointer?) -> Int32
 
     struct Functions {
         let socketOpen: SocketOpen, socketBind: SocketBind, socketClose: SocketClose, portID: SocketPortID
@@ -38,6 +43,8 @@ final class NftNetlink: Sendable {
         let buildElements: BuildElements, parseElements: ParseElements
         let iteratorCreate: IteratorCreate, iteratorNext: IteratorNext, iteratorDestroy: IteratorDestroy
         let elementGet: ElementGet, elementIsSet: ElementIsSet
+        let elementAllocate: ElementAllocate, elementSet: ElementSet, elementAdd: ElementAdd
+        let batchBegin: Batch, batchEnd: Batch, socketDescriptor: SocketDescriptor
     }
 
     private let functions: Functions
@@ -68,17 +75,26 @@ final class NftNetlink: Sendable {
               let iteratorNext = symbol(nftnl, "nftnl_set_elems_iter_next", IteratorNext.self),
               let iteratorDestroy = symbol(nftnl, "nftnl_set_elems_iter_destroy", IteratorDestroy.self),
               let elementGet = symbol(nftnl, "nftnl_set_elem_get", ElementGet.self),
-              let elementIsSet = symbol(nftnl, "nftnl_set_elem_is_set", ElementIsSet.self) else { return nil }
+              let elementIsSet = symbol(nftnl, "nftnl_set_elem_is_set", ElementIsSet.self),
+              let elementAllocate = symbol(nftnl, "nftnl_set_elem_alloc", ElementAllocate.self),
+              let elementSet = symbol(nftnl, "nftnl_set_elem_set", ElementSet.self),
+              let elementAdd = symbol(nftnl, "nftnl_set_elem_add", ElementAdd.self),
+              let batchBegin = symbol(nftnl, "nftnl_batch_begin", Batch.self),
+              let batchEnd = symbol(nftnl, "nftnl_batch_end", Batch.self),
+              let socketDescriptor = symbol(mnl, "mnl_socket_get_fd", SocketDescriptor.self) else { return nil }
         functions = Functions(socketOpen: socketOpen, socketBind: socketBind, socketClose: socketClose, portID: portID,
                               send: send, receive: receive, buildHeader: buildHeader,
                               setAllocate: setAllocate, setFree: setFree, setString: setString, setU32: setU32,
                               buildElements: buildElements, parseElements: parseElements,
                               iteratorCreate: iteratorCreate, iteratorNext: iteratorNext, iteratorDestroy: iteratorDestroy,
-                              elementGet: elementGet, elementIsSet: elementIsSet)
+                              elementGet: elementGet, elementIsSet: elementIsSet,
+                              elementAllocate: elementAllocate, elementSet: elementSet, elementAdd: elementAdd,
+                              batchBegin: batchBegin, batchEnd: batchEnd, socketDescriptor: socketDescriptor)
     }
 
     // linux/netfilter/nf_tables.h and libnftnl/set.h: a stable ABI.
     static let getTable: UInt16 = 1, getChain: UInt16 = 4, getSetElements: UInt16 = 13
+    static let newSetElements: UInt16 = 12, deleteSetElements: UInt16 = 14
     static let tableName: UInt16 = 1, chainTable: UInt16 = 1, chainName: UInt16 = 3
     static let familyInet: UInt16 = 1
     static let setTable: UInt16 = 0, setName: UInt16 = 1, setFamily: UInt16 = 7
@@ -108,6 +124,59 @@ final class NftNetlink: Sendable {
             state.unreadElements += unread
         }
         return state
+    }
+
+    /// Writes `changes` (elements of the current layout's maps and sets) as one netfilter batch:
+    /// the kernel applies all of it or none. A guest event that only adds and removes elements
+    /// then never loads libnftables (its loading and its parsing of the script cost about a
+    /// millisecond per event). false, with nothing written, when an element does not fit its map
+    /// (the caller then applies the script through libnftables).
+    func apply(_ changes: NftElementChanges) throws -> Bool {
+        let fields = Dictionary(uniqueKeysWithValues: NftLayout.elementFields)
+        // Each element as the kernel takes it, or nothing is sent.
+        var encoded: [(delete: Bool, set: String, elements: [EncodedElement])] = []
+        for (delete, elements) in [(true, changes.removed), (false, changes.added)] {
+            for (set, group) in NftTransaction.grouped(elements) {
+                guard let shape = fields[set] else { return false }
+                var batch: [EncodedElement] = []
+                for element in group {
+                    guard let one = EncodedElement(element, fields: shape, withData: !delete) else { return false }
+                    batch.append(one)
+                }
+                encoded.append((delete, set, batch))
+            }
+        }
+        guard !encoded.isEmpty else { return true }
+        let session = try Session(functions)
+        defer { session.close() }
+        try session.write(encoded)
+        return true
+    }
+
+    /// One element's bytes: the key (and its interval end), the map's data, the comment.
+    struct EncodedElement {
+        var key: [UInt8], keyEnd: [UInt8]?, data: [UInt8]?, comment: [UInt8]
+
+        init?(_ element: NftElement, fields: NftLayout.ElementFields, withData: Bool) {
+            guard let (start, end) = NftLayout.bytes(element.key, fields: fields.key, ranges: fields.interval) else { return nil }
+            key = start
+            keyEnd = fields.interval ? end : nil
+            data = nil
+            if withData, let valueFields = fields.value {
+                guard let value = element.value, let (bytes, _) = NftLayout.bytes(value, fields: valueFields, ranges: false) else { return nil }
+                data = bytes
+            } else if withData, element.value != nil {
+                return nil
+            }
+            // libnftnl's user data: a comment is type 0, its length, its bytes and a NUL. A delete
+            // names the element by its key alone.
+            let text = Array(element.comment.utf8)
+            guard text.count < 128, !text.contains(0) else { return nil }
+            comment = withData ? [0, UInt8(text.count + 1)] + text + [0] : []
+        }
+
+        /// An upper bound of its size in a message (attribute headers and padding included).
+        var size: Int { 96 + key.count + (keyEnd?.count ?? 0) + (data?.count ?? 0) + comment.count }
     }
 
     /// One netlink socket for one read. Each request has its own sequence number, and answers to
@@ -178,6 +247,93 @@ final class NftNetlink: Sendable {
                     return false
                 }
                 if done { return }
+            }
+        }
+
+        /// Sends `groups` as one batch (each group one message adding or deleting elements of one
+        /// set) and reads the kernel's answers, which it gives while taking the batch: an error for
+        /// any message fails the whole batch, and nothing of it is applied.
+        func write(_ groups: [(delete: Bool, set: String, elements: [EncodedElement])]) throws {
+            sequence += 1
+            let first = sequence
+            var capacity = 256
+            for group in groups { capacity += 256 + group.elements.reduce(0) { $0 + $1.size } }
+            var buffer = [CChar](repeating: 0, count: capacity)
+            var messages = 0
+            let length = try buffer.withUnsafeMutableBufferPointer { pointer -> Int in
+                let base = pointer.baseAddress!
+                var offset = 0
+                func advance() { offset += (Int(UnsafeRawPointer(base + offset).loadUnaligned(as: UInt32.self)) + 3) & ~3 }
+                _ = functions.batchBegin(base + offset, sequence)
+                advance()
+                for group in groups {
+                    guard let set = functions.setAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
+                    defer { functions.setFree(set) }
+                    _ = functions.setString(set, NftNetlink.setTable, NftLayout.table)
+                    _ = functions.setString(set, NftNetlink.setName, group.set)
+                    functions.setU32(set, NftNetlink.setFamily, UInt32(NftNetlink.familyInet))
+                    for element in group.elements {
+                        guard let handle = functions.elementAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
+                        element.key.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementKey, $0.baseAddress, UInt32($0.count)) }
+                        element.keyEnd?.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementKeyEnd, $0.baseAddress, UInt32($0.count)) }
+                        element.data?.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementData, $0.baseAddress, UInt32($0.count)) }
+                        if !element.comment.isEmpty {
+                            element.comment.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementUserData, $0.baseAddress, UInt32($0.count)) }
+                        }
+                        functions.elementAdd(set, handle)                 // the set frees it
+                    }
+                    sequence += 1
+                    // NLM_F_REQUEST | NLM_F_ACK, and NLM_F_CREATE to add (as nft's `add element`).
+                    let flags: UInt16 = group.delete ? 0x1 | 0x4 : 0x1 | 0x4 | 0x400
+                    let header = functions.buildHeader(base + offset, group.delete ? NftNetlink.deleteSetElements : NftNetlink.newSetElements,
+                                                       NftNetlink.familyInet, flags, sequence)
+                    functions.buildElements(header, set)
+                    advance()
+                    messages += 1
+                }
+                sequence += 1
+                _ = functions.batchEnd(base + offset, sequence)
+                advance()
+                precondition(offset <= capacity, "netlink batch larger than its buffer")
+                return offset
+            }
+            let descriptor = functions.socketDescriptor(socket)
+            // A batch larger than the socket's default send buffer is refused, not split by the kernel.
+            var size = Int32(max(length, 1 << 16))
+            _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
+            guard buffer.withUnsafeBytes({ functions.send(socket, $0.baseAddress, length) }) == length else {
+                throw VirtGateError(.firewall, "netlink: cannot send the change (errno \(errno))")
+            }
+            // One answer per message, queued before the send returned.
+            var answered = 0
+            var refused: Int32 = 0
+            var receive = [UInt8](repeating: 0, count: 1 << 16)
+            while answered < messages {
+                let count = receive.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { break }
+                receive.withUnsafeBytes { bytes in
+                    var offset = 0
+                    while offset + 16 <= count {
+                        let message = bytes.baseAddress! + offset
+                        let messageLength = Int(message.loadUnaligned(as: UInt32.self))
+                        let type = message.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
+                        let number = message.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+                        guard messageLength >= 16, offset + messageLength <= count else { break }
+                        if type == 2, number > first, number <= sequence {                // NLMSG_ERROR: an answer
+                            answered += 1
+                            let code = message.loadUnaligned(fromByteOffset: 16, as: Int32.self)
+                            if code != 0 && refused == 0 { refused = -code }
+                        }
+                        offset += (messageLength + 3) & ~3
+                    }
+                }
+            }
+            if refused != 0 {
+                throw VirtGateError(.firewall, "the kernel refused the change to table inet \(NftLayout.table): \(String(cString: strerror(refused)))")
+            }
+            guard answered == messages else {
+                throw VirtGateError(.firewall, "netlink: \(messages - answered) of \(messages) messages not answered")
             }
         }
 
@@ -380,6 +536,54 @@ extension NftLayout {
             offset += field.width
         }
         return parts.joined(separator: " . ")
+    }
+
+    /// The kernel's bytes of a key or value in `text`'s form (the reverse of `text`): each field's
+    /// start and end, padded to 4 bytes. A range or network is allowed only where `ranges`; nil
+    /// when the text does not fit `fields`.
+    static func bytes(_ text: String, fields: [Field], ranges: Bool) -> ([UInt8], [UInt8])? {
+        let parts = NftState.fields(text)
+        guard parts.count == fields.count else { return nil }
+        var start: [UInt8] = [], end: [UInt8] = []
+        for (part, field) in zip(parts, fields) {
+            switch field {
+            case .address(let family):
+                var low: IPAddress, high: IPAddress
+                if part.contains("/") {
+                    guard ranges, let network = IPNetwork(parsing: String(part)), network.family == family else { return nil }
+                    let all: UInt128 = family == .v4 ? 0xffff_ffff : .max
+                    low = network.address
+                    high = IPAddress(family: family, value: network.address.value | (~IPNetwork.mask(network.prefix, family) & all))
+                } else if let dash = part.firstIndex(of: "-") {
+                    guard ranges, let a = IPAddress(part[..<dash]), let b = IPAddress(part[part.index(after: dash)...]) else { return nil }
+                    (low, high) = (a, b)
+                } else {
+                    guard let a = IPAddress(part) else { return nil }
+                    (low, high) = (a, a)
+                }
+                guard low.family == family, high.family == family, low <= high else { return nil }
+                start += addressBytes(low)
+                end += addressBytes(high)
+            case .proto, .port:
+                let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+                guard bounds.count == 1 || (ranges && bounds.count == 2),
+                      let low = UInt16(bounds[0]), let high = UInt16(bounds[bounds.count - 1]), low <= high,
+                      field == .port || high <= 255 else { return nil }
+                start += numberBytes(low, field)
+                end += numberBytes(high, field)
+            }
+        }
+        return (start, end)
+    }
+
+    static func addressBytes(_ address: IPAddress) -> [UInt8] {
+        let count = address.family == .v4 ? 4 : 16
+        return (0..<count).map { UInt8(truncatingIfNeeded: address.value >> UInt128(8 * (count - 1 - $0))) }
+    }
+
+    /// A protocol in the first byte of its 4, a port big-endian in the first two.
+    static func numberBytes(_ value: UInt16, _ field: Field) -> [UInt8] {
+        field == .proto ? [UInt8(value), 0, 0, 0] : [UInt8(value >> 8), UInt8(value & 0xff), 0, 0]
     }
 
     static func address(_ bytes: UnsafeRawBufferPointer, _ offset: Int, _ family: IPFamily) -> IPAddress {

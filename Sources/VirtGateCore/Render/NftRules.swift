@@ -43,6 +43,12 @@ public struct NftElement: Hashable, Sendable, Comparable {
 /// Desired elements per owner id (`ChainNames.id(for:)` of the guest's name).
 public typealias DesiredElements = [String: [NftElement]]
 
+/// Elements a change removes and adds, in its script's order, in a table of the current layout.
+public struct NftElementChanges: Sendable, Equatable {
+    public var removed: [NftElement]
+    public var added: [NftElement]
+}
+
 public enum NftLayout {
     public static let table = "virtgate"
     /// Bumped when the table's sets, maps or rules change shape: a table of another layout (or with
@@ -255,11 +261,17 @@ public enum NftTransaction {
     /// One `nft -f` script turning `state` into `desired`: only the elements that differ, or the whole
     /// table when it is missing or of another layout. Empty when the kernel already matches.
     public static func render(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
+        diff(from: state, to: desired, mark: mark).script
+    }
+
+    /// `render`'s script, and the elements it removes and adds when that is all it does (the table
+    /// exists in the current layout); nil changes when it creates, rebuilds or removes the table.
+    public static func diff(from state: NftState, to desired: DesiredElements, mark: UInt32) -> (script: String, changes: NftElementChanges?) {
         let want = Set(desired.values.joined())
         // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
         // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
         if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
-            return removal(from: state)
+            return (removal(from: state), nil)
         }
         let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
         if !layoutCurrent {
@@ -270,7 +282,7 @@ public enum NftTransaction {
             }
             text += NftLayout.definition(mark: mark)
             text += addLines(want.sorted())
-            return text
+            return (text, nil)
         }
         let have = Set(state.elements)
         let removed = have.subtracting(want).sorted()
@@ -280,7 +292,7 @@ public enum NftTransaction {
             text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joined(separator: ", ")) }\n"
         }
         text += addLines(added)
-        return text
+        return (text, NftElementChanges(removed: removed, added: added))
     }
 
     /// Removes virtgate's table, whatever it holds.
