@@ -168,6 +168,8 @@ hook_latency() {
     done
     # start with 20 forwards beside a table full of other guests' forwards (a smaller one with --quick).
     measured hook start20-scale "$b"
+    # ... and beside one other guest's forwards (with nft: the table exists, only elements are added).
+    measured hook start20-beside "$b"
 }
 
 @test "hook latency: iptables backend, each event next to the Python pattern; the kernel's share" {
