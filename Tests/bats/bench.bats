@@ -245,33 +245,53 @@ sync_figures() {
 }
 
 # connections BACKEND: for each size, connect() through the DNAT measured over every connection of the
-# run, after one connection proved the path (the guest's server saw the wan address on port 8080 while
-# the client dialled 40000); the ratio of the largest size to the smallest.
+# run (rounds x pairs of them), after a connection in each of the two labs proved the path (the guest's
+# server saw the lab's wan address on port 8080 while the client dialled 40000); the ratio of the largest
+# size to the smallest, inside its 95 % interval; the labs' own difference, near 1.
 connections() {
-    local b=$1 n sizes total seen
+    local b=$1 n sizes rounds pairs seen lab wan low ratio high
     backend_measured "$b"
     sizes=$(run_list conn-sizes) || true
     [ "$(echo "$sizes" | grep -c .)" -ge 2 ] || fail "connections: the run names fewer than two sizes ($sizes)"
     ok
-    total=$(field run conn-total - 4)
-    positive "$total" || fail "connections: the run names no number of connections ($total)"
-    ok
+    measured connection rounds "$b"
+    measured connection pairs "$b"
+    rounds=$(field connection rounds "$b" 4)
+    pairs=$(field connection pairs "$b" 4)
     for n in $sizes; do
         measured connection "$n" "$b"
-        assert_equal "$(field connection "$n" "$b" 6)" "$total"
+        assert_equal "$(field connection "$n" "$b" 6)" "$((rounds * pairs))"
         ok
+        assert_equal "$(field connection "$n-path" "$b" 4)" 2
         seen=$(field connection "$n-path" "$b" 7)
-        [[ $seen == "198.18.50.2 "*" 10.213.63.250 8080 198.18.50.2" ]] \
-            || fail "connections, $n forwards ($b backend): the path was not verified (server saw: '$seen')"
-        ok
+        for lab in a b; do
+            wan=$([ "$lab" = a ] && echo 198.18.50.2 || echo 198.18.50.6)
+            [[ " | $seen | " == *" | $lab: $wan "*" 10.213.63.250 8080 $wan | "* ]] \
+                || fail "connections, $n forwards ($b backend): the path was not verified in lab $lab (server saw: '$seen')"
+            ok
+        done
     done
     measured connection ratio "$b"
+    measured connection ratio-low "$b"
+    measured connection ratio-high "$b"
+    low=$(field connection ratio-low "$b" 4)
+    ratio=$(field connection ratio "$b" 4)
+    high=$(field connection ratio-high "$b" 4)
+    awk -v l="$low" -v r="$ratio" -v h="$high" 'BEGIN { exit !(l <= r && r <= h) }' \
+        || fail "connections ($b backend): the ratio $ratio is not inside its interval $low–$high"
+    ok
+    measured connection lab-difference "$b"
+    # Two labs built alike: a difference of more than a third is a broken lab, not noise.
+    below connection lab-difference "$b" 1.5
+    awk -v d="$(field connection lab-difference "$b" 4)" 'BEGIN { exit !(d > 0.67) }' \
+        || fail "connections ($b backend): lab b differs from lab a by a factor $(field connection lab-difference "$b" 4)"
+    ok
 }
 
-@test "connections: iptables backend, a new connection through the DNAT at each size, path verified" {
+@test "connections: iptables backend, a new connection through the DNAT at each size, path verified in both labs" {
     connections iptables
 }
 
-@test "connections: nft backend, a new connection through the DNAT at each size, path verified" {
+@test "connections: nft backend, a new connection through the DNAT at each size, path verified in both labs" {
     connections nft
 }

@@ -72,11 +72,11 @@ export LC_ALL=C
 if [ "$quick" -eq 1 ]; then
     warm=2; runs_fast=10; runs_py=5; runs_mem=3
     sync_sizes=(10 100); sync_runs=(3 3); sync_warm=(1 1)
-    conn_sizes=(10 1000); conn_total=300; conn_rounds=1
+    conn_sizes=(10 1000)
 else
     warm=5; runs_fast=100; runs_py=30; runs_mem=9
     sync_sizes=(100 1000 5000); sync_runs=(10 5 3); sync_warm=(2 1 0)
-    conn_sizes=(10 10000); conn_total=3000; conn_rounds=3
+    conn_sizes=(10 10000)
 fi
 backends=(iptables nft)
 
@@ -214,36 +214,55 @@ while True:
 PY
 
 cat > "$work/client.py" <<'PY'
-# From wan: `verify HOST PORT` prints what the server saw; `time HOST PORT COUNT OUT` opens and closes COUNT
-# sequential connections, timing each connect() (SYN out, SYN-ACK back), and appends the times in µs to OUT.
+# From wan: `verify HOST PORT SOURCE` prints what the server saw, and the client's address.
+# `pairs OUT ROUNDS PAIRS PORT HOST_A SOURCE_A HOST_B SOURCE_B` times connect() (SYN out, SYN-ACK back)
+# to lab a and lab b in turn (a b, b a, a b, ...: each lab follows the other as often as itself), PAIRS
+# times per round, and writes each round's two lists of times in µs as JSON. One warm-up round first,
+# not kept. Alternating connection by connection is what makes a few per cent decidable on a busy
+# machine: whatever else runs (frequency, other processes, interrupts) hits both labs alike within
+# microseconds, and a round's ratio cancels it.
 import gc, json, socket, struct, sys, time
-mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode = sys.argv[1]
 if mode == "verify":
+    host, port, source = sys.argv[2], int(sys.argv[3]), sys.argv[4]
     for attempt in range(50):
         try:
-            with socket.create_connection((host, port), timeout=2) as s:
+            with socket.create_connection((host, port), timeout=2, source_address=(source, 0)) as s:
                 print(s.makefile().readline().strip(), s.getsockname()[0])
                 sys.exit(0)
         except OSError:
             time.sleep(0.1)
     sys.exit("no connection")
-count, out = int(sys.argv[4]), sys.argv[5]
+out, rounds, pairs, port = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+labs = [(sys.argv[6], sys.argv[7]), (sys.argv[8], sys.argv[9])]
 linger = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT piles up on the client
-samples = []
-gc.disable()
-for i in range(count):
+# A fixed cycle of source ports: every connection after the first cycle meets the same conntrack work
+# (a SYN on its tuple's closed entry replaces it) and the tables keep one size however long the run.
+ports = range(41000, 41512)
+clock = time.perf_counter_ns
+SOL, REUSE, LINGER = socket.SOL_SOCKET, socket.SO_REUSEADDR, socket.SO_LINGER
+def once(lab, k):
+    host, source = labs[lab]
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    t0 = time.perf_counter_ns()
+    s.setsockopt(SOL, LINGER, linger)
+    s.setsockopt(SOL, REUSE, 1)
+    s.bind((source, ports[k % len(ports)]))
+    t0 = clock()
     s.connect((host, port))
-    t1 = time.perf_counter_ns()
+    t1 = clock()
     s.close()
-    samples.append((t1 - t0) / 1000)
-try:
-    old = json.load(open(out))
-except FileNotFoundError:
-    old = []
-json.dump(old + samples, open(out, "w"))
+    return (t1 - t0) / 1000
+gc.disable()
+result, k = [], 0
+for r in range(rounds + 1):
+    times = ([], [])
+    for i in range(pairs):
+        for lab in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[lab].append(once(lab, k))
+        k += 1
+    if r > 0:
+        result.append(times)
+json.dump(result, open(out, "w"))
 PY
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,7 +298,6 @@ skip() { # BACKEND SECTION REASON
     echo "binary=$(du -h "$work/virtgate" | cut -f1)"
     echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "quick=$quick"
-    echo "conn_total=$(( conn_total / conn_rounds * conn_rounds ))"
 } > "$res/machine.txt"
 
 # ---------------------------------------------------------------------------------------------------
@@ -483,74 +501,116 @@ ip netns del "$ns" 2>/dev/null || true
 hf_warm=
 
 # ---------------------------------------------------------------------------------------------------
-# 3. A new connection through the DNAT, with N forwards loaded by virtgate sync in the host namespace.
-#    wan (198.18.50.2) -> host (198.18.50.1, forwarding on, FORWARD policy DROP as under UFW)
-#    -> bridge vgt-bcbr (10.213.48.1/20) -> guest zz-target (10.213.63.250), listening on 8080.
-#    The measured forward is host port 40000 -> 8080, the last forward of the guest that sorts last.
-wan=vgt-bc-wan-$pid host=vgt-bc-host-$pid guest=vgt-bc-guest-$pid
+# 3. A new connection through the DNAT, 10 vs N forwards, loaded by virtgate sync. Two labs alike, a and
+#    b, each: a host namespace (forwarding on, FORWARD policy DROP as under UFW) with a bridge vgt-bcbr
+#    (10.213.48.1/20) and a guest namespace (10.213.63.250) listening on 8080 behind it; both hosts link
+#    to one wan namespace (lab a: host 198.18.50.1, wan 198.18.50.2; lab b: host 198.18.50.5, wan
+#    198.18.50.6). The measured forward is host port 40000 -> 8080, the last forward of the guest that
+#    sorts last. One client process in wan alternates its connections between the labs, one lab holding
+#    the small ruleset and the other the large one; the phases swap which lab holds which (a crossover),
+#    so a difference between the labs themselves cancels out of the ratio.
+wan=vgt-bc-wan-$pid
 target_ip=10.213.63.250
+conn_host() { echo "vgt-bc-host$1-$pid"; }
+conn_addr() { case $1 in a) echo "198.18.50.1 198.18.50.2" ;; b) echo "198.18.50.5 198.18.50.6" ;; esac; }
+# Connections per size: phases x rounds x pairs. A phase is one arrangement of the rulesets; a round's
+# ratio compares its two labs over `pairs` connections each. The iptables backend at the large size costs
+# milliseconds per connection (a linear walk); fewer of its connections show that as well.
+if [ "$quick" -eq 1 ]; then
+    conn_phases=4; conn_rounds_nft=3; conn_pairs_nft=25; conn_rounds_iptables=3; conn_pairs_iptables=25
+else
+    conn_phases=8; conn_rounds_nft=25; conn_pairs_nft=200; conn_rounds_iptables=5; conn_pairs_iptables=40
+fi
+# The client and its softirq work on one CPU, the guests' servers on another, where this process may
+# use two.
+client_pin=() server_pin=()
+read -r cpu_client cpu_server < <(/usr/bin/python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2])')
+if command -v taskset >/dev/null && [ -n "${cpu_server:-}" ]; then
+    client_pin=(taskset -c "$cpu_client"); server_pin=(taskset -c "$cpu_server")
+fi
 for n in "${conn_sizes[@]}"; do
     fillers=$(( n / 5 - 1 ))
     /usr/bin/python3 "$work/gen.py" node "$work/conn-$n.xml" "$fillers" 5 bcnet vgt-bcbr 20 10.213.48.0 \
         zz-target "$target_ip" 39996,39997,39998,39999,40000 8076,8077,8078,8079,8080
 done
+conn_servers=()
 lab_up() {
-    netns_new "$wan"; netns_new "$host"; netns_new "$guest"
-    ip -n "$host" link add vgt-bcbr type bridge
-    ip -n "$host" addr add 10.213.48.1/20 dev vgt-bcbr
-    ip -n "$host" link set vgt-bcbr up
-    ip -n "$host" link add vgt-bcg type veth peer name eth0 netns "$guest"
-    ip -n "$host" link set vgt-bcg master vgt-bcbr up
-    ip -n "$guest" addr add "$target_ip/20" dev eth0
-    ip -n "$guest" link set eth0 up
-    ip -n "$guest" route add default via 10.213.48.1
-    ip -n "$host" link add vgt-bcw type veth peer name eth0 netns "$wan"
-    ip -n "$host" addr add 198.18.50.1/30 dev vgt-bcw
-    ip -n "$host" link set vgt-bcw up
-    ip -n "$wan" addr add 198.18.50.2/30 dev eth0
-    ip -n "$wan" link set eth0 up
-    in_ns "$host" sysctl -qw net.ipv4.ip_forward=1
-    in_ns "$host" iptables -P FORWARD DROP
-    ip netns exec "$guest" /usr/bin/python3 "$work/server.py" 8080 >/dev/null 2>&1 &
-    server_pid=$!
-    started_pids+=("$server_pid")
+    local lab host guest hostip wanip
+    netns_new "$wan"
+    for lab in a b; do
+        host=$(conn_host $lab) guest=vgt-bc-guest$lab-$pid
+        read -r hostip wanip <<<"$(conn_addr $lab)"
+        netns_new "$host"; netns_new "$guest"
+        ip -n "$host" link add vgt-bcbr type bridge
+        ip -n "$host" addr add 10.213.48.1/20 dev vgt-bcbr
+        ip -n "$host" link set vgt-bcbr up
+        ip -n "$host" link add vgt-bcg type veth peer name eth0 netns "$guest"
+        ip -n "$host" link set vgt-bcg master vgt-bcbr up
+        ip -n "$guest" addr add "$target_ip/20" dev eth0
+        ip -n "$guest" link set eth0 up
+        ip -n "$guest" route add default via 10.213.48.1
+        ip -n "$host" link add vgt-bcw type veth peer name "eth-$lab" netns "$wan"
+        ip -n "$host" addr add "$hostip/30" dev vgt-bcw
+        ip -n "$host" link set vgt-bcw up
+        ip -n "$wan" addr add "$wanip/30" dev "eth-$lab"
+        ip -n "$wan" link set "eth-$lab" up
+        in_ns "$host" sysctl -qw net.ipv4.ip_forward=1
+        in_ns "$host" iptables -P FORWARD DROP
+        ip netns exec "$guest" "${server_pin[@]}" /usr/bin/python3 "$work/server.py" 8080 >/dev/null 2>&1 &
+        conn_servers+=("$!"); started_pids+=("$!")
+    done
 }
 lab_down() {
-    { kill "$server_pid"; wait "$server_pid"; } 2>/dev/null || true
-    started_pids=()
-    ip netns del "$wan"; ip netns del "$host"; ip netns del "$guest"
+    local p lab
+    for p in "${conn_servers[@]}"; do { kill "$p"; wait "$p"; } 2>/dev/null || true; done
+    conn_servers=() started_pids=()
+    ip netns del "$wan"
+    for lab in a b; do ip netns del "$(conn_host $lab)"; ip netns del "vgt-bc-guest$lab-$pid"; done
 }
-per_batch=$(( conn_total / conn_rounds ))
+# conn_load BACKEND LAB SIZE PHASE: sync the lab to SIZE forwards and prove the path with one connection:
+# the guest's server sees the lab's wan address on its port 8080 while the client dialled 40000.
+conn_load() {
+    local b=$1 lab=$2 n=$3 phase=$4 host hostip wanip seen dnat last elements tables
+    host=$(conn_host "$lab")
+    read -r hostip wanip <<<"$(conn_addr "$lab")"
+    if ! VIRTGATE_STATE_DIR=$work/state-conn-$b-$lab in_ns "$host" "$work/virtgate" sync --connect "test:///$work/conn-$n.xml" \
+            >"$work/log/conn-$b-$lab-$n.sync" 2>&1; then
+        skip "$b" conn "sync of $n forwards failed: $(tail -n 1 "$work/log/conn-$b-$lab-$n.sync")"; return 1
+    fi
+    seen=$(in_ns "$wan" /usr/bin/python3 "$work/client.py" verify "$hostip" 40000 "$wanip" 2>&1) || seen="none: $seen"
+    case $seen in
+        "$wanip "*" $target_ip 8080 $wanip") echo "$seen" > "$res/conn-$b-$n-$lab.verify" ;;
+        *) skip "$b" conn "lab $lab, phase $phase, $n forwards: the connection did not cross the DNAT as expected (server saw: $seen)"; return 1 ;;
+    esac
+    if [ ! -e "$res/conn-$b-$n.rules" ]; then
+        dnat=$(in_ns "$host" iptables-save -t nat | grep -c '^-A VGD-' || true)
+        last=$(in_ns "$host" iptables-save -t nat | grep '^-A VIRTGATE-DNAT ' | tail -n 1 | awk '{print $NF}') || true
+        elements=$(in_ns "$host" nft list table inet virtgate 2>/dev/null | grep -o ' : [0-9]' | wc -l) || true
+        tables=$(in_ns "$host" nft list tables 2>/dev/null | tr '\n' ' ')
+        echo "dnat_rules=$dnat map_elements=$elements last_dispatch=$last tables=$tables" > "$res/conn-$b-$n.rules"
+    fi
+}
+small=${conn_sizes[0]} large=${conn_sizes[-1]}
 for backend in "${available[@]}"; do
-    export VIRTGATE_BACKEND=$backend VIRTGATE_STATE_DIR=$work/state-conn-$backend
-    say "connections: backend $backend (${conn_sizes[*]} forwards, $conn_total connections each)"
+    export VIRTGATE_BACKEND=$backend
+    rounds_var=conn_rounds_$backend pairs_var=conn_pairs_$backend
+    rounds=${!rounds_var} pairs=${!pairs_var}
+    say "connections: backend $backend ($small vs $large forwards, $conn_phases phases x $rounds rounds x $pairs connections to each lab)"
     lab_up
     ok=1
-    for round in $(seq "$conn_rounds"); do
-        for n in "${conn_sizes[@]}"; do
-            if ! in_ns "$host" "$work/virtgate" sync --connect "test:///$work/conn-$n.xml" >"$work/log/conn-$backend-$n.sync" 2>&1; then
-                skip "$backend" conn "sync of $n forwards failed: $(tail -n 1 "$work/log/conn-$backend-$n.sync")"; ok=0; break 2
-            fi
-            if [ "$round" -eq 1 ]; then
-                # The connection must really cross the DNAT: the server sees the wan address on its port
-                # 8080 while the client connected to the host's port 40000.
-                seen=$(in_ns "$wan" /usr/bin/python3 "$work/client.py" verify 198.18.50.1 40000 2>&1) || seen="none: $seen"
-                echo "$seen" > "$res/conn-$backend-$n.verify"
-                case $seen in
-                    "198.18.50.2 "*" $target_ip 8080 198.18.50.2") ;;
-                    *) skip "$backend" conn "with $n forwards the connection did not cross the DNAT as expected (server saw: $seen)"; ok=0; break 2 ;;
-                esac
-                dnat=$(in_ns "$host" iptables-save -t nat | grep -c '^-A VGD-' || true)
-                last=$(in_ns "$host" iptables-save -t nat | grep '^-A VIRTGATE-DNAT ' | tail -n 1 | awk '{print $NF}') || true
-                elements=$(in_ns "$host" nft list table inet virtgate 2>/dev/null | grep -o ' : [0-9]' | wc -l) || true
-                tables=$(in_ns "$host" nft list tables 2>/dev/null | tr '\n' ' ')
-                echo "dnat_rules=$dnat map_elements=$elements last_dispatch=$last tables=$tables" > "$res/conn-$backend-$n.rules"
-            fi
-            in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 50 "$work/warmup.json"
-            in_ns "$wan" /usr/bin/python3 "$work/client.py" time 198.18.50.1 40000 "$per_batch" "$res/conn-$backend-$n.json"
-        done
+    for phase in $(seq "$conn_phases"); do
+        # Odd phases: lab a holds the small ruleset, b the large one; even phases the other way round.
+        if [ $((phase % 2)) -eq 1 ]; then size_a=$small size_b=$large large_lab=b; else size_a=$large size_b=$small large_lab=a; fi
+        conn_load "$backend" a "$size_a" "$phase" && conn_load "$backend" b "$size_b" "$phase" || { ok=0; break; }
+        echo "$large_lab" > "$res/conn-$backend-phase$phase.large"
+        # A connection that never completes (a SYN dropped) would block for minutes: bounded, and a skip.
+        if ! timeout 600 ip netns exec "$wan" "${client_pin[@]}" /usr/bin/python3 "$work/client.py" pairs \
+                "$res/conn-$backend-phase$phase.json" "$rounds" "$pairs" 40000 198.18.50.1 198.18.50.2 198.18.50.5 198.18.50.6 \
+                2>"$work/log/conn-$backend-phase$phase.err"; then
+            skip "$backend" conn "phase $phase: the client failed: $(tail -n 1 "$work/log/conn-$backend-phase$phase.err")"; ok=0; break
+        fi
     done
-    [ "$ok" -eq 1 ] || rm -f "$res/conn-$backend-"*.json
+    [ "$ok" -eq 1 ] || rm -f "$res/conn-$backend-phase"*
     lab_down
 done
 
@@ -759,37 +819,100 @@ for b in backends:
     p("")
 
 # 3. connections
-p(f"## 4. A new connection through a DNAT: {int(conn_sizes[0]):,} vs {int(conn_sizes[-1]):,} forwards\n")
-p("Real TCP connections: a wan namespace (198.18.50.2) connects to the host namespace's address (198.18.50.1) on "
-  "port 40000, which virtgate forwards to port 8080 of a guest namespace on the host's bridge (10.213.48.0/20). The "
-  "host forwards with FORWARD policy DROP (as under UFW), so only virtgate's accept lets the connection through. "
-  "The rules are what `virtgate sync` renders for a `test:///` node with N forwards: N/5 − 1 other guests with 5 "
-  "forwards each and the measured guest, whose name sorts last; the measured forward is its last one, so with "
-  "linear chains every other rule is evaluated first. Before measuring, one connection proves the path: the server "
-  "reports the wan address as peer and 8080 as its port while the client dialled 40000. The client times "
-  "`connect()` (SYN out, SYN-ACK back: the new connection's NAT lookup and both directions' filtering) for sequential "
-  "connections, each closed with a reset; sizes alternate in rounds so background load hits both alike. "
-  "Target: with the nft backend, 10,000 forwards within 5 % of 10.\n")
-p("| backend | " + " | ".join(f"{int(n):,} forwards" for n in conn_sizes) + f" | {int(conn_sizes[-1]):,} vs {int(conn_sizes[0]):,} | connections | path verified | target |")
-p("|---|" + "---|" * (len(conn_sizes) + 4))
+import math
+
+def conn(b):
+    """The connection figures of a backend from its phases (None when not measured): per size the median
+    connect() over every connection and their count; the ratio large vs small with its 95 % interval."""
+    phases = []
+    for k in range(1, 100):
+        try:
+            rounds = json.load(open(f"{res}/conn-{b}-phase{k}.json"))
+            large = open(f"{res}/conn-{b}-phase{k}.large").read().strip()
+        except FileNotFoundError:
+            break
+        big, small = (1, 0) if large == "b" else (0, 1)
+        phases.append((large, [(r[small], r[big]) for r in rounds if r[0] and r[1]]))
+    if not phases or not all(rs for _, rs in phases):
+        return None
+    # A round's ratio: its median connect() at the large size over its median at the small one, both
+    # taken in the same milliseconds. A phase's ratio: the median of its rounds'. The ratio: the
+    # geometric mean of the phases' (as many with the large ruleset in lab a as in lab b, so what
+    # differs between the labs themselves cancels; the lab difference is what it was).
+    per_phase = [statistics.median([statistics.median(l) / statistics.median(s) for s, l in rs]) for _, rs in phases]
+    logs = {lab: [math.log(m) for (at, _), m in zip(phases, per_phase) if at == lab] for lab in "ab"}
+    means = {lab: sum(x) / len(x) for lab, x in logs.items() if x}
+    mean = sum(means.values()) / len(means)
+    half = (means["b"] - means["a"]) / 2 if len(means) == 2 else None
+    # 95 % interval from the spread of the phases themselves around their lab's mean (Student's t with
+    # phases − 2 degrees of freedom). Not from resampling rounds: re-syncing the rulesets between phases
+    # moves a phase's ratio by about a per cent, far more than its rounds vary, and only the phases show it.
+    df = len(per_phase) - len(means)
+    low = high = None
+    if df >= 1:
+        variance = sum((x - means[lab]) ** 2 for lab, xs in logs.items() for x in xs) / df
+        spread = math.sqrt(variance * sum(1 / len(xs) for xs in logs.values() if xs)) / len(means)
+        t = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+             2.131, 2.120, 2.110, 2.101, 2.093, 2.086][min(df, 20) - 1]
+        low, high = math.exp(mean - t * spread), math.exp(mean + t * spread)
+    small = [t for _, rs in phases for s, _ in rs for t in s]
+    large = [t for _, rs in phases for _, l in rs for t in l]
+    return {"median": (statistics.median(small), statistics.median(large)), "count": (len(small), len(large)),
+            "ratio": math.exp(mean), "low": low, "high": high, "phases": per_phase, "degrees": df,
+            "phase_large": [lab for lab, _ in phases], "lab_difference": None if half is None else math.exp(half),
+            "rounds": sum(len(rs) for _, rs in phases), "pairs": len(phases[0][1][0][0])}
+
+def conn_verdict(c):
+    """Met only when the ratio is ≤ 1.05; whether its interval decides it is said with it."""
+    where = ("no interval: too few phases" if c["low"] is None else "interval below 1.05" if c["high"] <= 1.05 else
+             "interval above 1.05" if c["low"] > 1.05 else "interval crosses 1.05: not decided")
+    return f"{check(c['ratio'] <= 1.05)} ({where})"
+
+def conn_interval(c, digits=3):
+    return "–" if c["low"] is None else f"{c['low']:.{digits}f}–{c['high']:.{digits}f}"
+
+def conn_paths(b, n):
+    return {lab: open(f"{res}/conn-{b}-{n}-{lab}.verify").read().strip()
+            for lab in "ab" if os.path.exists(f"{res}/conn-{b}-{n}-{lab}.verify")}
+
+conns = {b: conn(b) for b in backends}
+lo, hi = f"{int(conn_sizes[0]):,}", f"{int(conn_sizes[-1]):,}"
+p(f"## 4. A new connection through a DNAT: {lo} vs {hi} forwards\n")
+p("Real TCP connections through two labs alike: in each, a host namespace forwards port 40000 of its address to "
+  "port 8080 of a guest namespace on its bridge (10.213.48.0/20), with FORWARD policy DROP (as under UFW), so only "
+  "virtgate's accept lets the connection through. One wan namespace links to both hosts (lab a: 198.18.50.1, lab b: "
+  "198.18.50.5). The rules are what `virtgate sync` renders for a `test:///` node with N forwards: N/5 − 1 other "
+  "guests with 5 forwards each and the measured guest, whose name sorts last; the measured forward is its last one, "
+  "so with linear chains every other rule is evaluated first. After each sync, one connection proves the path: the "
+  "server reports the lab's wan address as peer and 8080 as its port while the client dialled 40000.\n")
+p("One client process (pinned to a CPU where the machine has two; the guests' servers on the other) times "
+  "`connect()` (SYN out, SYN-ACK back: the new connection's NAT lookup and both directions' filtering), alternating "
+  "connection by connection between the lab holding the small ruleset and the lab holding the large one, from a "
+  "fixed cycle of source ports, each connection closed with a reset. A round's ratio is its median at the large "
+  "size over its median at the small size, so whatever else the machine does hits both alike; a phase's ratio is "
+  "the median of its rounds'. The phases swap which lab holds which ruleset, and the ratio is the geometric mean of "
+  "the phases' ratios, so a difference between the labs cancels out (it is shown as the lab difference). The 95 % "
+  "interval comes from the spread of the phases' ratios (Student's t, phases − 2 degrees of freedom): each phase "
+  "re-syncs both labs, and that moves a phase's ratio more than its rounds vary. Target: with the nft backend, "
+  f"{hi} forwards within 5 % of {lo}, met only when the ratio is ≤ 1.05; the interval says whether the run decides it.\n")
+p(f"| backend | {lo} forwards | {hi} forwards | {hi} vs {lo} | 95 % interval | per phase (large ruleset in lab) | "
+  "lab difference (b vs a) | connections per size | path verified | target |")
+p("|---|---|---|---|---|---|---|---|---|---|")
 for b in backends:
     reason = skipped(b, "all") or skipped(b, "conn")
-    if reason:
-        p(f"| `{b}` | skipped: {reason} |" + "|" * (len(conn_sizes) + 3))
+    c = conns[b]
+    if reason or not c:
+        p(f"| `{b}` | {'skipped: ' + reason if reason else 'not measured'} |" + "|" * 8)
         continue
-    med, count = [], []
-    for n in conn_sizes:
-        try:
-            samples = json.load(open(f"{res}/conn-{b}-{n}.json"))
-            med.append(statistics.median(samples)); count.append(len(samples))
-        except FileNotFoundError:
-            med.append(None); count.append(0)
-    ratio = med[-1] / med[0] if None not in med else None
-    verified = all(os.path.exists(f"{res}/conn-{b}-{n}.verify") for n in conn_sizes)
-    goal = ("≤ 1.05: " + check(ratio is not None and ratio <= 1.05)) if b == "nft" else "(none)"
-    p(f"| `{b}` | " + " | ".join("–" if m is None else f"{m:.0f} µs" for m in med) +
-      f" | {'–' if ratio is None else f'{ratio:.2f}×'} | {min(count):,} per size | {'yes' if verified else 'no'} | {goal} |")
+    phases = ", ".join(f"{m:.3f} ({lab})" for m, lab in zip(c["phases"], c["phase_large"]))
+    verified = all(len(conn_paths(b, n)) == 2 for n in conn_sizes)
+    goal = ("≤ 1.05: " + conn_verdict(c)) if b == "nft" else "(none)"
+    diff = "–" if c["lab_difference"] is None else f"{c['lab_difference']:.3f}"
+    p(f"| `{b}` | {c['median'][0]:.1f} µs | {c['median'][1]:.1f} µs | {c['ratio']:.3f}× | {conn_interval(c)} | "
+      f"{phases} | {diff} | {min(c['count']):,} ({c['rounds']} rounds × {c['pairs']}) | {'yes, both labs' if verified else 'no'} | {goal} |")
 p("")
+p("The medians per size are over every connection of the run, both labs; the ratio is not their quotient but the "
+  "rounds' (see above).\n")
 for b in backends:
     for n in conn_sizes:
         path = f"{res}/conn-{b}-{n}.rules"
@@ -823,16 +946,14 @@ for b in backends:
     if x is not None:
         p(f"| peak memory, start with 20 forwards | `{b}` | {x:.1f} MiB | ≤ 15 MiB | {check(x <= 15)} |")
 for b in backends:
-    try:
-        a = statistics.median(json.load(open(f"{res}/conn-{b}-{conn_sizes[0]}.json")))
-        z = statistics.median(json.load(open(f"{res}/conn-{b}-{conn_sizes[-1]}.json")))
-        if b == "nft":
-            p(f"| connection cost, {int(conn_sizes[-1]):,} vs {int(conn_sizes[0]):,} forwards | `nft` | {z / a:.2f}× | ≤ 1.05× | {check(z / a <= 1.05)} |")
+    c = conns[b]
+    if b == "nft":
+        if c:
+            p(f"| connection cost, {hi} vs {lo} forwards | `nft` | {c['ratio']:.3f}× (95 % interval {conn_interval(c)}) | ≤ 1.05× | {conn_verdict(c)} |")
         else:
-            p(f"| connection cost, {int(conn_sizes[-1]):,} vs {int(conn_sizes[0]):,} forwards | `iptables` | {z / a:.2f}× | (reference) | |")
-    except FileNotFoundError:
-        if b == "nft":
-            p(f"| connection cost, {int(conn_sizes[-1]):,} vs {int(conn_sizes[0]):,} forwards | `nft` | not measured ({skipped(b, 'all') or skipped(b, 'conn') or 'no data'}) | ≤ 1.05× | |")
+            p(f"| connection cost, {hi} vs {lo} forwards | `nft` | not measured ({skipped(b, 'all') or skipped(b, 'conn') or 'no data'}) | ≤ 1.05× | |")
+    elif c:
+        p(f"| connection cost, {hi} vs {lo} forwards | `{b}` | {c['ratio']:.2f}× (95 % interval {conn_interval(c, 2)}) | (reference) | |")
 print("\n".join(out))
 
 # Every figure, one a line (see --figures): what Tests/bats/bench.bats checks.
@@ -855,7 +976,6 @@ if len(sys.argv) > 4 and sys.argv[4]:
     row("run", "quick", "-", 1 if quick else 0, "")
     row("run", "sync-sizes", "-", " ".join(sync_sizes), "guests")
     row("run", "conn-sizes", "-", " ".join(conn_sizes), "forwards")
-    row("run", "conn-total", "-", machine.get("conn_total"), "connections")
     events = ["floor", "prepare", "start", "started", "stopped", "release", "start1", "start5", "start20", "stopped20"]
     # 1. Hook latency: the baselines, each backend's events, the kernel's share (iptables).
     hf_row("hook", "true", "-", "true")
@@ -897,21 +1017,23 @@ if len(sys.argv) > 4 and sys.argv[4]:
             row("sync", f"{g}-dnat", b, dnat, "map elements" if b == "nft" else "rules")
             if b == "iptables":
                 hf_row("sync", f"{g}-iptables-restore", b, f"sync-restore-{g}")
-    # 4. Connections through the DNAT: the median connect() per size, the path check, the ratio.
+    # 4. Connections through the DNAT: the median connect() per size over the whole run, the path check
+    # in both labs, the ratio with its 95 % interval, the lab difference, and how many rounds of how many
+    # connections to each lab made it (connections per size = rounds x pairs).
     for b in backends:
-        medians = []
-        for n in conn_sizes:
-            try:
-                samples = json.load(open(f"{res}/conn-{b}-{n}.json"))
-            except FileNotFoundError:
-                samples = []
-            medians.append(statistics.median(samples) if samples else None)
-            row("connection", f"{n}", b, medians[-1], "us", len(samples))
-            seen = open(f"{res}/conn-{b}-{n}.verify").read().strip() if os.path.exists(f"{res}/conn-{b}-{n}.verify") else ""
-            # note: what the guest's server saw and the client's address ("peer port local port client")
-            row("connection", f"{n}-path", b, 1 if seen else None, "verified", 1 if seen else 0, seen)
-        ratio = medians[-1] / medians[0] if None not in medians and medians[0] > 0 else None
-        row("connection", "ratio", b, ratio, "x")
+        c = conns[b]
+        for i, n in enumerate(conn_sizes):
+            row("connection", f"{n}", b, c["median"][i] if c else None, "us", c["count"][i] if c else 0)
+            seen = conn_paths(b, n)
+            # note: per lab, what the guest's server saw and the client's address ("peer port local port client")
+            row("connection", f"{n}-path", b, len(seen) if seen else None, "labs verified", len(seen),
+                " | ".join(f"{lab}: {seen[lab]}" for lab in sorted(seen)))
+        row("connection", "ratio", b, c["ratio"] if c else None, "x")
+        row("connection", "ratio-low", b, c["low"] if c else None, "x")
+        row("connection", "ratio-high", b, c["high"] if c else None, "x")
+        row("connection", "lab-difference", b, c["lab_difference"] if c else None, "x")
+        row("connection", "rounds", b, c["rounds"] if c else None, "rounds")
+        row("connection", "pairs", b, c["pairs"] if c else None, "connections")
     # Skipped parts, with the reason.
     for name in sorted(os.listdir(res)):
         if name.startswith("skip-") and name.endswith(".txt"):
