@@ -162,6 +162,37 @@ struct KernelRoundTripTests {
         #expect(NftTransaction.summary(from: narrow, to: after, mark: NftRenderTests.mark) == "0 elements added, 2 removed")
     }
 
+    @Test("A change of thousands of elements is written over netlink in messages the kernel takes, all or nothing")
+    func largeNetlinkBatch() async throws {
+        try #require(Root.isRoot, "needs root to create a network namespace")
+        let namespace = "vgt-rt-\(getpid())-batch"
+        #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
+        defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
+        let backend = NftCommands(runner: NamespaceRunner(namespace: namespace, base: runner))
+        func element(_ index: Int, _ owner: String) -> NftElement {
+            NftElement(set: "fwd4srcany", key: "10.\(index >> 8).\(index & 255).0/24 . 6 . \(10000 + index)",
+                       value: "192.168.122.10 . 80", comment: owner)
+        }
+        let seed: DesiredElements = ["seed": [element(0, "seed")]]
+        try await backend.apply(NftTransaction.render(from: NftState(), to: seed, mark: NftRenderTests.mark))
+        // 3,000 interval elements (about 300 KiB): far more than one netlink attribute holds.
+        var many = seed
+        many["bulk"] = (1...3000).map { element($0, "bulk") }
+        let adding = try #require(NftTransaction.diff(from: try await backend.state(), to: many, mark: NftRenderTests.mark).changes)
+        #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(adding) } == true)
+        #expect(Set(try await backend.state().elements) == Set(many.values.joined()))
+        // A batch the kernel refuses (one element already deleted) changes nothing at all.
+        var fewer = many
+        fewer["bulk"] = nil
+        var removing = try #require(NftTransaction.diff(from: try await backend.state(), to: fewer, mark: NftRenderTests.mark).changes)
+        removing.removed.append(element(4000, "bulk"))
+        #expect(throws: VirtGateError.self) { try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(removing) } }
+        #expect(Set(try await backend.state().elements) == Set(many.values.joined()))
+        removing.removed.removeLast()
+        #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(removing) } == true)
+        #expect(Set(try await backend.state().elements) == Set(fewer.values.joined()))
+    }
+
     @Test("Shapes the nft backend once failed on: the kernel accepts every event, a repeat writes nothing, stops leave nothing",
           arguments: ["iptables", "nft"])
     func engineShapes(backendName: String) async throws {

@@ -706,12 +706,13 @@ for b in backends:
         goal, verdict = "", ""
         if target == "noop":
             goal = "≤ 2 ms above `/bin/true`, ≥ 15×"
-            verdict = check(v and base and true and v["median"] - true["median"] <= 2
+            # (hyperfine's shell correction can leave a median of 0 on a loaded machine)
+            verdict = check(v and base and true and v["median"] > 0 and v["median"] - true["median"] <= 2
                             and base["median"] / v["median"] >= 15) if v else ""
             lifecycle += v["median"] if v else 0
         elif target == "start20":
             goal = "≤ 4 ms, ≥ 35×"
-            verdict = check(v and base and v["median"] <= 4 and base["median"] / v["median"] >= 35) if v else ""
+            verdict = check(v and base and 0 < v["median"] <= 4 and base["median"] / v["median"] >= 35) if v else ""
             if v:
                 summary.append((b, "start, 20 forwards", v, base))
         if key == "prepare" and v:
@@ -731,9 +732,13 @@ for b in backends:
               f"{r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | | |")
         if key == "start20" and hf(f"hook-{b}-start20-beside"):
             r = hf(f"hook-{b}-start20-beside")
+            py20 = hf("hook-python-start20")
+            if b == "nft":
+                summary.append((b, "start, 20 forwards, beside another guest's (the table exists)", r, hf("hook-python-start20")))
             p(f"| ↳ the same `start` while another guest holds forwards{' (the table exists: only elements are added)' if b == 'nft' else ''} | "
               f"{ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | "
-              + (f"≤ 4 ms | {check(r['median'] <= 4)} |" if b == "nft" else "| |"))
+              + (f"≤ 4 ms, ≥ 35× | {check(py20 and 0 < r['median'] <= 4 and py20['median'] / r['median'] >= 35)} |"
+                 if b == "nft" else "| |"))
         if key == "start20" and hf(f"hook-{b}-start20-scale"):
             r = hf(f"hook-{b}-start20-scale")
             n = open(f"{res}/scale-guests.txt").read().strip() if os.path.exists(f"{res}/scale-guests.txt") else "?"
@@ -928,13 +933,18 @@ p("")
 p("## Summary against the targets\n")
 p("| figure | backend | measured | target | |")
 p("|---|---|---|---|---|")
+def faster(base, v):
+    """How many times the Python pattern's time, or None (no baseline, or a median hyperfine's shell
+    correction brought to 0 on a loaded machine)."""
+    return base["median"] / v["median"] if base and v and v["median"] > 0 else None
 for b, label, v, base in summary:
+    x = faster(base, v)
+    shown = f"{ms(v)}, {x:.0f}× faster than Python" if x else ms(v)
     if "no-op" in label:
-        p(f"| {label} | `{b}` | {ms(v)}, {base['median'] / v['median']:.0f}× faster than Python | ≤ 2 ms above `/bin/true`, ≥ 15× | "
-          f"{check(true and v['median'] - true['median'] <= 2 and base['median'] / v['median'] >= 15)} |")
+        p(f"| {label} | `{b}` | {shown} | ≤ 2 ms above `/bin/true`, ≥ 15× | "
+          f"{check(x and true and v['median'] - true['median'] <= 2 and x >= 15)} |")
     else:
-        p(f"| {label} | `{b}` | {ms(v)}, {base['median'] / v['median']:.0f}× faster than Python | ≤ 4 ms, ≥ 35× | "
-          f"{check(v['median'] <= 4 and base['median'] / v['median'] >= 35)} |")
+        p(f"| {label} | `{b}` | {shown} | ≤ 4 ms, ≥ 35× | {check(x and v['median'] <= 4 and x >= 35)} |")
 for b in backends:
     a = hf(f"sync-{b}-1000-apply")
     if a:

@@ -138,10 +138,18 @@ final class NftNetlink: Sendable {
         for (delete, elements) in [(true, changes.removed), (false, changes.added)] {
             for (set, group) in NftTransaction.grouped(elements) {
                 guard let shape = fields[set] else { return false }
-                var batch: [EncodedElement] = []
+                // A message's elements are one netlink attribute, whose length is 16 bits: a set's
+                // elements go in messages of at most `messageBytes` (as nft splits them too).
+                var batch: [EncodedElement] = [], bytes = 0
                 for element in group {
                     guard let one = EncodedElement(element, fields: shape, withData: !delete) else { return false }
+                    if bytes + one.size > Self.messageBytes, !batch.isEmpty {
+                        encoded.append((delete, set, batch))
+                        batch = []
+                        bytes = 0
+                    }
                     batch.append(one)
+                    bytes += one.size
                 }
                 encoded.append((delete, set, batch))
             }
@@ -152,6 +160,9 @@ final class NftNetlink: Sendable {
         try session.write(encoded)
         return true
     }
+
+    /// The most element bytes in one message, well under the 64 KiB of a netlink attribute.
+    static let messageBytes = 32 << 10
 
     /// One element's bytes: the key (and its interval end), the map's data, the comment.
     struct EncodedElement {
