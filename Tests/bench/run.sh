@@ -65,6 +65,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # libvirt gives hooks a scrubbed environment with a plain PATH; use the same for everything measured.
+# The Swift compiler, for the Swift floor baseline (found before PATH is reset below).
+swiftc=$(command -v swiftc || true)
+[ -n "$swiftc" ] || { [ -x /opt/swift/usr/bin/swiftc ] && swiftc=/opt/swift/usr/bin/swiftc; } || true
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C
 
@@ -337,6 +340,13 @@ netns_new "$ns"
 # /bin/true without a shell (it reads nothing); the hook commands below go through `sh -c` for their stdin,
 # and hyperfine subtracts the shell's start-up from them, which leaves the exec of the hook itself.
 hf "$ns" true $((runs_fast * 2)) -N /bin/true || true
+# The floor of any Swift program linked as virtgate is (static Swift runtime): one that only exits.
+if [ -n "$swiftc" ]; then
+    printf 'import Glibc\nexit(0)\n' > "$work/swift-floor.swift"
+    if "$swiftc" -O -static-stdlib "$work/swift-floor.swift" -o "$work/swift-floor" >"$work/log/swift-floor.log" 2>&1; then
+        hf "$ns" swift-floor $((runs_fast * 2)) -N "$work/swift-floor" || true
+    fi
+fi
 py() { echo "./python-hook.py $1 $2 $3 - < $1.xml > /dev/null 2>&1"; }
 hf "$ns" hook-python-noop "$runs_py" "$(py plain prepare begin)" || true
 for n in 1 5 20; do
@@ -682,6 +692,11 @@ p("virtgate runs as libvirt runs it: `hooks/qemu` (a symlink to the binary) with
   "released in hyperfine's `--prepare`, which is not timed), `stopped` and `started` with them present, `release` "
   "after `stopped`. hyperfine runs each hook command through `sh -c` (for its stdin) and subtracts the shell's own start-up; "
   "`/bin/true` runs without a shell.\n")
+swift_floor = hf("swift-floor")
+if swift_floor:
+    p(f"The floor of a Swift program: one built with the static Swift runtime as virtgate is, that only exits, "
+      f"takes {ms(swift_floor)} ({swift_floor['median'] - true['median']:.2f} ms above `/bin/true`, run the same way): "
+      f"the runtime's start-up, which no virtgate change removes.\n")
 p(f"Baselines: `/bin/true` {ms(true)}; the classic Python hook pattern (`Tests/bench/baseline/python-hook.py`, "
   f"one `iptables` process per rule) {ms(py_noop)} for a guest it has nothing to do for.\n")
 rows = [("floor", "an event virtgate ignores (start-up floor)", None), ("prepare", "no forwards: `prepare`", "noop"), ("start", "no forwards: `start`", "noop"),
@@ -997,6 +1012,7 @@ if len(sys.argv) > 4 and sys.argv[4]:
     hf_row("hook", "iptables-save", "iptables", "hook-save")
     hf_row("hook", "iptables-restore-start20", "iptables", "hook-restore-start20")
     hf_row("hook", "nft-alone-start20", "nft", "hook-nft-alone-start20")
+    hf_row("hook", "swift-floor", "-", "swift-floor")
     for b in backends:
         hf_row("hook", "start20-scale", b, f"hook-{b}-start20-scale")
         hf_row("hook", "start20-beside", b, f"hook-{b}-start20-beside")

@@ -109,13 +109,19 @@ public enum ListeningSockets {
 /// (linux/inet_diag.h), a stable ABI.
 public struct SocketDiagnostics: ~Copyable {
     private let descriptor: Int32
+    /// For every answer (not initialised: the kernel writes what is read).
+    private let buffer: UnsafeMutableRawBufferPointer
 
     public init?() {
         descriptor = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4 /* NETLINK_SOCK_DIAG */)
         guard descriptor >= 0 else { return nil }
+        buffer = .allocate(byteCount: 32768, alignment: 8)
     }
 
-    deinit { close(descriptor) }
+    deinit {
+        close(descriptor)
+        buffer.deallocate()
+    }
 
     /// Listening TCP sockets (state LISTEN) or bound, unconnected UDP sockets (state CLOSE, as
     /// /proc/net/udp's 07) of one family; nil when the kernel cannot answer.
@@ -137,9 +143,8 @@ public struct SocketDiagnostics: ~Copyable {
         let sent = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, 0) }
         guard sent == request.count else { return nil }
         var result: [HostSocket] = []
-        var buffer = [UInt8](repeating: 0, count: 32768)
         while true {
-            let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+            let count = recv(descriptor, buffer.baseAddress, buffer.count, 0)
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return nil }
             var offset = 0
@@ -176,12 +181,12 @@ public struct SocketDiagnostics: ~Copyable {
         withUnsafeBytes(of: value) { bytes.replaceSubrange(at..<at + 4, with: $0) }
     }
 
-    private static func get16(_ bytes: [UInt8], _ at: Int) -> UInt16 {
-        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt16.self) }
+    private static func get16(_ bytes: UnsafeMutableRawBufferPointer, _ at: Int) -> UInt16 {
+        bytes.loadUnaligned(fromByteOffset: at, as: UInt16.self)
     }
 
-    private static func get32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
-        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) }
+    private static func get32(_ bytes: UnsafeMutableRawBufferPointer, _ at: Int) -> UInt32 {
+        bytes.loadUnaligned(fromByteOffset: at, as: UInt32.self)
     }
 }
 

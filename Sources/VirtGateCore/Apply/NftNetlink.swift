@@ -211,7 +211,16 @@ final class NftNetlink: Sendable {
             portID = functions.portID(socket)
         }
 
-        func close() { _ = functions.socketClose(socket) }
+        /// One buffer for every answer of the session, and one for every request but a batch: not
+        /// initialised (the kernel and libnftnl write what is read), not allocated per request.
+        let answers = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+        let request = UnsafeMutablePointer<CChar>.allocate(capacity: 8192)
+
+        func close() {
+            _ = functions.socketClose(socket)
+            answers.deallocate()
+            request.deallocate()
+        }
 
         /// Sends one request and hands each reply message to `body`; throws on a netlink error
         /// other than ENOENT (a set or table that is not there), which ends the answer empty.
@@ -219,19 +228,15 @@ final class NftNetlink: Sendable {
                       _ body: (UnsafeRawPointer, Int) throws -> Void) throws {
             sequence += 1
             let sequence = sequence
-            var buffer = [CChar](repeating: 0, count: 8192)
-            let length = buffer.withUnsafeMutableBufferPointer { pointer -> Int in
-                build(pointer.baseAddress!, sequence)
-                return Int(pointer.baseAddress!.withMemoryRebound(to: UInt32.self, capacity: 1) { $0.pointee })
-            }
-            guard buffer.withUnsafeBytes({ functions.send(socket, $0.baseAddress, length) }) == length else {
+            build(request, sequence)
+            let length = Int(UnsafeRawPointer(request).loadUnaligned(as: UInt32.self))
+            guard functions.send(socket, request, length) == length else {
                 throw VirtGateError(.firewall, "netlink: cannot send a request (errno \(errno))")
             }
-            var receive = [UInt8](repeating: 0, count: 1 << 16)
             while true {
-                let count = receive.withUnsafeMutableBytes { functions.receive(socket, $0.baseAddress, $0.count) }
+                let count = functions.receive(socket, answers.baseAddress, answers.count)
                 guard count > 0 else { throw VirtGateError(.firewall, "netlink: no answer (errno \(errno))") }
-                let done = try receive.withUnsafeBytes { bytes -> Bool in
+                let done = try { (bytes: UnsafeRawBufferPointer) -> Bool in
                     var offset = 0
                     while offset + 16 <= count {
                         let message = bytes.baseAddress! + offset
@@ -256,7 +261,7 @@ final class NftNetlink: Sendable {
                         offset += (messageLength + 3) & ~3
                     }
                     return false
-                }
+                }(UnsafeRawBufferPointer(answers))
                 if done { return }
             }
         }
@@ -318,12 +323,12 @@ final class NftNetlink: Sendable {
             // One answer per message, queued before the send returned.
             var answered = 0
             var refused: Int32 = 0
-            var receive = [UInt8](repeating: 0, count: 1 << 16)
             while answered < messages {
-                let count = receive.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                let count = recv(descriptor, answers.baseAddress, answers.count, Int32(MSG_DONTWAIT))
                 if count < 0 && errno == EINTR { continue }
                 guard count > 0 else { break }
-                receive.withUnsafeBytes { bytes in
+                do {
+                    let bytes = UnsafeRawBufferPointer(answers)
                     var offset = 0
                     while offset + 16 <= count {
                         let message = bytes.baseAddress! + offset
