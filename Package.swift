@@ -1,6 +1,15 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
+// Release builds refer to concrete generic types through metadata accessor functions, not mangled
+// names: the runtime otherwise demangles each such type on first use and checks its generic
+// requirements by scanning every protocol conformance in the (static) binary. That was a quarter of
+// the instructions of a hook's `start` with forwards (7.2M → 5.3M; `prepare` 1.95M → 1.62M), for
+// 50 KB more code.
+let startUp: [SwiftSetting] = [
+    .unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"], .when(configuration: .release)),
+]
+
 let package = Package(
     name: "virtgate",
     platforms: [.macOS(.v15)],
@@ -33,7 +42,7 @@ let package = Package(
         // load ~50 shared libraries (17 ms measured), and libvirt starts this binary on every guest
         // event as a hook, which never needs libvirt.
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
-        .target(name: "Libvirt", dependencies: ["CLibvirt"]),
+        .target(name: "Libvirt", dependencies: ["CLibvirt"], swiftSettings: startUp),
         // The engine: XML → model → plan → rendered rules → one transaction. Effects only behind protocols.
         .target(
             name: "VirtGateCore",
@@ -42,13 +51,14 @@ let package = Package(
                 "CNettle",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
+            swiftSettings: startUp,
             linkerSettings: [
                 .linkedLibrary("nettle", .when(configuration: .debug)),
                 .linkedLibrary(":libnettle.a", .when(configuration: .release)),
             ]
         ),
         // Admin commands' logic (sync, status, forward editing) over libvirt's API. Hooks never get here.
-        .target(name: "VirtGateAdmin", dependencies: ["VirtGateCore", "Libvirt"]),
+        .target(name: "VirtGateAdmin", dependencies: ["VirtGateCore", "Libvirt"], swiftSettings: startUp),
         .executableTarget(
             name: "virtgate",
             dependencies: [
@@ -58,6 +68,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             exclude: ["link"],
+            swiftSettings: startUp,
             // Release builds (what install.sh installs, libvirt's hook) start with as little as the
             // loader can do: the binary's ~41,000 relative relocations packed (RELR, glibc 2.36+;
             // gold cannot pack them, the toolchain's lld can), and libstdc++ linked statically
