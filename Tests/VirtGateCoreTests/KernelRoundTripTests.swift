@@ -93,6 +93,9 @@ struct KernelRoundTripTests {
         let forwardless = !desired.contains { $0.key != NftLayout.gatewayOwner }
         #expect(applied.layout == (forwardless ? nil : NftLayout.marker(mark: NftRenderTests.mark)))
         #expect(Set(applied.elements) == (forwardless ? [] : Set(desired.values.joined())))
+        // The text listing virtgate reads says exactly what nft's JSON listing says.
+        let json = try await sh(["ip", "netns", "exec", namespace, "nft", "-j", "-p", "list", "table", "inet", NftLayout.table])
+        if json.status == 0 { #expect(try NftState(json: json.output) == applied) }
         #expect(NftTransaction.render(from: applied, to: desired, mark: NftRenderTests.mark) == "")
 
         // Another guest's element added and the first guest removed, against the real kernel.

@@ -32,6 +32,31 @@ struct XMLTreeTests {
         #expect(attributes == ["v": "1\n2\"", "w": "\u{E4}"])
     }
 
+    @Test("keep: declined elements are left out with all they hold; the rest, and their text, as without it")
+    func keep() throws {
+        let xml = """
+            <domain><name>web<x>no</x></name><os><type>hvm</type></os><devices><disk><source file='a'/></disk>
+            <interface type='network'><mac address='52:54:00:00:00:01'/><model type='virtio'/></interface></devices></domain>
+            """
+        var asked: [String] = []
+        let root = try XMLTree.parse(xml) { ancestors, name in
+            asked.append((ancestors + [name]).joined(separator: "/"))
+            return name != "os" && name != "disk" && name != "model" && name != "x"
+        }
+        // Nothing inside a declined element is asked about.
+        #expect(asked == ["domain/name", "domain/name/x", "domain/os", "domain/devices", "domain/devices/disk",
+                          "domain/devices/interface", "domain/devices/interface/mac", "domain/devices/interface/model"])
+        #expect(root.children.map(\.name) == ["name", "devices"])
+        #expect(root.child("name")?.text == "web")
+        #expect(root.child("devices")?.children.map(\.name) == ["interface"])
+        #expect(root.child("devices")?.child("interface")?.children.map(\.name) == ["mac"])
+        #expect(root.text == (try XMLTree.parse(xml)).text)
+        // Declined parts are still read: not well-formed is refused, and so is nesting past the bound.
+        #expect(throws: XMLParseError.self) { _ = try XMLTree.parse("<a><b><c></b></a>") { _, name in name != "b" } }
+        let deep = "<a>" + String(repeating: "<e>", count: XMLTree.maximumDepth) + String(repeating: "</e>", count: XMLTree.maximumDepth) + "</a>"
+        #expect(throws: XMLParseError.self) { _ = try XMLTree.parse(deep) { _, _ in false } }
+    }
+
     @Test("A document's encoding declaration does not change how a string is read")
     func encodingDeclaration() throws {
         let root = try XMLTree.parse("<?xml version='1.0' encoding='ISO-8859-1'?><name>g\u{E4}st</name>")

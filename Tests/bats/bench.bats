@@ -215,8 +215,8 @@ peak_memory() {
 }
 
 # sync BACKEND: for each size: apply, re-sync and dry run measured, the DNATs left (5 per guest at
-# least), virsh list on the same state (the baseline), and for iptables one iptables-restore of the same
-# ruleset.
+# least), libvirt alone (the same libvirt calls in one virsh session: the baseline) and virsh list on the same
+# state, and for iptables one iptables-restore of the same ruleset.
 sync_figures() {
     local b=$1 g sizes dnat
     backend_measured "$b"
@@ -231,16 +231,17 @@ sync_figures() {
         dnat=$(field sync "$g-dnat" "$b" 4)
         [ "$dnat" -ge $((g * 5)) ] || fail "sync $g ($b backend): $dnat DNATs for $g guests with 5 forwards each"
         ok
+        measured sync "libvirt-$g" -
         measured sync "virsh-$g" -
         if [ "$b" = iptables ]; then measured sync "$g-iptables-restore" "$b"; fi
     done
 }
 
-@test "sync: iptables backend, apply, re-sync and dry run per size, next to virsh list and iptables-restore" {
+@test "sync: iptables backend, apply, re-sync and dry run per size, next to libvirt alone and iptables-restore" {
     sync_figures iptables
 }
 
-@test "sync: nft backend, apply, re-sync and dry run per size, next to virsh list" {
+@test "sync: nft backend, apply, re-sync and dry run per size, next to libvirt alone" {
     sync_figures nft
 }
 

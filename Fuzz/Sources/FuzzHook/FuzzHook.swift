@@ -5,7 +5,7 @@ import FuzzSupport
 import Synchronization
 import VirtGateCore
 
-/// Stands in for iptables-save and `nft -j list`: an empty ruleset, no nft table. A dry run must
+/// Stands in for iptables-save and `nft -p list`: an empty ruleset, no nft table. A dry run must
 /// never get to a write, so any other command is a violation. No process is ever started.
 final class EmptyKernelRunner: CommandRunner {
     let calls = Mutex(0)
@@ -13,8 +13,8 @@ final class EmptyKernelRunner: CommandRunner {
     func run(_ executable: String, _ arguments: [String], input: String?) async throws -> CommandResult {
         calls.withLock { $0 += 1 }
         if executable.hasSuffix("-save") { return CommandResult(status: 0, output: "", error: "") }
-        if executable.hasSuffix("/nft") && arguments.first == "-j" {
-            return CommandResult(status: 0, output: "{\"nftables\": [{\"metainfo\": {\"json_schema_version\": 1}}]}", error: "")
+        if executable.hasSuffix("/nft") && arguments.prefix(2) == ["-p", "list"] {
+            return CommandResult(status: 0, output: "", error: "")
         }
         violated("a dry run ran \(executable) \(arguments.joined(separator: " "))")
     }

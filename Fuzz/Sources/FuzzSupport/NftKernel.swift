@@ -1,9 +1,10 @@
 import VirtGateCore
 
 /// virtgate's nftables table as a model: applies the scripts `NftTransaction` renders, checking
-/// their shape line by line, and lists the table in the JSON form `nft -j list table` prints (as far
-/// as virtgate reads it: the layout chain, maps and their elements with comments), so that what
-/// was written is read back through `NftState(json:)`, the reader conflict checks depend on.
+/// their shape line by line, and lists the table in the forms `nft -p list table` and `nft -j list
+/// table` print (as far as virtgate reads them: the layout chain, maps and their elements with
+/// comments), so that what was written is read back through `NftState(listing:)`, the reader
+/// conflict checks depend on, and `NftState(json:)` agrees with it.
 ///
 /// This is a model, not nft: it holds the script to the grammar virtgate uses (the fixed table
 /// definition, `add element`/`delete element` lines with one key form per map), and each key and
@@ -162,12 +163,40 @@ public struct NftKernel {
         return out + "\""
     }
 
-    /// What virtgate reads back.
+    /// As `nft -p list table inet virtgate` lists it (the parts virtgate reads, in nft's layout:
+    /// objects indented by a tab, long element lists wrapped).
+    public var listing: String {
+        guard exists else { return "" }
+        var text = "table inet \(NftLayout.table) {\n"
+        for (map, elements) in maps.sorted(by: { $0.key < $1.key }) {
+            text += "\tmap \(map) {\n\t\ttype \(map)\n"
+            if !elements.isEmpty {
+                let items = elements.sorted { $0.key < $1.key }.map { key, entry in
+                    "\(key)" + (entry.comment.isEmpty ? "" : " comment \"\(entry.comment)\"") + " : \(entry.value)"
+                }
+                text += "\t\telements = { " + items.joined(separator: ",\n\t\t\t     ") + " }\n"
+            }
+            text += "\t}\n\n"
+        }
+        if let layout { text += "\tchain \(layout) {\n\t}\n" }
+        return text + "}\n"
+    }
+
+    /// What virtgate reads back; the JSON listing must say the same.
     public func state() -> NftState {
+        let state: NftState
         do {
-            return try NftState(json: json)
+            state = try NftState(listing: listing)
         } catch {
             violated("nft listing of what was written is unreadable: \(error)")
         }
+        let viaJSON: NftState
+        do {
+            viaJSON = try NftState(json: json)
+        } catch {
+            violated("nft JSON listing of what was written is unreadable: \(error)")
+        }
+        require(viaJSON == state, "nft's text and JSON listings of what was written are read differently")
+        return state
     }
 }

@@ -6,7 +6,7 @@ import Synchronization
 /// How virtgate talks to nftables: the `nft` program, or libnftables (what `nft` itself is built
 /// on) in the same process, which saves two process starts on every guest event.
 public protocol NftTransport: Sendable {
-    /// `nft -j list table inet virtgate`.
+    /// `nft -p list table inet virtgate` (the text listing, protocols as numbers).
     func list() async throws -> CommandResult
     /// `nft -f -` with `script`.
     func apply(_ script: String) async throws -> CommandResult
@@ -23,7 +23,7 @@ public struct NftProcess: NftTransport {
     }
 
     public func list() async throws -> CommandResult {
-        try await runner.run(executable, ["-j", "-p", "list", "table", "inet", NftLayout.table], input: nil)
+        try await runner.run(executable, ["-p", "list", "table", "inet", NftLayout.table], input: nil)
     }
 
     public func apply(_ script: String) async throws -> CommandResult {
@@ -54,9 +54,8 @@ public final class LibNftables: NftTransport, Sendable {
     typealias SetFlags = @convention(c) (OpaquePointer?, UInt32) -> Void
     typealias Run = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Int32
 
-    /// NFT_CTX_OUTPUT_JSON and NFT_CTX_OUTPUT_NUMERIC_PROTO in libnftables.h: protocols as numbers,
-    /// as virtgate writes them (a name costs a read of /etc/protocols per element).
-    static let outputJSON: UInt32 = 1 << 4
+    /// NFT_CTX_OUTPUT_NUMERIC_PROTO in libnftables.h: protocols as numbers, as virtgate writes them
+    /// (a name costs a read of /etc/protocols per element).
     static let outputNumericProtocol: UInt32 = 1 << 7
 
     struct Functions {
@@ -66,7 +65,7 @@ public final class LibNftables: NftTransport, Sendable {
 
     private let functions: Functions
     /// One context (each costs a netlink socket and reads of /etc/iproute2's tables), its output
-    /// flags set per call: JSON for listing, plain for commands.
+    /// flags set per call: numeric protocols for listing, none for commands.
     private let context: Mutex<UInt>
 
     /// nil when the library cannot be loaded (then `nft` is run instead).
@@ -92,10 +91,10 @@ public final class LibNftables: NftTransport, Sendable {
         context = Mutex(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(created))))
     }
 
-    func run(_ command: String, json: Bool) -> CommandResult {
+    func run(_ command: String, listing: Bool) -> CommandResult {
         context.withLock { address in
             let context = OpaquePointer(bitPattern: address)
-            functions.setFlags(context, json ? Self.outputJSON | Self.outputNumericProtocol : 0)
+            functions.setFlags(context, listing ? Self.outputNumericProtocol : 0)
             let status = functions.run(context, command)
             let output = functions.output(context).map { String(cString: $0) } ?? ""
             let error = functions.error(context).map { String(cString: $0) } ?? ""
@@ -104,10 +103,10 @@ public final class LibNftables: NftTransport, Sendable {
     }
 
     public func list() async throws -> CommandResult {
-        run("list table inet \(NftLayout.table)", json: true)
+        run("list table inet \(NftLayout.table)", listing: true)
     }
 
     public func apply(_ script: String) async throws -> CommandResult {
-        run(script, json: false)
+        run(script, listing: false)
     }
 }

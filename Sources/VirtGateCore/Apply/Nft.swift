@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Reads and writes virtgate's own nftables table: one `nft -j list table` to read, one `nft -f`
+/// Reads and writes virtgate's own nftables table: one `nft -p list table` to read, one `nft -f`
 /// per change. nft applies a script as one kernel transaction: all of it or nothing.
 public struct NftCommands: Sendable {
     public let transport: any NftTransport
@@ -31,7 +31,7 @@ public struct NftCommands: Sendable {
             if result.error.contains("No such file or directory") { return NftState() }
             throw VirtGateError(.firewall, "nft list table inet \(NftLayout.table) failed (exit \(result.status)): \(result.error.oneLine)")
         }
-        return try NftState(json: result.output)
+        return try NftState(listing: result.output)
     }
 
     /// Applies `script`; in-process, a script that only changes elements (`changes`) goes to the

@@ -96,11 +96,15 @@ public enum LibvirtXML {
 
     /// Parses a domain's XML. Problems in the whole document (not XML, no name) throw; problems in
     /// single forwards are collected in `problems` so that policy decides what happens to them.
-    public static func guest(fromXML text: String, name expectedName: String? = nil) throws -> GuestDefinition {
+    /// `wholeTree` builds every element (only the fuzzer's cross-check wants that).
+    public static func guest(fromXML text: String, name expectedName: String? = nil,
+                             wholeTree: Bool = false) throws -> GuestDefinition {
         let fallback = expectedName ?? "?"
         var root: XMLElement
+        var keep: (([String], String) -> Bool)?
+        if !wholeTree { keep = { ancestors, name in guestParts(ancestors, name) } }
         do {
-            root = try XMLTree.parse(text)
+            root = try XMLTree.parse(text, keep: keep)
         } catch {
             throw VirtGateError(InputProblem(.guest(fallback), field: "xml", value: String(text.prefix(40)), reason: error.description))
         }
@@ -144,6 +148,34 @@ public enum LibvirtXML {
         }
         let (forwards, problems) = forwards(in: container?.children ?? [], subject: subject)
         return GuestDefinition(name: name, interfaces: interfaces, forwards: forwards, problems: problems)
+    }
+
+    /// The elements `guest(fromXML:)` reads, given their ancestors' local names: `<name>`,
+    /// `<metadata>`'s `<forwards>` with all its children, and `<devices>`' `<interface>`s with their
+    /// `<mac>`, `<source>` and `<target>` (inside libvirt's `<domstatus>` wrapper too). A domain's
+    /// disks, controllers, CPU and the rest are never built into the tree.
+    static func guestParts(_ ancestors: [String], _ name: String) -> Bool {
+        var path = ancestors[...]
+        if path.first == "domstatus" {
+            path = path.dropFirst()
+            if path.isEmpty { return name == "domain" }
+        }
+        switch path.count {
+        case 1: return name == "name" || name == "metadata" || name == "devices"
+        case 2:
+            switch path.last {
+            case "metadata": return name == "forwards"
+            case "devices": return name == "interface"
+            default: return false
+            }
+        case 3:
+            switch path[path.startIndex + 1] {
+            case "metadata": return true
+            case "devices": return name == "mac" || name == "source" || name == "target"
+            default: return false
+            }
+        default: return false
+        }
     }
 
     /// The `<forward>` children of a `<forwards>` element, valid ones in order and one problem per
@@ -190,7 +222,9 @@ extension ForwardSpec {
         func problem(_ field: String, _ value: String, _ reason: String) -> Result<ForwardSpec, InputProblem> {
             .failure(InputProblem(subject, field: "forward #\(position) \(field)", value: value, reason: reason))
         }
-        if let unknown = attributes.keys.sorted().first(where: { !attributeNames.contains($0) }) {
+        // Sorted only when there is one to name (the first in name order, whatever the hash order).
+        if attributes.keys.contains(where: { !attributeNames.contains($0) }),
+           let unknown = attributes.keys.sorted().first(where: { !attributeNames.contains($0) }) {
             return problem(unknown, attributes[unknown] ?? "", "unknown attribute")
         }
         var proto = TransportProtocol.tcp

@@ -58,7 +58,13 @@ public enum XMLTree {
     /// declared in it would otherwise vanish from a value (`host-port="80&p;"` read as 80) instead of
     /// being refused; so no entity but the predefined and character ones is ever expanded (expat's
     /// own limits against expansion attacks stay on behind that). Errors are returned, never printed.
-    public static func parse(_ text: String) throws(XMLParseError) -> XMLElement {
+    ///
+    /// `keep`, when given, is asked for each element below the root, with the local names of its
+    /// open ancestors (root first) and its own local name: an element it declines is left out of
+    /// the tree with everything inside it. expat still reads and checks all of it (well-formedness,
+    /// the depth bound); only no tree is built for it, which is most of the work for a domain's XML.
+    public static func parse(_ text: String, keep: ((_ ancestors: [String], _ name: String) -> Bool)? = nil)
+        throws(XMLParseError) -> XMLElement {
         var text = text
         let count = text.utf8.count
         guard count <= maximumInputBytes else {
@@ -70,7 +76,7 @@ public enum XMLTree {
             throw XMLParseError(description: "out of memory")
         }
         defer { XML_ParserFree(parser) }
-        let builder = TreeBuilder(parser: parser)
+        let builder = TreeBuilder(parser: parser, keep: keep)
         let context = Unmanaged.passUnretained(builder).toOpaque()
         XML_SetUserData(parser, context)
         XML_SetElementHandler(parser, { context, name, attributes in
@@ -119,11 +125,19 @@ private final class TreeBuilder {
     }
 
     let parser: XML_Parser
+    let keep: (([String], String) -> Bool)?
     var stack: [Open] = []
+    /// The local names of the open elements in `stack`, for `keep`.
+    var names: [String] = []
+    /// How deep the parser is inside an element `keep` declined (0: not inside one).
+    var skipped = 0
     var root: XMLElement?
     var problem: String?
 
-    init(parser: XML_Parser) { self.parser = parser }
+    init(parser: XML_Parser, keep: (([String], String) -> Bool)?) {
+        self.parser = parser
+        self.keep = keep
+    }
 
     static func from(_ context: UnsafeMutableRawPointer?) -> TreeBuilder {
         Unmanaged<TreeBuilder>.fromOpaque(context!).takeUnretainedValue()
@@ -148,14 +162,25 @@ private final class TreeBuilder {
 
     func start(_ name: UnsafePointer<XML_Char>?, _ attributes: UnsafeMutablePointer<UnsafePointer<XML_Char>?>?) {
         guard problem == nil, let name else { return }
-        guard stack.count < XMLTree.maximumDepth else {
+        guard stack.count + skipped < XMLTree.maximumDepth else {
             stop("line \(XML_GetCurrentLineNumber(parser)): elements nested deeper than \(XMLTree.maximumDepth)")
             return
         }
+        if skipped > 0 {
+            skipped += 1
+            return
+        }
         let (namespace, local) = Self.split(name)
-        var values: [String: String] = [:]
+        if let keep, !stack.isEmpty, !keep(names, local) {
+            skipped = 1
+            return
+        }
         // Name, value, name, value, …, NULL. Attributes we read are unprefixed; a namespaced
         // attribute keeps its local name. Predefined and character entities are decoded by expat.
+        var count = 0
+        while attributes?[count] != nil { count += 2 }
+        // Sized once: a dictionary grown from empty is rehashed at its first few inserts.
+        var values = count == 0 ? [:] : [String: String](minimumCapacity: count / 2)
         var index = 0
         while let attribute = attributes?[index], let value = attributes?[index + 1] {
             values[Self.split(attribute).local] = String(cString: value)
@@ -163,17 +188,24 @@ private final class TreeBuilder {
         }
         stack.append(Open(element: XMLElement(name: local, namespaceURI: namespace, attributes: values,
                                               children: [], text: "")))
+        if keep != nil { names.append(local) }
     }
 
     func characters(_ bytes: UnsafePointer<XML_Char>?, _ length: Int32) {
-        guard problem == nil, let bytes, length > 0, !stack.isEmpty else { return }
+        guard problem == nil, skipped == 0, let bytes, length > 0, !stack.isEmpty else { return }
         bytes.withMemoryRebound(to: UInt8.self, capacity: Int(length)) {
             stack[stack.count - 1].text.append(contentsOf: UnsafeBufferPointer(start: $0, count: Int(length)))
         }
     }
 
     func end() {
-        guard problem == nil, var open = stack.popLast() else { return }
+        guard problem == nil else { return }
+        if skipped > 0 {
+            skipped -= 1
+            return
+        }
+        guard var open = stack.popLast() else { return }
+        if keep != nil { names.removeLast() }
         open.element.text = String(decoding: open.text, as: UTF8.self)
         if stack.isEmpty {
             root = open.element
