@@ -215,8 +215,8 @@ peak_memory() {
 }
 
 # sync BACKEND: for each size: apply, re-sync and dry run measured, the DNATs left (5 per guest at
-# least), libvirt alone (the same libvirt calls in one virsh session: the baseline) and virsh list on the same
-# state, and for iptables one iptables-restore of the same ruleset.
+# least), libvirt alone (sync's libvirt calls from a C program: the baseline) and virsh list on the same
+# state, and the same transaction applied alone (iptables-restore, or nft -f).
 sync_figures() {
     local b=$1 g sizes dnat
     backend_measured "$b"
@@ -233,7 +233,7 @@ sync_figures() {
         ok
         measured sync "libvirt-$g" -
         measured sync "virsh-$g" -
-        if [ "$b" = iptables ]; then measured sync "$g-iptables-restore" "$b"; fi
+        if [ "$b" = iptables ]; then measured sync "$g-iptables-restore" "$b"; else measured sync "$g-nft-alone" "$b"; fi
     done
 }
 
