@@ -125,7 +125,13 @@ public struct Firewall: Sendable {
         if let elements = desired.elements {
             let current = state.nft ?? NftState()
             (transaction.nft, transaction.nftChanges) = NftTransaction.diff(from: current, to: elements, mark: mark)
-            if !transaction.nft.isEmpty { summary.append(NftTransaction.summary(from: current, to: elements, mark: mark)) }
+            if let changes = transaction.nftChanges, !transaction.nft.isEmpty {
+                // Counted from the difference itself: a re-sync of thousands of elements does not
+                // build the sets of elements a second time.
+                summary.append("\(changes.added.count) elements added, \(changes.removed.count) removed")
+            } else if !transaction.nft.isEmpty {
+                summary.append(NftTransaction.summary(from: current, to: elements, mark: mark))
+            }
         }
         transaction.summary = summary.joined(separator: "; ")
         return transaction
