@@ -240,7 +240,8 @@ struct EngineTests {
         // Stopping it with nft removes that accept too (the engine reads iptables for it).
         let stop = EngineInput(removed: [.guest("lan")], addresses: NoAddresses(), removesPlainBridgeRules: true)
         #expect(NftMapBackend(mark: 0x0020_0000).reads(for: stop)
-                == KernelReads(iptables: true, nft: true, nftScope: NftReadScope(owners: ["lan", NftLayout.gatewayOwner], ports: [:])))
+                == KernelReads(iptables: true, nft: true, nftScope: NftReadScope(owners: ["lan", NftLayout.gatewayOwner], ports: [:],
+                                                                    marker: NftLayout.marker(mark: 0x0020_0000))))
     }
 
     @Test("A guest event on a libvirt network never reads iptables with nft")
@@ -250,7 +251,8 @@ struct EngineTests {
         // Of the table, only web's own elements, the gateways and others' claims on tcp 8080 are read.
         #expect(NftMapBackend(mark: 0x0020_0000).reads(for: input)
                 == KernelReads(iptables: false, nft: true,
-                               nftScope: NftReadScope(owners: [ChainNames.id(for: "web"), NftLayout.gatewayOwner], ports: [6: [PortRange(8080, 8080)]])))
+                               nftScope: NftReadScope(owners: [ChainNames.id(for: "web"), NftLayout.gatewayOwner], ports: [6: [PortRange(8080, 8080)]],
+                                                      marker: NftLayout.marker(mark: 0x0020_0000))))
         #expect(IptablesChainBackend(nftInstalled: true).reads(for: input) == KernelReads(iptables: true, nft: false))
         // sync and reapply replace everything: they read the whole table.
         let everything = EngineInput(guests: [guest], exclusive: true, addresses: NoAddresses())

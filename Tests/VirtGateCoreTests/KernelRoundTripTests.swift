@@ -142,8 +142,9 @@ struct KernelRoundTripTests {
         try await backend.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
 
         // aaaa changes, claiming tcp 8080 and 9000: bbbb's range holds tcp 8080, nothing else of others does.
+        let marker = NftLayout.marker(mark: NftRenderTests.mark)
         let scope = NftReadScope(owners: ["aaaa", NftLayout.gatewayOwner],
-                                 ports: [6: [PortRange(8080, 8080), PortRange(9000, 9000)]])
+                                 ports: [6: [PortRange(8080, 8080), PortRange(9000, 9000)]], marker: marker)
         let scoped = try #require(try Self.inNamespace(namespace) { try NftNetlink.shared?.state(scope: scope) })
         #expect(Set(scoped.elements) == [any("aaaa", 6, 8080), any("aaaa", 6, 9000), range, gateway])
         #expect(scoped.unreadElements == 3)
@@ -151,8 +152,14 @@ struct KernelRoundTripTests {
 
         // aaaa stops, read with its own scope only: what was left unread keeps the table, and stays.
         let narrow = try #require(try Self.inNamespace(namespace) {
-            try NftNetlink.shared?.state(scope: NftReadScope(owners: ["aaaa", NftLayout.gatewayOwner], ports: [:]))
+            try NftNetlink.shared?.state(scope: NftReadScope(owners: ["aaaa", NftLayout.gatewayOwner], ports: [:], marker: marker))
         })
+        // A change made with another mark rebuilds the table from what it read: it reads all of it.
+        let otherMark = try #require(try Self.inNamespace(namespace) {
+            try NftNetlink.shared?.state(scope: NftReadScope(owners: ["aaaa"], ports: [:], marker: NftLayout.marker(mark: 0x0040_0000)))
+        })
+        #expect(otherMark.unreadElements == 0)
+        #expect(Set(otherMark.elements) == Set(desired.values.joined()))
         #expect(narrow.unreadElements == 4)
         var after = narrow.ownerElements
         after["aaaa"] = nil

@@ -118,6 +118,8 @@ final class NftNetlink: Sendable {
             }
         }
         guard let layout = state.layout, layout.hasPrefix("layout-\(NftLayout.version)-") else { return nil }
+        // Another mark: the change rebuilds the table from what it read, so everything is read.
+        let scope = scope.flatMap { $0.marker == layout ? $0 : nil }
         for (set, fields) in NftLayout.elementFields {
             guard let (elements, unread) = try session.elements(of: set, fields: fields, scope: scope) else { return nil }
             state.elements += elements

@@ -26,14 +26,20 @@ public struct KernelReads: Hashable, Sendable {
 /// (and the gateway set's), and any other owner's element on a protocol and port that one of its
 /// forwards claims (a conflict needs both). Nothing else can change or matter, so nothing else is
 /// decoded or compared: with 1,000 guests in the table that is almost all of it.
+///
+/// Only a table of the layout the change expects (`marker`) is read so: a table of another layout or
+/// mark is rebuilt as a whole from what was read, so all of it is read.
 public struct NftReadScope: Hashable, Sendable {
     public var owners: Set<String>
     /// Protocol number → host port ranges claimed.
     public var ports: [UInt8: [PortRange]]
+    /// The layout marker chain of the backend making the change (`NftLayout.marker(mark:)`).
+    public var marker: String
 
-    public init(owners: Set<String>, ports: [UInt8: [PortRange]]) {
+    public init(owners: Set<String>, ports: [UInt8: [PortRange]], marker: String) {
         self.owners = owners
         self.ports = ports
+        self.marker = marker
     }
 
     /// Whether an element of another owner on `proto`, host ports `low`…`high`, can collide.
@@ -146,13 +152,13 @@ public struct NftMapBackend: Backend {
         let filter = input.clearsOtherBackend || !input.networks.isEmpty || input.removesPlainBridgeRules
             || input.removed.contains { if case .network = $0 { true } else { false } }
             || input.guests.contains(where: EngineInput.usesPlainBridge)
-        return KernelReads(iptables: filter, nft: true, nftScope: Self.scope(for: input))
+        return KernelReads(iptables: filter, nft: true, nftScope: Self.scope(for: input, mark: mark))
     }
 
     /// What a change that replaces only its own owners needs of the table (nil: all of it).
-    static func scope(for input: EngineInput) -> NftReadScope? {
+    static func scope(for input: EngineInput, mark: UInt32) -> NftReadScope? {
         guard !input.exclusive, !input.clearsOtherBackend else { return nil }
-        var scope = NftReadScope(owners: [NftLayout.gatewayOwner], ports: [:])
+        var scope = NftReadScope(owners: [NftLayout.gatewayOwner], ports: [:], marker: NftLayout.marker(mark: mark))
         for guest in input.guests {
             scope.owners.insert(ChainNames.id(for: guest.name))
             for forward in guest.forwards { scope.ports[forward.proto.number, default: []].append(forward.hostPorts) }
