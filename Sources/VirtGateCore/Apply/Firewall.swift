@@ -20,8 +20,8 @@ public struct Firewall: Sendable {
     public struct Transaction: Sendable, Equatable {
         public var iptables: [IPFamily: String] = [:]
         public var nft = ""
-        /// What `nft` does, as elements, when that is all it does (see `NftTransaction.diff`).
-        public var nftChanges: NftElementChanges?
+        /// What `nft` does, as objects (see `NftTransaction.diff`).
+        public var nftChanges: NftChanges?
         /// One line for the log, counted from the difference itself.
         public var summary = ""
 
@@ -125,13 +125,9 @@ public struct Firewall: Sendable {
         if let elements = desired.elements {
             let current = state.nft ?? NftState()
             (transaction.nft, transaction.nftChanges) = NftTransaction.diff(from: current, to: elements, mark: mark)
-            if let changes = transaction.nftChanges, !transaction.nft.isEmpty {
-                // Counted from the difference itself: a re-sync of thousands of elements does not
-                // build the sets of elements a second time.
-                summary.append("\(changes.added.count) elements added, \(changes.removed.count) removed")
-            } else if !transaction.nft.isEmpty {
-                summary.append(NftTransaction.summary(from: current, to: elements, mark: mark))
-            }
+            // Counted from the difference itself: a re-sync of thousands of elements does not
+            // build the sets of elements a second time.
+            if let changes = transaction.nftChanges { summary.append(NftTransaction.summary(of: changes)) }
         }
         transaction.summary = summary.joined(separator: "; ")
         return transaction
@@ -199,13 +195,11 @@ extension IptablesTransaction {
 
 extension NftTransaction {
     /// "5 elements added, 2 removed" (or the table created or removed).
-    static func summary(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
-        let want = Set(desired.values.joined())
-        if want.isEmpty && state.unreadElements == 0 { return "table inet \(NftLayout.table) removed (its last forward went)" }
-        if state.layout != NftLayout.marker(mark: mark) {
-            return "\(want.count) elements added (table inet \(NftLayout.table) created)"
+    static func summary(of changes: NftChanges) -> String {
+        switch changes.table {
+        case .kept: "\(changes.added.count) elements added, \(changes.removed.count) removed"
+        case .created: "\(changes.added.count) elements added (table inet \(NftLayout.table) created)"
+        case .removed: "table inet \(NftLayout.table) removed (its last forward went)"
         }
-        let have = Set(state.elements)
-        return "\(want.subtracting(have).count) elements added, \(have.subtracting(want).count) removed"
     }
 }

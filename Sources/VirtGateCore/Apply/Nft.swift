@@ -34,9 +34,9 @@ public struct NftCommands: Sendable {
         return try NftState(listing: result.output)
     }
 
-    /// Applies `script`; in-process, a script that only changes elements (`changes`) goes to the
-    /// kernel over netlink without loading libnftables.
-    public func apply(_ script: String, changes: NftElementChanges? = nil) async throws {
+    /// Applies `script`; in-process, the same change as objects (`changes`) goes to the kernel over
+    /// netlink as one batch, without loading libnftables.
+    public func apply(_ script: String, changes: NftChanges? = nil) async throws {
         if let changes, transport is PreferLibNftables, let netlink = NftNetlink.shared, try netlink.apply(changes) {
             return
         }

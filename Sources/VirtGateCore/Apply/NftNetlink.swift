@@ -47,7 +47,10 @@ final class NftNetlink: Sendable {
         let batchBegin: Batch, batchEnd: Batch, socketDescriptor: SocketDescriptor
     }
 
-    private let functions: Functions
+    let functions: Functions
+    /// libnftnl's tables, chains, sets and rules (`NftNetlinkTable.swift`); nil when one is
+    /// missing, and then the table is created through libnftables.
+    let objects: ObjectFunctions?
 
     /// nil when either library cannot be loaded (then nft's listing is used).
     static let shared: NftNetlink? = NftNetlink()
@@ -90,6 +93,7 @@ final class NftNetlink: Sendable {
                               elementGet: elementGet, elementIsSet: elementIsSet,
                               elementAllocate: elementAllocate, elementSet: elementSet, elementAdd: elementAdd,
                               batchBegin: batchBegin, batchEnd: batchEnd, socketDescriptor: socketDescriptor)
+        objects = ObjectFunctions(nftnl)
     }
 
     // linux/netfilter/nf_tables.h and libnftnl/set.h: a stable ABI.
@@ -97,7 +101,7 @@ final class NftNetlink: Sendable {
     static let newSetElements: UInt16 = 12, deleteSetElements: UInt16 = 14
     static let tableName: UInt16 = 1, chainTable: UInt16 = 1, chainName: UInt16 = 3
     static let familyInet: UInt16 = 1
-    static let setTable: UInt16 = 0, setName: UInt16 = 1, setFamily: UInt16 = 7
+    static let setTable: UInt16 = 0, setName: UInt16 = 1, setFamily: UInt16 = 7, setID: UInt16 = 8
     static let elementFlags: UInt16 = 0, elementKey: UInt16 = 1, elementData: UInt16 = 4
     static let elementUserData: UInt16 = 7, elementKeyEnd: UInt16 = 10
 
@@ -128,15 +132,29 @@ final class NftNetlink: Sendable {
         return state
     }
 
-    /// Writes `changes` (elements of the current layout's maps and sets) as one netfilter batch:
-    /// the kernel applies all of it or none. A guest event that only adds and removes elements
+    /// Writes `changes` as one netfilter batch: the kernel applies all of it or none. A guest event
     /// then never loads libnftables (its loading and its parsing of the script cost about a
-    /// millisecond per event). false, with nothing written, when an element does not fit its map
-    /// (the caller then applies the script through libnftables).
-    func apply(_ changes: NftElementChanges) throws -> Bool {
+    /// millisecond per event, and creating the table about 5 ms more). false, with nothing
+    /// written, when an element does not fit its map (the caller then applies the script through
+    /// libnftables).
+    func apply(_ changes: NftChanges) throws -> Bool {
         let fields = Dictionary(uniqueKeysWithValues: NftLayout.elementFields)
+        var messages: [BatchMessage] = []
+        switch changes.table {
+        case .kept: break
+        case .removed:
+            // Declared first, so that the removal holds whether or not it is still there.
+            guard let declare = tableMessage(delete: false), let remove = tableMessage(delete: true) else { return false }
+            messages += [declare, remove]
+        case .created(let mark, let replacing):
+            if replacing {
+                guard let declare = tableMessage(delete: false), let remove = tableMessage(delete: true) else { return false }
+                messages += [declare, remove]
+            }
+            guard let table = definition(NftProgram.table(mark: mark)) else { return false }
+            messages += table
+        }
         // Each element as the kernel takes it, or nothing is sent.
-        var encoded: [(delete: Bool, set: String, elements: [EncodedElement])] = []
         for (delete, elements) in [(true, changes.removed), (false, changes.added)] {
             for (set, group) in NftTransaction.grouped(elements) {
                 guard let shape = fields[set] else { return false }
@@ -146,21 +164,58 @@ final class NftNetlink: Sendable {
                 for element in group {
                     guard let one = EncodedElement(element, fields: shape, withData: !delete) else { return false }
                     if bytes + one.size > Self.messageBytes, !batch.isEmpty {
-                        encoded.append((delete, set, batch))
+                        messages.append(elementMessage(delete: delete, set: set, batch))
                         batch = []
                         bytes = 0
                     }
                     batch.append(one)
                     bytes += one.size
                 }
-                encoded.append((delete, set, batch))
+                messages.append(elementMessage(delete: delete, set: set, batch))
             }
         }
-        guard !encoded.isEmpty else { return true }
+        guard !messages.isEmpty else { return true }
         let session = try Session(functions)
         defer { session.close() }
-        try session.write(encoded)
+        try session.write(messages)
         return true
+    }
+
+    /// One message of a batch: its type and flags, an upper bound of its size, and what writes
+    /// its payload after the header.
+    struct BatchMessage {
+        var type: UInt16
+        var flags: UInt16
+        var size: Int
+        var payload: (UnsafeMutableRawPointer) throws -> Void
+    }
+
+    // NLM_F_REQUEST | NLM_F_ACK, with NLM_F_CREATE to add and NLM_F_APPEND for rules.
+    static let request: UInt16 = 0x1 | 0x4, create: UInt16 = 0x400, append: UInt16 = 0x800
+
+    func elementMessage(delete: Bool, set name: String, _ elements: [EncodedElement], setID: UInt32? = nil) -> BatchMessage {
+        let functions = self.functions
+        return BatchMessage(type: delete ? Self.deleteSetElements : Self.newSetElements,
+                            flags: delete ? Self.request : Self.request | Self.create,
+                            size: 256 + elements.reduce(0) { $0 + $1.size }) { header in
+            guard let set = functions.setAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
+            defer { functions.setFree(set) }
+            _ = functions.setString(set, Self.setTable, NftLayout.table)
+            _ = functions.setString(set, Self.setName, name)
+            functions.setU32(set, Self.setFamily, UInt32(Self.familyInet))
+            if let setID { functions.setU32(set, Self.setID, setID) }
+            for element in elements {
+                guard let handle = functions.elementAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
+                element.key.withUnsafeBytes { _ = functions.elementSet(handle, Self.elementKey, $0.baseAddress, UInt32($0.count)) }
+                element.keyEnd?.withUnsafeBytes { _ = functions.elementSet(handle, Self.elementKeyEnd, $0.baseAddress, UInt32($0.count)) }
+                element.data?.withUnsafeBytes { _ = functions.elementSet(handle, Self.elementData, $0.baseAddress, UInt32($0.count)) }
+                if !element.comment.isEmpty {
+                    element.comment.withUnsafeBytes { _ = functions.elementSet(handle, Self.elementUserData, $0.baseAddress, UInt32($0.count)) }
+                }
+                functions.elementAdd(set, handle)                 // the set frees it
+            }
+            functions.buildElements(header, set)
+        }
     }
 
     /// The most element bytes in one message, well under the 64 KiB of a netlink attribute.
@@ -268,64 +323,48 @@ final class NftNetlink: Sendable {
             }
         }
 
-        /// Sends `groups` as one batch (each group one message adding or deleting elements of one
-        /// set) and reads the kernel's answers, which it gives while taking the batch: an error for
-        /// any message fails the whole batch, and nothing of it is applied.
-        func write(_ groups: [(delete: Bool, set: String, elements: [EncodedElement])]) throws {
+        /// Sends `messages` as one batch and reads the kernel's answers, which it gives while
+        /// taking the batch: an error for any message fails the whole batch, and nothing of it is
+        /// applied.
+        func write(_ messages: [BatchMessage]) throws {
             sequence += 1
             let first = sequence
-            var capacity = 256
-            for group in groups { capacity += 256 + group.elements.reduce(0) { $0 + $1.size } }
-            var buffer = [CChar](repeating: 0, count: capacity)
-            var messages = 0
-            let length = try buffer.withUnsafeMutableBufferPointer { pointer -> Int in
-                let base = pointer.baseAddress!
-                var offset = 0
-                func advance() { offset += (Int(UnsafeRawPointer(base + offset).loadUnaligned(as: UInt32.self)) + 3) & ~3 }
-                _ = functions.batchBegin(base + offset, sequence)
-                advance()
-                for group in groups {
-                    guard let set = functions.setAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
-                    defer { functions.setFree(set) }
-                    _ = functions.setString(set, NftNetlink.setTable, NftLayout.table)
-                    _ = functions.setString(set, NftNetlink.setName, group.set)
-                    functions.setU32(set, NftNetlink.setFamily, UInt32(NftNetlink.familyInet))
-                    for element in group.elements {
-                        guard let handle = functions.elementAllocate() else { throw VirtGateError(.firewall, "netlink: out of memory") }
-                        element.key.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementKey, $0.baseAddress, UInt32($0.count)) }
-                        element.keyEnd?.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementKeyEnd, $0.baseAddress, UInt32($0.count)) }
-                        element.data?.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementData, $0.baseAddress, UInt32($0.count)) }
-                        if !element.comment.isEmpty {
-                            element.comment.withUnsafeBytes { _ = functions.elementSet(handle, NftNetlink.elementUserData, $0.baseAddress, UInt32($0.count)) }
-                        }
-                        functions.elementAdd(set, handle)                 // the set frees it
-                    }
-                    sequence += 1
-                    // NLM_F_REQUEST | NLM_F_ACK, and NLM_F_CREATE to add (as nft's `add element`).
-                    let flags: UInt16 = group.delete ? 0x1 | 0x4 : 0x1 | 0x4 | 0x400
-                    let header = functions.buildHeader(base + offset, group.delete ? NftNetlink.deleteSetElements : NftNetlink.newSetElements,
-                                                       NftNetlink.familyInet, flags, sequence)
-                    functions.buildElements(header, set)
-                    advance()
-                    messages += 1
-                }
+            let capacity = messages.reduce(256) { $0 + 64 + $1.size }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
+            defer { buffer.deallocate() }
+            let base = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+            var offset = 0
+            func advance() { offset += (Int(UnsafeRawPointer(base + offset).loadUnaligned(as: UInt32.self)) + 3) & ~3 }
+            _ = functions.batchBegin(base + offset, sequence)
+            advance()
+            for message in messages {
                 sequence += 1
-                _ = functions.batchEnd(base + offset, sequence)
+                // Zeroed: libnftnl's builders expect a clean header and payload area.
+                (base + offset).initialize(repeating: 0, count: 64 + message.size)
+                guard let header = functions.buildHeader(base + offset, message.type, NftNetlink.familyInet, message.flags, sequence) else {
+                    throw VirtGateError(.firewall, "netlink: cannot build a message")
+                }
+                try message.payload(header)
                 advance()
-                precondition(offset <= capacity, "netlink batch larger than its buffer")
-                return offset
+                precondition(offset <= capacity - 64, "netlink message larger than its estimate")
             }
+            sequence += 1
+            (base + offset).initialize(repeating: 0, count: 64)
+            _ = functions.batchEnd(base + offset, sequence)
+            advance()
+            let length = offset
+            let count = messages.count
             let descriptor = functions.socketDescriptor(socket)
             // A batch larger than the socket's default send buffer is refused, not split by the kernel.
             var size = Int32(max(length, 1 << 16))
             _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
-            guard buffer.withUnsafeBytes({ functions.send(socket, $0.baseAddress, length) }) == length else {
+            guard functions.send(socket, base, length) == length else {
                 throw VirtGateError(.firewall, "netlink: cannot send the change (errno \(errno))")
             }
             // One answer per message, queued before the send returned.
             var answered = 0
             var refused: Int32 = 0
-            while answered < messages {
+            while answered < count {
                 let count = recv(descriptor, answers.baseAddress, answers.count, Int32(MSG_DONTWAIT))
                 if count < 0 && errno == EINTR { continue }
                 guard count > 0 else { break }
@@ -350,8 +389,8 @@ final class NftNetlink: Sendable {
             if refused != 0 {
                 throw VirtGateError(.firewall, "the kernel refused the change to table inet \(NftLayout.table): \(String(cString: strerror(refused)))")
             }
-            guard answered == messages else {
-                throw VirtGateError(.firewall, "netlink: \(messages - answered) of \(messages) messages not answered")
+            guard answered == count else {
+                throw VirtGateError(.firewall, "netlink: \(count - answered) of \(count) messages not answered")
             }
         }
 

@@ -43,8 +43,20 @@ public struct NftElement: Hashable, Sendable, Comparable {
 /// Desired elements per owner id (`ChainNames.id(for:)` of the guest's name).
 public typealias DesiredElements = [String: [NftElement]]
 
-/// Elements a change removes and adds, in its script's order, in a table of the current layout.
-public struct NftElementChanges: Sendable, Equatable {
+/// What a change does, as objects rather than script: to the table, then the elements it removes
+/// and adds, in its script's order. Written as one netfilter batch (`NftNetlink.apply`).
+public struct NftChanges: Sendable, Equatable {
+    public enum Table: Sendable, Equatable {
+        /// The table stays, of the current layout; only elements change.
+        case kept
+        /// The table is created in the current layout with `mark`, after removing the one there
+        /// (of another layout or mark) when `replacing`.
+        case created(mark: UInt32, replacing: Bool)
+        /// The table is removed, whatever it holds.
+        case removed
+    }
+
+    public var table: Table = .kept
     public var removed: [NftElement]
     public var added: [NftElement]
 }
@@ -264,15 +276,14 @@ public enum NftTransaction {
         diff(from: state, to: desired, mark: mark).script
     }
 
-    /// `render`'s script, and the elements it removes and adds when that is all it does (the table
-    /// exists in the current layout); nil changes when it creates, rebuilds or removes the table.
-    public static func diff(from state: NftState, to desired: DesiredElements, mark: UInt32) -> (script: String, changes: NftElementChanges?) {
-        let want = Set(desired.values.joined())
+    /// `render`'s script, and the same change as objects (nil when there is nothing to do).
+    public static func diff(from state: NftState, to desired: DesiredElements, mark: UInt32) -> (script: String, changes: NftChanges?) {
         // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
         // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
         if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
-            return (removal(from: state), nil)
+            return (removal(from: state), state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil)
         }
+        let want = Set(desired.values.joined())
         let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
         if !layoutCurrent {
             var text = ""
@@ -280,9 +291,10 @@ public enum NftTransaction {
                 // Declaring it first makes the delete safe if it vanished meanwhile.
                 text += "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
             }
+            let added = want.sorted()
             text += NftLayout.definition(mark: mark)
-            text += addLines(want.sorted())
-            return (text, nil)
+            text += addLines(added)
+            return (text, NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: added))
         }
         let have = Set(state.elements)
         let removed = have.subtracting(want).sorted()
@@ -292,7 +304,7 @@ public enum NftTransaction {
             text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joined(separator: ", ")) }\n"
         }
         text += addLines(added)
-        return (text, NftElementChanges(removed: removed, added: added))
+        return (text, text.isEmpty ? nil : NftChanges(removed: removed, added: added))
     }
 
     /// Removes virtgate's table, whatever it holds.
