@@ -601,31 +601,40 @@ extension NftLayout {
     static func bytes(_ text: String, fields: [Field], ranges: Bool) -> ([UInt8], [UInt8])? {
         let parts = NftState.fields(text)
         guard parts.count == fields.count else { return nil }
+        // Byte by byte, not by Character: a sync encodes every element of the table.
+        let width = fields.reduce(0) { $0 + $1.width }
         var start: [UInt8] = [], end: [UInt8] = []
+        start.reserveCapacity(width)
+        end.reserveCapacity(width)
         for (part, field) in zip(parts, fields) {
             switch field {
             case .address(let family):
                 var low: IPAddress, high: IPAddress
-                if part.contains("/") {
-                    guard ranges, let network = IPNetwork(parsing: String(part)), network.family == family else { return nil }
+                if part.utf8.contains(UInt8(ascii: "/")) {
+                    guard ranges, let network = IPNetwork(parsing: part), network.family == family else { return nil }
                     let all: UInt128 = family == .v4 ? 0xffff_ffff : .max
                     low = network.address
                     high = IPAddress(family: family, value: network.address.value | (~IPNetwork.mask(network.prefix, family) & all))
-                } else if let dash = part.firstIndex(of: "-") {
-                    guard ranges, let a = IPAddress(part[..<dash]), let b = IPAddress(part[part.index(after: dash)...]) else { return nil }
+                } else if let dash = part.utf8.firstIndex(of: UInt8(ascii: "-")) {
+                    guard ranges, let a = IPAddress(part[..<dash]), let b = IPAddress(part[part.utf8.index(after: dash)...]) else { return nil }
                     (low, high) = (a, b)
                 } else {
                     guard let a = IPAddress(part) else { return nil }
                     (low, high) = (a, a)
                 }
                 guard low.family == family, high.family == family, low <= high else { return nil }
-                start += addressBytes(low)
-                end += addressBytes(high)
+                appendAddress(low, to: &start)
+                appendAddress(high, to: &end)
             case .proto, .port:
-                let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
-                guard bounds.count == 1 || (ranges && bounds.count == 2),
-                      let low = UInt16(bounds[0]), let high = UInt16(bounds[bounds.count - 1]), low <= high,
-                      field == .port || high <= 255 else { return nil }
+                var low: UInt16, high: UInt16
+                if let dash = part.utf8.firstIndex(of: UInt8(ascii: "-")) {
+                    guard ranges, let a = UInt16(part[..<dash]), let b = UInt16(part[part.utf8.index(after: dash)...]) else { return nil }
+                    (low, high) = (a, b)
+                } else {
+                    guard let a = UInt16(part) else { return nil }
+                    (low, high) = (a, a)
+                }
+                guard low <= high, field == .port || high <= 255 else { return nil }
                 start += numberBytes(low, field)
                 end += numberBytes(high, field)
             }
@@ -634,8 +643,14 @@ extension NftLayout {
     }
 
     static func addressBytes(_ address: IPAddress) -> [UInt8] {
+        var bytes: [UInt8] = []
+        appendAddress(address, to: &bytes)
+        return bytes
+    }
+
+    static func appendAddress(_ address: IPAddress, to bytes: inout [UInt8]) {
         let count = address.family == .v4 ? 4 : 16
-        return (0..<count).map { UInt8(truncatingIfNeeded: address.value >> UInt128(8 * (count - 1 - $0))) }
+        for index in 0..<count { bytes.append(UInt8(truncatingIfNeeded: address.value >> UInt128(8 * (count - 1 - index)))) }
     }
 
     /// A protocol in the first byte of its 4, a port big-endian in the first two.

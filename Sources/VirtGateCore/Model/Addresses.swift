@@ -33,7 +33,7 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     public init?(_ text: some StringProtocol) {
         if let v4 = Self.parseV4(text) {
             self.init(v4)
-        } else if text.contains(":"), let v6 = Self.parseV6(String(text)) {
+        } else if text.utf8.contains(UInt8(ascii: ":")), let v6 = Self.parseV6(String(text)) {
             self.init(family: .v6, value: v6)
         } else {
             return nil
@@ -66,8 +66,13 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
     }
 
     static func parseV6(_ text: String) -> UInt128? {
-        guard text.utf8.count <= 45, text.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isASCIIHexDigit || $0 == ":" || $0 == ".") })
-        else { return nil }
+        guard text.utf8.count <= 45, text.utf8.allSatisfy({ byte in
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"),
+                 UInt8(ascii: ":"), UInt8(ascii: "."): true
+            default: false
+            }
+        }) else { return nil }
         var raw = in6_addr()
         guard inet_pton(AF_INET6, text, &raw) == 1 else { return nil }
         return withUnsafeBytes(of: &raw) { bytes in bytes.reduce(UInt128(0)) { $0 << 8 | UInt128($1) } }
@@ -142,13 +147,16 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
 
     /// "address/n" or a bare address (a host network).
     public init?(parsing text: some StringProtocol) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let address = IPAddress(parts[0]) else { return nil }
+        // By bytes, not Characters: every source network of every element goes through here.
+        let slash = text.utf8.firstIndex(of: UInt8(ascii: "/"))
+        guard let address = IPAddress(text[..<(slash ?? text.endIndex)]) else { return nil }
         var prefix = address.family.bits
-        if parts.count == 2 {
-            guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-                  !(parts[1].count > 1 && parts[1].first == "0"),
-                  let value = Int(parts[1]), (0...address.family.bits).contains(value) else { return nil }
+        if let slash {
+            let digits = text.utf8[text.utf8.index(after: slash)...]
+            guard !digits.isEmpty, digits.count <= 3, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                  !(digits.count > 1 && digits.first == 0x30) else { return nil }
+            let value = digits.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+            guard (0...address.family.bits).contains(value) else { return nil }
             prefix = value
         }
         guard address.value & ~Self.mask(prefix, address.family) == 0 else { return nil }
