@@ -129,7 +129,7 @@ public struct Firewall: Sendable {
             // build the sets of elements a second time.
             if let changes = transaction.nftChanges { summary.append(NftTransaction.summary(of: changes)) }
         }
-        transaction.summary = summary.joined(separator: "; ")
+        transaction.summary = summary.joinedText(separator: "; ")
         return transaction
     }
 
