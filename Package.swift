@@ -74,8 +74,13 @@ let package = Package(
             // gold cannot pack them, the toolchain's lld can), and libstdc++ linked statically
             // (Sources/virtgate/link/libstdc++.so sends the Swift runtime's -lstdc++ to libstdc++.a): the shared one's
             // ~5,000 symbol relocations and locale set-up were most of a hook run's start-up.
+            // No dynamic symbol table of virtgate's own modules (the static stdlib's link flags export
+            // them): nothing resolves symbols in this binary at run time, and the runtime's start-up
+            // looks up its own path with dladdr, which walked all ~5,000 of them (145K instructions
+            // of every hook run, measured).
             linkerSettings: [
                 .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+                              "-Xlinker", "--no-export-dynamic",
                               "-L", Context.packageDirectory + "/Sources/virtgate/link"],
                              .when(platforms: [.linux], configuration: .release)),
             ]

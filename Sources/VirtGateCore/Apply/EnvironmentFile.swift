@@ -22,11 +22,13 @@ enum EnvironmentFile {
         }
         defer { close(descriptor) }
         var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16384)
+        // Not zeroed: libvirt's hooks read this file on every event, and zeroing wrote 4 fresh pages.
+        let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: 16384)
+        defer { buffer.deallocate() }
         while true {
-            let count = Glibc.read(descriptor, &buffer, buffer.count)
+            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
             if count > 0 {
-                bytes += buffer[0..<count]
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[0..<count]))
             } else if count == 0 {
                 break
             } else if errno != EINTR {
