@@ -216,9 +216,10 @@ peak_memory() {
 
 # sync BACKEND: for each size: apply, re-sync and dry run measured, the DNATs left (5 per guest at
 # least), libvirt alone (sync's libvirt calls from a C program: the baseline) and virsh list on the same
-# state, and the same transaction applied alone (iptables-restore, or nft -f).
+# state, and the same transaction applied alone (iptables-restore, or nft -f); the paired rounds' own
+# share and re-sync / apply.
 sync_figures() {
-    local b=$1 g sizes dnat
+    local b=$1 g sizes dnat size
     backend_measured "$b"
     sizes=$(run_list sync-sizes) || true
     [ "$(echo "$sizes" | grep -c .)" -ge 2 ] || fail "sync: the run names fewer than two sizes ($sizes)"
@@ -235,6 +236,11 @@ sync_figures() {
         measured sync "virsh-$g" -
         if [ "$b" = iptables ]; then measured sync "$g-iptables-restore" "$b"; else measured sync "$g-nft-alone" "$b"; fi
     done
+    # The paired rounds (libvirt alone, apply, re-sync in turn) at one of the run's sizes.
+    for key in own-wall own-cpu ratio-wall ratio-cpu; do measured sync "paired-$key" "$b"; done
+    size=$(field sync paired-own-wall "$b" 7)
+    echo "$sizes" | grep -qx -- "$size" || fail "sync ($b backend): paired rounds at '$size' guests, not one of the run's sizes"
+    ok
 }
 
 @test "sync: iptables backend, apply, re-sync and dry run per size, next to libvirt alone and iptables-restore" {
