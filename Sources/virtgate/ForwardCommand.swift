@@ -117,6 +117,10 @@ func applyNow(_ context: AdminContext, guest name: String) async throws {
     input.hostSockets = ListeningSockets.current()
     input.gateways = state.input.networks.flatMap { $0.subnets.map(\.gateway) }
     let outcome = try await local.run(input, dryRun: false)
-    if let xml = state.guestXML[name] { try? context.store.rememberGuest(name, xml: xml) }
+    if let xml = state.guestXML[name] {
+        // A stop trusts a remembered XML without forwards to hold nothing: an older one must not
+        // outlive a failed write.
+        do { try context.store.rememberGuest(name, xml: xml) } catch { context.store.forgetGuest(name) }
+    }
     writeAll(1, outcome.applied ? "applied to the running guest \(InputProblem.quoted(name))\n" : "rules already in place\n")
 }

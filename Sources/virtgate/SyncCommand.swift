@@ -42,7 +42,14 @@ extension VirtGate {
                     try context.store.rememberNetwork(name, xml: xml)
                 }
                 for (name, xml) in state.guestXML where context.store.guestXML(name) != xml {
-                    try context.store.rememberGuest(name, xml: xml)
+                    do {
+                        try context.store.rememberGuest(name, xml: xml)
+                    } catch {
+                        // A stop trusts a remembered XML without forwards to hold nothing: an older one
+                        // must not outlive a failed write.
+                        context.store.forgetGuest(name)
+                        throw error
+                    }
                 }
                 for remembered in context.store.guestNames() where state.guestXML[remembered] == nil {
                     context.store.forgetGuest(remembered)

@@ -195,6 +195,30 @@ struct HookHandlerTests {
         #expect(runner.callCount > before)
     }
 
+    @Test("A guest remembered without forwards: its stop and release neither read nor write the kernel, and release forgets it")
+    func stopOfGuestWithoutForwardsTouchesNoKernel() async throws {
+        defer { cleanUp() }
+        let runner = RecordingRunner()
+        let plain = "<domain><name>web</name><devices><interface type='network'><mac address='52:54:00:aa:00:01'/><source network='default' bridge='virbr0'/><target dev='vnet0'/></interface></devices></domain>"
+        let file = "\(stateDirectory)/guests/web.xml"
+        #expect(await handler(runner).handle(qemu("start"), stdin: plain) == 0)
+        #expect(await handler(runner).handle(qemu("stopped", sub: "end"), stdin: plain) == 0)
+        #expect(runner.callCount == 0)
+        #expect(FileManager.default.fileExists(atPath: file), "remembered until release")
+        #expect(await handler(runner).handle(qemu("release", sub: "end"), stdin: plain) == 0)
+        #expect(runner.callCount == 0)
+        #expect(!FileManager.default.fileExists(atPath: file))
+        // Not remembered at all (a release already forgot it, or the state was lost): removed by name.
+        #expect(await handler(runner).handle(qemu("stopped", sub: "end"), stdin: plain) == 0)
+        #expect(runner.callCount > 0)
+        // Remembered with forwards and stopped without them (the metadata changed while it ran): removed.
+        #expect(await handler(runner).handle(qemu("start"), stdin: try Files.fixture("domain-web-start.xml")) == 0)
+        let calls = runner.callCount
+        #expect(await handler(runner).handle(qemu("stopped", sub: "end"), stdin: plain) == 0)
+        #expect(runner.callCount > calls)
+        #expect(!FileManager.default.fileExists(atPath: file))
+    }
+
     @Test func dryRunPrintsAndWritesNothing() async throws {
         let runner = RecordingRunner()
         let output = OutputCollector()

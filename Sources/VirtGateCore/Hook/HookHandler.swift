@@ -55,7 +55,10 @@ public struct HookHandler {
             let remembered = store.guestXML(name)
             let unchanged = remembered.map { $0.utf8.elementsEqual(stdin.utf8) } ?? false
             let holdsNothing = holdsNothing(guest, remembered: unchanged ? nil : remembered)
-            if !unchanged { remember { try store.rememberGuest(name, xml: stdin) } }
+            if !unchanged {
+                // An older remembered XML must not outlive a failed write: a stop trusts it (below).
+                remember(failing: { store.forgetGuest(name) }) { try store.rememberGuest(name, xml: stdin) }
+            }
             if holdsNothing, operation != .reconnect {
                 // No forwards now and none remembered: the plan is "nothing for this guest", so the
                 // kernel is neither read nor written (nor is libnftables loaded). A stop still
@@ -72,6 +75,17 @@ public struct HookHandler {
             // Remove by name only: the metadata may have changed while the guest ran.
             guard Names.isSafeObjectName(name) else {
                 log.error(InputProblem(.guest(name), field: "name", value: name, reason: "not a usable guest name").description)
+                return 0
+            }
+            // Remembered without valid forwards: it holds nothing in the kernel, so there is nothing to
+            // remove and the kernel is not read. Every path that writes a guest's rules (its events,
+            // sync, `forward`) remembers its XML first, and a failed write forgets the old one. The
+            // XML stays remembered until `release` (libvirt's last event of a guest) for the same
+            // reason; a guest virtgate does not remember at all is removed by name as ever.
+            if let remembered = store.guestXML(name), let before = try? LibvirtXML.guest(fromXML: remembered, name: name),
+               before.forwards.isEmpty {
+                if operation == .release && !dryRun { store.forgetGuest(name) }
+                if dryRun { output("# qemu \(InputProblem.quoted(name)): no changes\n") }
                 return 0
             }
             // A `type='bridge'` NIC keeps its source bridge in the stop events' XML too: stdin tells.
@@ -145,13 +159,14 @@ public struct HookHandler {
         return names
     }
 
-    func remember(_ body: () throws -> Void) {
+    func remember(failing: () -> Void = {}, _ body: () throws -> Void) {
         guard !dryRun else { return }
         do {
             try store.prepare()
             try body()
         } catch {
             log.warning("cannot remember state in \(store.directory): \(error)")
+            failing()
         }
     }
 
