@@ -38,6 +38,15 @@ fi
 build=(swift build --package-path . --scratch-path .build -c release --sanitize fuzzer --sanitize address
        -Xswiftc -sanitize=fuzzer,address)
 mkdir -p .work
+# An incremental build of this package (which depends on virtgate's by path) keeps the module graph
+# it planned: a source file added to virtgate since was missing from it ("cannot find ... in
+# scope"). The list of virtgate's sources decides whether .build is still usable.
+sources=$(cd .. && find Sources -name '*.swift' | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+if [ -d .build ] && [ "$(cat .build/virtgate-sources 2>/dev/null)" != "$sources" ]; then
+    rm -rf .build
+fi
+mkdir -p .build
+echo "$sources" > .build/virtgate-sources
 "${build[@]}" > .work/build.log 2>&1
 build_status=$?
 grep -v "Cannot export local symbol" .work/build.log | tail -n 20
