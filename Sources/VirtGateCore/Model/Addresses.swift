@@ -40,13 +40,15 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
-    static func parseV4(_ text: some StringProtocol) -> UInt32? {
+    static func parseV4(_ text: some StringProtocol) -> UInt32? { parseV4(utf8: text.utf8) }
+
+    static func parseV4<Bytes: Sequence<UInt8>>(utf8 bytes: Bytes) -> UInt32? {
         // Byte by byte: addresses are parsed for every guest, lease and kernel element.
         var value: UInt32 = 0
         var octets = 0, digits = 0
         var octet: UInt32 = 0
         var leadingZero = false
-        for byte in text.utf8 {
+        for byte in bytes {
             if byte == UInt8(ascii: ".") {
                 guard digits > 0, octets < 3 else { return nil }
                 value = value << 8 | octet
