@@ -329,7 +329,9 @@ final class NftNetlink: Sendable {
         func write(_ messages: [BatchMessage]) throws {
             sequence += 1
             let first = sequence
-            let capacity = messages.reduce(256) { $0 + 64 + $1.size }
+            // Each message's room is its estimate and 64 bytes; the slack at the end keeps even an
+            // estimate that was too small (caught below, before anything is sent) inside the buffer.
+            let capacity = messages.reduce(256) { $0 + 64 + $1.size } + 4096
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
             defer { buffer.deallocate() }
             let base = buffer.baseAddress!.assumingMemoryBound(to: CChar.self)
@@ -337,7 +339,9 @@ final class NftNetlink: Sendable {
             func advance() { offset += (Int(UnsafeRawPointer(base + offset).loadUnaligned(as: UInt32.self)) + 3) & ~3 }
             _ = functions.batchBegin(base + offset, sequence)
             advance()
+            var room = 256
             for message in messages {
+                room += 64 + message.size
                 sequence += 1
                 // Zeroed: libnftnl's builders expect a clean header and payload area.
                 (base + offset).initialize(repeating: 0, count: 64 + message.size)
@@ -346,7 +350,9 @@ final class NftNetlink: Sendable {
                 }
                 try message.payload(header)
                 advance()
-                precondition(offset <= capacity - 64, "netlink message larger than its estimate")
+                guard offset <= room - 64 else {
+                    throw VirtGateError(.firewall, "netlink: a message outgrew its estimate (an internal error); nothing was written")
+                }
             }
             sequence += 1
             (base + offset).initialize(repeating: 0, count: 64)
