@@ -112,8 +112,9 @@ public func fuzzHook(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 /// models (iptables v4, `# ip6tables-restore`, v6, `# nft -f`, the nft script).
 func checkDryRun(_ text: String) {
     guard !text.isEmpty else { return }
-    // The event is named by libvirt's arguments as given (only the object is quoted).
-    if text.hasPrefix("# "), text.hasSuffix(": no changes\n") { return }
+    // The event is named by libvirt's arguments as given (only the object is quoted). Compared as
+    // bytes: a name ending in a prepended mark (U+06DD) joins the ':' after it into one Character.
+    if text.utf8.starts(with: "# ".utf8), text.utf8.reversed().starts(with: ": no changes\n".utf8.reversed()) { return }
     var rest = Substring(text)
     var iptables: [IPFamily: String] = [:]
     var nft = ""
