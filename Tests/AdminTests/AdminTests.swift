@@ -141,4 +141,45 @@ struct AdminTests {
         #expect(empty.guests.first?.forwards.first?.warnings.count == 1)
         #expect(empty.jumpsInPlace == false, "sync wants jumps the kernel lacks")
     }
+
+    /// Guests are fetched in order and parsed in batches on other threads: the state must be what
+    /// parsing each guest's XML in turn gives, in libvirt's order, with an unusable guest left out
+    /// and named. 40 guests span full batches and a partial one.
+    @Test func guestsParsedInBatchesKeepLibvirtsOrder() throws {
+        var domains = ""
+        for index in 0..<40 {
+            let bridge = index == 17 ? "br:bad" : "vgtbr0"
+            let forwards = (0..<(index % 4)).map { "<vg:forward host-port='\(20000 + index * 10 + $0)' guest-port='\(80 + $0)'/>" }
+            domains += """
+                <domain type="test"><name>g\(index)</name><memory>131072</memory><os><type>hvm</type></os>
+                <metadata><vg:forwards xmlns:vg="urn:virtgate:forwards:1">\(forwards.joined())</vg:forwards></metadata>
+                <devices><interface type="bridge"><mac address="52:54:00:ee:00:\(index + 10)"/>
+                <source bridge="\(bridge)"/></interface></devices></domain>
+                """
+        }
+        let path = FileManager.default.temporaryDirectory.appending(path: "vgt-admin-\(UUID().uuidString)-batches.xml").path
+        try Data("<node>\(domains)</node>".utf8).write(to: URL(filePath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let connection = try LibvirtConnection(uri: "test://\(path)")
+
+        let state = try LibvirtState.load(connection)
+        var expected: [GuestDefinition] = []
+        var problems: [String] = []
+        for domain in try connection.runningDomains() {
+            do {
+                expected.append(try LibvirtXML.guest(fromXML: try domain.xml(), name: domain.name))
+            } catch {
+                problems.append("\(error); guest left out")
+            }
+        }
+        #expect(expected.count == 39 && problems.count == 1 && problems[0].contains("g17"))
+        let names = { (guests: [GuestDefinition]) in guests.map { $0.name } }
+        #expect(names(state.input.guests) == names(expected))
+        let forwards = { (guests: [GuestDefinition]) in guests.map { $0.forwards.map { $0.summary } } }
+        #expect(forwards(state.input.guests) == forwards(expected))
+        let interfaces = { (guests: [GuestDefinition]) in guests.map { $0.interfaces } }
+        #expect(interfaces(state.input.guests) == interfaces(expected))
+        #expect(state.problems == problems)
+        #expect(Set(state.guestXML.keys) == Set(names(expected)))
+    }
 }
