@@ -351,7 +351,7 @@ struct KernelRoundTripTests {
         var valid = baseline.ownerChains
         valid[.nat, default: [:]]["VGD-web"] = broken[.nat]!["VGD-web"]
         var transaction = Firewall.render(DesiredState(chains: valid), on: state, mark: firewall.mark)
-        transaction.nft = "add element inet virtgate no-such-map { 1 }\n"
+        transaction.nftChanges = NftChanges(removed: [], added: [NftElement(set: "no-such-map", key: "1", value: nil, comment: "vg-x")])
         await #expect(throws: VirtGateError.self) { try await firewall.apply(transaction, on: state) }
         after = try await commands.snapshot()
         #expect(after.ownerChains == baseline.ownerChains)

@@ -19,21 +19,22 @@ public struct Firewall: Sendable {
     /// One change, rendered: `iptables-restore --noflush` input per family and one `nft -f` script.
     public struct Transaction: Sendable, Equatable {
         public var iptables: [IPFamily: String] = [:]
-        public var nft = ""
-        /// What `nft` does, as objects (see `NftTransaction.diff`).
+        /// What nft changes, as objects (see `NftTransaction.changes`).
         public var nftChanges: NftChanges?
+        /// The same as an `nft -f` script, rendered when asked for.
+        public var nft: String { nftChanges?.script ?? "" }
         /// One line for the log, counted from the difference itself.
         public var summary = ""
 
-        public var isEmpty: Bool { nft.isEmpty && iptables.values.allSatisfy(\.isEmpty) }
+        public var isEmpty: Bool { nftChanges == nil && iptables.values.allSatisfy(\.isEmpty) }
 
         /// As a dry-run prints it: iptables-restore input (IPv6 after `# ip6tables-restore`), then
         /// the nft script after `# nft -f`.
         public var text: String {
             let v4 = iptables[.v4] ?? "", v6 = iptables[.v6] ?? ""
             let rules = v6.isEmpty ? v4 : v4 + "# ip6tables-restore\n" + v6
-            if nft.isEmpty { return rules }
-            return rules + "# nft -f\n" + nft
+            guard let nftChanges else { return rules }
+            return rules + "# nft -f\n" + nftChanges.script
         }
     }
 
@@ -124,7 +125,7 @@ public struct Firewall: Sendable {
         }
         if let elements = desired.elements {
             let current = state.nft ?? NftState()
-            (transaction.nft, transaction.nftChanges) = NftTransaction.diff(from: current, to: elements, mark: mark)
+            transaction.nftChanges = NftTransaction.changes(from: current, to: elements, mark: mark)
             // Counted from the difference itself: a re-sync of thousands of elements does not
             // build the sets of elements a second time.
             if let changes = transaction.nftChanges { summary.append(NftTransaction.summary(of: changes)) }
@@ -143,9 +144,9 @@ public struct Firewall: Sendable {
                 restored.append(family)
                 try await iptables.restore(text, family: family)
             }
-            if !transaction.nft.isEmpty {
+            if let changes = transaction.nftChanges {
                 guard let nft else { throw VirtGateError(.firewall, "\(NftCommands.defaultPath) is not installed") }
-                try await nft.apply(transaction.nft, changes: transaction.nftChanges)
+                try await nft.apply(changes)
             }
         } catch {
             if !restored.isEmpty, let snapshot = state.iptables { try await rollback(to: snapshot, families: restored) }

@@ -34,12 +34,17 @@ public struct NftCommands: Sendable {
         return try NftState(listing: result.output)
     }
 
-    /// Applies `script`; in-process, the same change as objects (`changes`) goes to the kernel over
-    /// netlink as one batch, without loading libnftables.
-    public func apply(_ script: String, changes: NftChanges? = nil) async throws {
-        if let changes, transport is PreferLibNftables, let netlink = NftNetlink.shared, try netlink.apply(changes) {
+    /// Writes `changes` over netlink in one batch where libnftables is the transport (as a hook
+    /// does); otherwise, or for elements netlink cannot encode, as their script.
+    public func apply(_ changes: NftChanges) async throws {
+        if transport is PreferLibNftables, let netlink = NftNetlink.shared, try netlink.apply(changes) {
             return
         }
+        try await apply(changes.script)
+    }
+
+    /// Applies an `nft -f` script.
+    public func apply(_ script: String) async throws {
         let result = try await transport.apply(script)
         guard result.status == 0 else {
             throw VirtGateError(.firewall, "nft -f failed (exit \(result.status)): \(result.error.oneLine)")

@@ -59,6 +59,24 @@ public struct NftChanges: Sendable, Equatable {
     public var table: Table = .kept
     public var removed: [NftElement]
     public var added: [NftElement]
+
+    /// The same change as an `nft -f` script.
+    public var script: String {
+        switch table {
+        case .removed:
+            // Declaring it first makes the delete safe if it vanished meanwhile.
+            return "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
+        case .created(let mark, let replacing):
+            let removal = replacing ? "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n" : ""
+            return removal + NftLayout.definition(mark: mark) + NftTransaction.addLines(added)
+        case .kept:
+            var text = ""
+            for (set, group) in NftTransaction.grouped(removed) {
+                text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joinedText(separator: ", ")) }\n"
+            }
+            return text + NftTransaction.addLines(added)
+        }
+    }
 }
 
 public enum NftLayout {
@@ -273,38 +291,32 @@ public enum NftTransaction {
     /// One `nft -f` script turning `state` into `desired`: only the elements that differ, or the whole
     /// table when it is missing or of another layout. Empty when the kernel already matches.
     public static func render(from state: NftState, to desired: DesiredElements, mark: UInt32) -> String {
-        diff(from: state, to: desired, mark: mark).script
+        changes(from: state, to: desired, mark: mark)?.script ?? ""
     }
 
     /// `render`'s script, and the same change as objects (nil when there is nothing to do).
     public static func diff(from state: NftState, to desired: DesiredElements, mark: UInt32) -> (script: String, changes: NftChanges?) {
+        let changes = changes(from: state, to: desired, mark: mark)
+        return (changes?.script ?? "", changes)
+    }
+
+    /// The change that turns `state` into `desired`, nil when there is nothing to do. Its script
+    /// (`NftChanges.script`) is rendered only when asked for: a dry run prints it, and it is the
+    /// fallback when netlink cannot write the change; a sync's 5,000 elements are not rendered twice.
+    public static func changes(from state: NftState, to desired: DesiredElements, mark: UInt32) -> NftChanges? {
         // The last forward gone, the table goes too, as the iptables backend's dispatch chains do.
         // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
         if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
-            return (removal(from: state), state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil)
+            return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
         }
         let want = Set(desired.values.joined())
-        let layoutCurrent = state.layout == NftLayout.marker(mark: mark)
-        if !layoutCurrent {
-            var text = ""
-            if state.exists {
-                // Declaring it first makes the delete safe if it vanished meanwhile.
-                text += "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
-            }
-            let added = want.sorted()
-            text += NftLayout.definition(mark: mark)
-            text += addLines(added)
-            return (text, NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: added))
+        guard state.layout == NftLayout.marker(mark: mark) else {
+            return NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: want.sorted())
         }
         let have = Set(state.elements)
         let removed = have.subtracting(want).sorted()
         let added = want.subtracting(have).sorted()
-        var text = ""
-        for (set, group) in grouped(removed) {
-            text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joinedText(separator: ", ")) }\n"
-        }
-        text += addLines(added)
-        return (text, text.isEmpty ? nil : NftChanges(removed: removed, added: added))
+        return removed.isEmpty && added.isEmpty ? nil : NftChanges(removed: removed, added: added)
     }
 
     /// Removes virtgate's table, whatever it holds.
