@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import VirtGateAdmin
 import VirtGateCore
 
@@ -20,12 +21,15 @@ extension VirtGate {
         func run() async throws {
             let context = try await AdminContext(connection)
             let state = try context.loadState()
+            // What virtgate remembers is compared with libvirt's state on another core while the
+            // transaction is planned and applied: for 1,000 guests, 1,000 files read.
+            let stale = dryRun ? nil : StaleMemory.compare(context.store, with: state)
             let outcome = try await context.local.run(context.everything(state), dryRun: dryRun)
-            if dryRun {
+            guard let stale else { // a dry run: nothing compared, nothing remembered
                 writeAll(1, outcome.transaction.isEmpty ? "# sync: no changes\n" : outcome.transaction.text)
                 return
             }
-            rememberState(context, state)
+            rememberState(context, state, stale.result())
             if outcome.applied {
                 context.log.info("sync: applied \(outcome.transaction.summary) (backend \(context.settings.backend.rawValue))")
             } else {
@@ -34,16 +38,16 @@ extension VirtGate {
         }
 
         /// Hooks work from what virtgate remembers; after a sync that is exactly libvirt's state.
-        func rememberState(_ context: AdminContext, _ state: LibvirtState) {
+        func rememberState(_ context: AdminContext, _ state: LibvirtState, _ stale: StaleMemory.Result) {
             do {
                 try context.store.prepare()
                 // Only what changed is written: a re-sync of thousands of guests rewrites no file.
-                for (name, xml) in state.networkXML where context.store.networkXML(name) != xml {
-                    try context.store.rememberNetwork(name, xml: xml)
+                for name in stale.networks {
+                    try context.store.rememberNetwork(name, xml: state.networkXML[name]!)
                 }
-                for (name, xml) in state.guestXML where context.store.guestXML(name) != xml {
+                for name in stale.guests {
                     do {
-                        try context.store.rememberGuest(name, xml: xml)
+                        try context.store.rememberGuest(name, xml: state.guestXML[name]!)
                     } catch {
                         // A stop trusts a remembered XML without forwards to hold nothing: an older one
                         // must not outlive a failed write.
@@ -51,12 +55,44 @@ extension VirtGate {
                         throw error
                     }
                 }
-                for remembered in context.store.guestNames() where state.guestXML[remembered] == nil {
-                    context.store.forgetGuest(remembered)
+                for name in stale.gone {
+                    context.store.forgetGuest(name)
                 }
             } catch {
                 context.log.warning("cannot update \(context.store.directory): \(error)")
             }
         }
+    }
+}
+
+/// The objects whose remembered XML differs from libvirt's state (or is missing), and the guests
+/// remembered that no longer run: found on another thread, waited for by `result()`.
+final class StaleMemory: @unchecked Sendable {
+    struct Result {
+        var networks: [String] = []
+        var guests: [String] = []
+        var gone: [String] = []
+    }
+
+    private let group = DispatchGroup()
+    /// Written by the comparing thread, read after `group` is waited for (which orders the two).
+    private var found = Result()
+
+    static func compare(_ store: StateStore, with state: LibvirtState) -> StaleMemory {
+        let comparison = StaleMemory()
+        let (networks, guests) = (state.networkXML, state.guestXML)
+        DispatchQueue.global().async(group: comparison.group) {
+            var found = Result()
+            found.networks = networks.keys.filter { store.networkXML($0) != networks[$0] }
+            found.guests = guests.keys.filter { store.guestXML($0) != guests[$0] }
+            found.gone = store.guestNames().filter { guests[$0] == nil }
+            comparison.found = found
+        }
+        return comparison
+    }
+
+    func result() -> Result {
+        group.wait()
+        return found
     }
 }
