@@ -108,7 +108,9 @@ public enum Planner {
         var pending: [PendingForward] = []
         var problems: [InputProblem] = []
         var networks: [String] = []
-        var bound: [(ForwardSpec, BoundForward)] = []
+        // Bound forwards and their claims, side by side: each claim made once, not once per comparison.
+        var bound: [BoundForward] = []
+        var boundClaims: [ForwardClaim] = []
 
         var remappedPorts = 0
         for (index, forward) in guest.forwards.enumerated() {
@@ -177,13 +179,13 @@ public enum Planner {
                     guestPorts: forward.guestPorts, bridge: bridge,
                     subnets: network?.subnets.map(\.network).filter { $0.family == family } ?? [],
                     position: forward.position, onPlainBridge: network == nil)
-                if let (earlier, _) = bound.first(where: { $0.1.claim(by: guest.name).overlaps(candidate.claim(by: guest.name)) }) {
+                let claim = candidate.claim(by: guest.name)
+                if let earlier = boundClaims.firstIndex(where: { $0.overlaps(claim) }) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                                  value: forward.hostPorts.description,
-                                                 reason: "overlaps forward #\(earlier.position)"))
+                                                 reason: "overlaps forward #\(bound[earlier].position)"))
                     continue
                 }
-                let claim = candidate.claim(by: guest.name)
                 if let socket = context.hostSockets.first(where: { $0.isHidden(by: claim) }),
                    !context.held.contains(where: { $0.covers(claim) }) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
@@ -197,7 +199,8 @@ public enum Planner {
                                                  reason: "conflicts with guest \(InputProblem.quoted(holder.guest)), which holds \(holder.summary)"))
                     continue
                 }
-                bound.append((forward, candidate))
+                bound.append(candidate)
+                boundClaims.append(claim)
                 if let network, !networks.contains(network.name) { networks.append(network.name) }
             }
             if !settled {
@@ -209,19 +212,25 @@ public enum Planner {
         // Forwards on a named host address first, then the gateway exemption, then forwards on any
         // address: traffic to a libvirt network's own address (guests' DNS, DHCP) reaches the host
         // unless a forward names that address.
-        let named = bound.filter { $0.1.hostAddress != nil }, anywhere = bound.filter { $0.1.hostAddress == nil }
-        for (_, forward) in named { intents += [.dnat(forward), .allowForwarded(forward)] }
-        for family in IPFamily.allCases where anywhere.contains(where: { $0.1.family == family }) {
+        intents.reserveCapacity(bound.count * 3 + 2)
+        for forward in bound where forward.hostAddress != nil {
+            intents.append(.dnat(forward))
+            intents.append(.allowForwarded(forward))
+        }
+        for family in IPFamily.allCases where bound.contains(where: { $0.hostAddress == nil && $0.family == family }) {
             let gateways = context.gateways.filter { $0.family == family }
             if !gateways.isEmpty { intents.append(.exemptGateways(gateways)) }
         }
-        for (_, forward) in anywhere { intents += [.dnat(forward), .allowForwarded(forward)] }
-        for (_, forward) in bound where !forward.subnets.isEmpty { intents.append(.hairpinMasquerade(forward)) }
+        for forward in bound where forward.hostAddress == nil {
+            intents.append(.dnat(forward))
+            intents.append(.allowForwarded(forward))
+        }
+        for forward in bound where !forward.subnets.isEmpty { intents.append(.hairpinMasquerade(forward)) }
         // A NIC on a host bridge that is no libvirt network has no network rules to admit the marked
         // connections (nftables backend): the guest carries that accept itself, once per bridge and family.
         if let mark = settings.forwardMark {
             var seen = Set<String>()
-            for (_, forward) in bound where forward.onPlainBridge && seen.insert("\(forward.bridge) \(forward.family)").inserted {
+            for forward in bound where forward.onPlainBridge && seen.insert("\(forward.bridge) \(forward.family)").inserted {
                 intents.append(.allowMarkedForwards(bridge: forward.bridge, mark: mark, family: forward.family))
             }
         }
