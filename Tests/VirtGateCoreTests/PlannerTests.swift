@@ -166,4 +166,16 @@ struct PlannerTests {
         guard case .failure(let sourceError) = source else { Issue.record("accepted"); return }
         #expect(sourceError.field == "forward #2 source")
     }
+
+    @Test("Of several unknown attributes the first in name order is named, whatever the hash order")
+    func unknownAttributesInNameOrder() {
+        for _ in 0..<20 {
+            var attributes = ["host-port": "80", "zz": "1", "mm": "3", "proto": "tcp", "ab": "2", "source": "10.0.0.0/8"]
+            // Dictionaries built in another order hash alike but may iterate otherwise.
+            attributes["b\(Int.random(in: 0..<1000))"] = "x"
+            let result = ForwardSpec.parse(attributes: attributes, subject: .guest("web"), position: 3)
+            guard case .failure(let problem) = result else { Issue.record("accepted"); return }
+            #expect(problem.field == "forward #3 ab" && problem.value == "2" && problem.reason == "unknown attribute")
+        }
+    }
 }

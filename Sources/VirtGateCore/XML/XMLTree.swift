@@ -124,15 +124,19 @@ private final class TreeBuilder {
         var text: [UInt8] = []
     }
 
+    // Only expat's callbacks on this one thread touch the state below, one at a time: the runtime's
+    // exclusivity checks on each access were a tenth of a guest's parse (`@exclusivity(unchecked)`).
     let parser: XML_Parser
     let keep: (([String], String) -> Bool)?
-    var stack: [Open] = []
+    @exclusivity(unchecked) var stack: [Open] = []
     /// The local names of the open elements in `stack`, for `keep`.
-    var names: [String] = []
+    @exclusivity(unchecked) var names: [String] = []
     /// How deep the parser is inside an element `keep` declined (0: not inside one).
-    var skipped = 0
-    var root: XMLElement?
-    var problem: String?
+    @exclusivity(unchecked) var skipped = 0
+    @exclusivity(unchecked) var root: XMLElement?
+    @exclusivity(unchecked) var problem: String?
+    /// The last namespace URI seen: a document names few, so each is made a string once.
+    @exclusivity(unchecked) var namespace = ""
 
     init(parser: XML_Parser, keep: (([String], String) -> Bool)?) {
         self.parser = parser
@@ -149,14 +153,26 @@ private final class TreeBuilder {
     }
 
     /// `URI\u{1}local` or `local`.
-    static func split(_ name: UnsafePointer<XML_Char>) -> (namespace: String?, local: String) {
+    func split(_ name: UnsafePointer<XML_Char>) -> (namespace: String?, local: String) {
         let length = strlen(name)
         return name.withMemoryRebound(to: UInt8.self, capacity: length) { start in
             let bytes = UnsafeBufferPointer(start: start, count: length)
-            guard let mark = bytes.lastIndex(of: UInt8(separator)) else {
+            guard let mark = bytes.lastIndex(of: UInt8(Self.separator)) else {
                 return (nil, String(decoding: bytes, as: UTF8.self))
             }
-            return (String(decoding: bytes[..<mark], as: UTF8.self), String(decoding: bytes[(mark + 1)...], as: UTF8.self))
+            let uri = UnsafeBufferPointer(rebasing: bytes[..<mark])
+            if !namespace.utf8.elementsEqual(uri) { namespace = String(decoding: uri, as: UTF8.self) }
+            return (namespace, String(decoding: bytes[(mark + 1)...], as: UTF8.self))
+        }
+    }
+
+    /// The local part of `URI\u{1}local` or `local`.
+    static func local(_ name: UnsafePointer<XML_Char>) -> String {
+        let length = strlen(name)
+        return name.withMemoryRebound(to: UInt8.self, capacity: length) { start in
+            let bytes = UnsafeBufferPointer(start: start, count: length)
+            guard let mark = bytes.lastIndex(of: UInt8(separator)) else { return String(decoding: bytes, as: UTF8.self) }
+            return String(decoding: bytes[(mark + 1)...], as: UTF8.self)
         }
     }
 
@@ -170,7 +186,7 @@ private final class TreeBuilder {
             skipped += 1
             return
         }
-        let (namespace, local) = Self.split(name)
+        let (namespace, local) = split(name)
         if let keep, !stack.isEmpty, !keep(names, local) {
             skipped = 1
             return
@@ -183,7 +199,7 @@ private final class TreeBuilder {
         var values = count == 0 ? [:] : [String: String](minimumCapacity: count / 2)
         var index = 0
         while let attribute = attributes?[index], let value = attributes?[index + 1] {
-            values[Self.split(attribute).local] = String(cString: value)
+            values[Self.local(attribute)] = String(cString: value)
             index += 2
         }
         stack.append(Open(element: XMLElement(name: local, namespaceURI: namespace, attributes: values,
