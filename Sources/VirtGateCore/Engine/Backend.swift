@@ -170,8 +170,10 @@ public struct NftMapBackend: Backend {
     public func desired(_ plan: EnginePlan, on state: KernelState) -> DesiredState {
         var elements = plan.exclusive ? DesiredElements() : state.nft?.ownerElements ?? [:]
         for owner in plan.removed { NftTransaction.replace(&elements, owner: owner, with: []) }
-        for guest in plan.guests {
-            NftTransaction.replace(&elements, owner: guest.plan.plan.owner, with: NftRules.elements(for: guest.plan.plan))
+        // Each guest's elements are its plan's alone: a sync renders them on every core.
+        let perGuest = plan.guests.parallelMap(threshold: 64) { NftRules.elements(for: $0.plan.plan) }
+        for (guest, guestElements) in zip(plan.guests, perGuest) {
+            NftTransaction.replace(&elements, owner: guest.plan.plan.owner, with: guestElements)
         }
         if let gateways = plan.gateways {
             let wanted = NftTransaction.gatewayElements(gateways)
