@@ -36,7 +36,7 @@ public struct LibvirtState: Sendable {
             }
         }
         let domains = try connection.runningDomains()
-        for (domain, xml, parsed) in try GuestDocuments.fetchAndParse(domains) {
+        try GuestDocuments.fetchAndParse(domains) { domain, xml, parsed in
             do {
                 let guest = try parsed.get()
                 state.input.guests.append(guest)
@@ -72,46 +72,67 @@ public struct LibvirtState: Sendable {
     }
 }
 
-/// Guests' XML fetched from libvirt and parsed, in the order of `domains`. The fetches stay on the
-/// calling thread, one after another, as libvirt's connection serves them; each batch of fetched
-/// documents is parsed on another core meanwhile. Parsing is pure and was most of what a sync of
-/// 1,000 guests added to libvirt's own time.
+/// Guests' XML fetched from libvirt and parsed, handed on in the order of `domains`. The fetches
+/// stay on the calling thread, one after another, as libvirt's connection serves them; each batch
+/// of fetched documents is parsed on another core meanwhile, and each parsed batch is handed on
+/// (on the calling thread, which may ask libvirt for more, such as leases) as soon as it and
+/// those before it are done. Parsing is pure and was most of what a sync of 1,000 guests added to
+/// libvirt's own time.
 enum GuestDocuments {
-    typealias Parsed = (domain: LibvirtDomain, xml: String, guest: Result<GuestDefinition, any Error>)
-
     /// Documents handed to a parsing thread at a time: enough to make a hand-off's cost small,
     /// few enough that the last batch does not leave the other cores idle for long.
     static let batchSize = 16
 
-    static func fetchAndParse(_ domains: [LibvirtDomain]) throws(LibvirtError) -> [Parsed] {
+    static func fetchAndParse(
+        _ domains: [LibvirtDomain],
+        _ consume: (_ domain: LibvirtDomain, _ xml: String, _ guest: Result<GuestDefinition, any Error>) -> Void
+    ) throws(LibvirtError) {
         let results = Slots(count: domains.count)
-        let group = DispatchGroup()
+        var batches: [(documents: Range<Int>, parsed: DispatchGroup)] = []
         // Every batch handed out is waited for, also when a fetch fails: none may outlive `results`.
-        defer { group.wait() }
-        var batch: [(index: Int, xml: String, name: String)] = []
-        for (index, domain) in domains.enumerated() {
-            batch.append((index, try domain.xml(), domain.name))
-            if batch.count == batchSize || index == domains.count - 1 {
-                let documents = batch
-                batch.removeAll(keepingCapacity: true)
-                DispatchQueue.global().async(group: group) {
-                    for document in documents {
-                        results.set(document.index, Result {
-                            try LibvirtXML.guest(fromXML: document.xml, name: document.name)
-                        }, xml: document.xml)
-                    }
+        defer { for batch in batches { batch.parsed.wait() } }
+        var handedOn = 0
+        /// Hands on the parsed batches in order; without `wait`, only those done already.
+        func handOn(wait: Bool) {
+            while handedOn < batches.count {
+                let batch = batches[handedOn]
+                if wait {
+                    batch.parsed.wait()
+                } else if batch.parsed.wait(timeout: .now()) == .timedOut {
+                    return
                 }
+                for index in batch.documents {
+                    let (xml, guest) = results.get(index)
+                    consume(domains[index], xml, guest)
+                }
+                handedOn += 1
             }
         }
-        group.wait()
-        return domains.indices.map { index in
-            let (xml, guest) = results.get(index)
-            return (domains[index], xml, guest)
+        var start = 0
+        while start < domains.count {
+            let documents = start..<min(start + batchSize, domains.count)
+            var batch: [(index: Int, xml: String, name: String)] = []
+            for index in documents {
+                batch.append((index, try domains[index].xml(), domains[index].name))
+            }
+            let fetched = batch
+            let parsed = DispatchGroup()
+            DispatchQueue.global().async(group: parsed) {
+                for document in fetched {
+                    results.set(document.index, Result {
+                        try LibvirtXML.guest(fromXML: document.xml, name: document.name)
+                    }, xml: document.xml)
+                }
+            }
+            batches.append((documents, parsed))
+            handOn(wait: false)
+            start = documents.upperBound
         }
+        handOn(wait: true)
     }
 
-    /// One slot per domain, each written by exactly one parsing thread and read only after all of
-    /// them are done (the group's wait orders the writes before the reads).
+    /// One slot per domain, each written by exactly one parsing thread and read only after its
+    /// batch's group was waited for (which orders the writes before the reads).
     final class Slots: @unchecked Sendable {
         private let xml: UnsafeMutableBufferPointer<String>
         private let guests: UnsafeMutableBufferPointer<Result<GuestDefinition, any Error>?>
