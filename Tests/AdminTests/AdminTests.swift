@@ -1,4 +1,7 @@
 import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
 import Libvirt
 import Testing
 @testable import VirtGateAdmin
@@ -181,5 +184,34 @@ struct AdminTests {
         #expect(interfaces(state.input.guests) == interfaces(expected))
         #expect(state.problems == problems)
         #expect(Set(state.guestXML.keys) == Set(names(expected)))
+    }
+
+    /// After a sync, what virtgate remembers is libvirt's state: differing or missing XML written,
+    /// guests no longer running forgotten, files that already match left as they are.
+    @Test func syncBringsWhatIsRememberedToLibvirtsState() throws {
+        let state = try LibvirtState.load(try testConnection())
+        let directory = FileManager.default.temporaryDirectory.appending(path: "vgt-admin-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = StateStore(directory: directory)
+        try store.prepare()
+        try store.rememberNetwork("default", xml: try #require(state.networkXML["default"]))
+        try store.rememberNetwork("isolated", xml: "<network>older</network>")
+        try store.rememberGuest("web", xml: try #require(state.guestXML["web"]))
+        try store.rememberGuest("db", xml: "<domain>older</domain>")
+        try store.rememberGuest("gone", xml: "<domain>gone</domain>")
+        func inode(_ path: String) -> UInt64 {
+            var status = stat()
+            return stat(directory + "/" + path, &status) == 0 ? UInt64(status.st_ino) : 0
+        }
+        let unchanged = (inode("networks/default.xml"), inode("guests/web.xml"))
+
+        try RememberedState.compare(store, with: state).update(store)
+
+        #expect(store.networkXML("isolated") == state.networkXML["isolated"])
+        #expect(store.guestXML("db") == state.guestXML["db"])
+        #expect(store.guestNames() == ["db", "web"])
+        // Files that matched were not rewritten (a rewrite replaces the file: a new inode).
+        #expect(inode("networks/default.xml") == unchanged.0 && inode("guests/web.xml") == unchanged.1)
+        #expect(unchanged.0 != 0 && unchanged.1 != 0)
     }
 }

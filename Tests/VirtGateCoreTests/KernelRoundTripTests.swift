@@ -107,12 +107,12 @@ struct KernelRoundTripTests {
 
         // The same changes both ways again, this time written over netlink (as a hook writes them).
         if !forwardless {
-            let back = NftTransaction.diff(from: try await read(), to: desired, mark: NftRenderTests.mark)
-            let changes = try #require(back.changes, "only elements change")
+            let changes = try #require(NftTransaction.changes(from: try await read(), to: desired, mark: NftRenderTests.mark),
+                                       "only elements change")
             #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(changes) } == true)
             #expect(Set(try await read().elements) == Set(desired.values.joined()))
             #expect(NftTransaction.render(from: try await read(), to: desired, mark: NftRenderTests.mark) == "")
-            let forth = try #require(NftTransaction.diff(from: try await read(), to: next, mark: NftRenderTests.mark).changes)
+            let forth = try #require(NftTransaction.changes(from: try await read(), to: next, mark: NftRenderTests.mark))
             #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(forth) } == true)
             #expect(Set(try await read().elements) == Set(next.values.joined()))
         }
@@ -156,7 +156,7 @@ struct KernelRoundTripTests {
 
         // Created, with the guests' elements, in one batch.
         try await nft.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
-        let create = try #require(NftTransaction.diff(from: try await listed.state(), to: desired, mark: NftRenderTests.mark).changes)
+        let create = try #require(NftTransaction.changes(from: try await listed.state(), to: desired, mark: NftRenderTests.mark))
         #expect(create.table == .created(mark: NftRenderTests.mark, replacing: false))
         #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(create) } == true)
         try await same()
@@ -165,13 +165,13 @@ struct KernelRoundTripTests {
         // Rebuilt with another connection mark: the old table goes in the same batch.
         let other: UInt32 = 0x0040_0000
         try await nft.apply(NftTransaction.render(from: try await nft.state(), to: desired, mark: other))
-        let rebuild = try #require(NftTransaction.diff(from: try await listed.state(), to: desired, mark: other).changes)
+        let rebuild = try #require(NftTransaction.changes(from: try await listed.state(), to: desired, mark: other))
         #expect(rebuild.table == .created(mark: other, replacing: true))
         #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(rebuild) } == true)
         try await same()
 
         // Removed with its last forward.
-        let removal = try #require(NftTransaction.diff(from: try await listed.state(), to: [:], mark: other).changes)
+        let removal = try #require(NftTransaction.changes(from: try await listed.state(), to: [:], mark: other))
         #expect(removal.table == .removed)
         #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(removal) } == true)
         #expect(try await listed.state() == NftState())
@@ -225,7 +225,7 @@ struct KernelRoundTripTests {
         var left = desired
         left["aaaa"] = nil
         #expect(Set(try await backend.state().elements) == Set(left.values.joined()))
-        #expect(NftTransaction.summary(of: try #require(NftTransaction.diff(from: narrow, to: after, mark: NftRenderTests.mark).changes))
+        #expect(NftTransaction.summary(of: try #require(NftTransaction.changes(from: narrow, to: after, mark: NftRenderTests.mark)))
                 == "0 elements added, 2 removed")
     }
 
@@ -245,13 +245,13 @@ struct KernelRoundTripTests {
         // 3,000 interval elements (about 300 KiB): far more than one netlink attribute holds.
         var many = seed
         many["bulk"] = (1...3000).map { element($0, "bulk") }
-        let adding = try #require(NftTransaction.diff(from: try await backend.state(), to: many, mark: NftRenderTests.mark).changes)
+        let adding = try #require(NftTransaction.changes(from: try await backend.state(), to: many, mark: NftRenderTests.mark))
         #expect(try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(adding) } == true)
         #expect(Set(try await backend.state().elements) == Set(many.values.joined()))
         // A batch the kernel refuses (one element already deleted) changes nothing at all.
         var fewer = many
         fewer["bulk"] = nil
-        var removing = try #require(NftTransaction.diff(from: try await backend.state(), to: fewer, mark: NftRenderTests.mark).changes)
+        var removing = try #require(NftTransaction.changes(from: try await backend.state(), to: fewer, mark: NftRenderTests.mark))
         removing.removed.append(element(4000, "bulk"))
         #expect(throws: VirtGateError.self) { try Self.inNamespace(namespace) { try NftNetlink.shared?.apply(removing) } }
         #expect(Set(try await backend.state().elements) == Set(many.values.joined()))

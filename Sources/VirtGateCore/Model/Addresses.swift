@@ -234,14 +234,14 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Lower-case, colon separated, as libvirt prints it.
     public var description: String {
-        let digits = Array("0123456789abcdef".utf8)
+        func digit(_ value: UInt64) -> UInt8 { value < 10 ? 0x30 + UInt8(value) : 0x57 + UInt8(value) }
         var text: [UInt8] = []
         text.reserveCapacity(17)
         for index in 0..<6 {
             if index > 0 { text.append(UInt8(ascii: ":")) }
-            let byte = Int(bits >> (40 - 8 * UInt64(index)) & 0xff)
-            text.append(digits[byte >> 4])
-            text.append(digits[byte & 15])
+            let byte = bits >> (40 - 8 * UInt64(index)) & 0xff
+            text.append(digit(byte >> 4))
+            text.append(digit(byte & 15))
         }
         return String(decoding: text, as: UTF8.self)
     }

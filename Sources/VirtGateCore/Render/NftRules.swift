@@ -62,13 +62,13 @@ public struct NftChanges: Sendable, Equatable {
 
     /// The same change as an `nft -f` script.
     public var script: String {
+        // Declaring the table first makes its delete safe if it vanished meanwhile.
+        let removal = "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
         switch table {
         case .removed:
-            // Declaring it first makes the delete safe if it vanished meanwhile.
-            return "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n"
+            return removal
         case .created(let mark, let replacing):
-            let removal = replacing ? "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n" : ""
-            return removal + NftLayout.definition(mark: mark) + NftTransaction.addLines(added)
+            return (replacing ? removal : "") + NftLayout.definition(mark: mark) + NftTransaction.addLines(added)
         case .kept:
             var text = ""
             for (set, group) in NftTransaction.grouped(removed) {
@@ -294,12 +294,6 @@ public enum NftTransaction {
         changes(from: state, to: desired, mark: mark)?.script ?? ""
     }
 
-    /// `render`'s script, and the same change as objects (nil when there is nothing to do).
-    public static func diff(from state: NftState, to desired: DesiredElements, mark: UInt32) -> (script: String, changes: NftChanges?) {
-        let changes = changes(from: state, to: desired, mark: mark)
-        return (changes?.script ?? "", changes)
-    }
-
     /// The change that turns `state` into `desired`, nil when there is nothing to do. Its script
     /// (`NftChanges.script`) is rendered only when asked for: a dry run prints it, and it is the
     /// fallback when netlink cannot write the change; a sync's 5,000 elements are not rendered twice.
@@ -317,11 +311,6 @@ public enum NftTransaction {
         let removed = have.subtracting(want).sorted()
         let added = want.subtracting(have).sorted()
         return removed.isEmpty && added.isEmpty ? nil : NftChanges(removed: removed, added: added)
-    }
-
-    /// Removes virtgate's table, whatever it holds.
-    public static func removal(from state: NftState) -> String {
-        state.exists ? "table inet \(NftLayout.table)\ndelete table inet \(NftLayout.table)\n" : ""
     }
 
     /// The gateway sets' elements for `gateways`, owned by `NftLayout.gatewayOwner`.
