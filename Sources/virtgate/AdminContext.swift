@@ -24,7 +24,11 @@ struct AdminContext {
     var store: StateStore { local.store }
 
     init(_ options: ConnectionOptions) async throws {
-        local = try await LocalContext.load(backend: options.backend)
+        try self.init(local: await LocalContext.load(backend: options.backend), options: options)
+    }
+
+    init(local: LocalContext, options: ConnectionOptions) throws {
+        self.local = local
         do {
             connection = try LibvirtConnection(uri: options.connect)
         } catch {
@@ -44,11 +48,12 @@ struct AdminContext {
         return state
     }
 
-    /// Everything libvirt runs now, as `sync` applies it and `status` compares it.
-    func everything(_ state: LibvirtState) -> EngineInput {
+    /// Everything libvirt runs now, as `sync` applies it and `status` compares it; `hostSockets`
+    /// when they were read already.
+    func everything(_ state: LibvirtState, hostSockets: [HostSocket]? = nil) -> EngineInput {
         var input = EngineInput.everything(state.input)
         input.names = state.chainNames
-        input.hostSockets = ListeningSockets.current()
+        input.hostSockets = hostSockets ?? ListeningSockets.current()
         return input
     }
 }

@@ -37,8 +37,8 @@ struct LocalContext {
 
     /// One change through the engine, under the lock (not for dry-runs); problems and pending
     /// forwards are logged.
-    func run(_ input: EngineInput, dryRun: Bool) async throws -> Firewall.Outcome {
-        let outcome = try await firewall.run(input, backend: backend, dryRun: dryRun, store: dryRun ? nil : store)
+    func run(_ input: EngineInput, dryRun: Bool, ahead: Firewall.ReadAhead? = nil) async throws -> Firewall.Outcome {
+        let outcome = try await firewall.run(input, backend: backend, dryRun: dryRun, store: dryRun ? nil : store, ahead: ahead)
         log.report(outcome.plan)
         return outcome
     }

@@ -177,6 +177,30 @@ struct KernelRoundTripTests {
         #expect(try await listed.state() == NftState())
     }
 
+    @Test("The ruleset generation moves with every nf_tables commit, nft's and iptables-nft's alike, and with nothing else")
+    func rulesetGeneration() async throws {
+        try #require(Root.isRoot, "needs root to create a network namespace")
+        let namespace = "vgt-rt-\(getpid())-generation"
+        #expect(try await sh(["ip", "netns", "add", namespace]).status == 0)
+        defer { _ = system("ip netns del \(namespace) 2>/dev/null") }
+        let netlink = try #require(NftNetlink.shared)
+        func generation() throws -> UInt32 { try Self.inNamespace(namespace) { try netlink.generation() } }
+
+        let first = try generation()
+        #expect(try generation() == first, "a read commits nothing")
+        _ = try Self.inNamespace(namespace) { try netlink.state() }
+        #expect(try generation() == first)
+        #expect(try await sh(["ip", "netns", "exec", namespace, "nft", "add", "table", "inet", "vgt-generation"]).status == 0)
+        let afterNft = try generation()
+        #expect(afterNft != first)
+        // sync trusts a read of iptables-nft's rules as long as the generation stands: their commits must move it.
+        let rules = "*nat\n:VGD-generation - [0:0]\n-A VGD-generation -p tcp -m tcp --dport 2222 -j DNAT --to-destination 10.0.0.2:22\nCOMMIT\n"
+        #expect(try await sh(["ip", "netns", "exec", namespace, "iptables-nft-restore", "--noflush"], input: rules).status == 0)
+        let afterIptables = try generation()
+        #expect(afterIptables != afterNft)
+        #expect(try generation() == afterIptables)
+    }
+
     @Test("A scoped netlink read holds the owners a change replaces and the claims that can collide with it, nothing else")
     func scopedNetlinkRead() async throws {
         try #require(Root.isRoot, "needs root to create a network namespace")

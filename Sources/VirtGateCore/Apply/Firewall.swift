@@ -9,11 +9,19 @@ public struct Firewall: Sendable {
     public let mark: UInt32
     public let log: Log
 
+    /// The kernel's nf_tables ruleset generation (`NftNetlink.generation`); nil where it cannot be read.
+    let generation: @Sendable () -> UInt32?
+
     public init(iptables: IptablesCommands, nft: NftCommands?, mark: UInt32 = Settings().connectionMark, log: Log) {
+        self.init(iptables: iptables, nft: nft, mark: mark, log: log, generation: { try? NftNetlink.shared?.generation() })
+    }
+
+    init(iptables: IptablesCommands, nft: NftCommands?, mark: UInt32, log: Log, generation: @escaping @Sendable () -> UInt32?) {
         self.iptables = iptables
         self.nft = nft
         self.mark = mark
         self.log = log
+        self.generation = generation
     }
 
     /// One change, rendered: `iptables-restore --noflush` input per family and one `nft -f` script.
@@ -54,9 +62,34 @@ public struct Firewall: Sendable {
         public var transaction: Transaction
     }
 
+    /// The kernel read before the lock is taken (`readAhead`), with the ruleset generation it was
+    /// read at: valid for as long as the kernel's generation stays the same.
+    public struct ReadAhead: Sendable {
+        public var reads: KernelReads
+        public var state: KernelState
+        public var generation: UInt32
+    }
+
+    /// Reads `reads` now, unlocked, so that a command can read the kernel while it waits for
+    /// something else (sync: for libvirt). nil when the ruleset generation does not cover all of it
+    /// (iptables-legacy keeps its rules outside nf_tables) or cannot be read.
+    public func readAhead(_ reads: KernelReads) async -> ReadAhead? {
+        guard !reads.iptables || iptables.variant == .nft, let before = generation(),
+              let state = try? await read(reads, dryRun: false) else { return nil }
+        return ReadAhead(reads: reads, state: state, generation: before)
+    }
+
     /// Reads what `input` needs, plans it (`Engine.plan`) and renders the difference. Changes nothing.
-    public func preview(_ input: EngineInput, backend: any Backend, dryRun: Bool) async throws -> Preview {
-        Self.preview(input, backend: backend, state: try await read(backend.reads(for: input), dryRun: dryRun), mark: mark)
+    /// `ahead` stands in for the read when it read the same and nothing was committed since.
+    public func preview(_ input: EngineInput, backend: any Backend, dryRun: Bool, ahead: ReadAhead? = nil) async throws -> Preview {
+        let reads = backend.reads(for: input)
+        let state: KernelState
+        if let ahead, ahead.reads == reads, generation() == ahead.generation {
+            state = ahead.state
+        } else {
+            state = try await read(reads, dryRun: dryRun)
+        }
+        return Self.preview(input, backend: backend, state: state, mark: mark)
     }
 
     /// What `preview` does once the kernel was read. Pure: golden tests and `plan` use it directly.
@@ -70,7 +103,9 @@ public struct Firewall: Sendable {
     /// none for dry-runs, which change nothing). Someone else (libvirt, UFW, an admin, another
     /// tool) may change the kernel between our read and our write; the transaction then fails as a
     /// whole and a second round sees their change.
-    public func run(_ input: EngineInput, backend: any Backend, dryRun: Bool, store: StateStore?) async throws -> Outcome {
+    /// `ahead`, a read made before the lock, is used by the first attempt if it is still current.
+    public func run(_ input: EngineInput, backend: any Backend, dryRun: Bool, store: StateStore?,
+                    ahead: ReadAhead? = nil) async throws -> Outcome {
         var lock: FileLock?
         if !dryRun, let store {
             try store.prepare()
@@ -78,7 +113,7 @@ public struct Firewall: Sendable {
         }
         defer { withExtendedLifetime(lock) {} }
         for attempt in 1...2 {
-            let preview = try await preview(input, backend: backend, dryRun: dryRun)
+            let preview = try await preview(input, backend: backend, dryRun: dryRun, ahead: attempt == 1 ? ahead : nil)
             if input.refuseOnProblems && !preview.plan.problems.isEmpty {
                 return Outcome(plan: preview.plan, transaction: Transaction(), applied: false, refused: true)
             }

@@ -132,6 +132,34 @@ final class NftNetlink: Sendable {
         return state
     }
 
+    static let getGeneration: UInt16 = 16, generationID: UInt16 = 1
+
+    /// The ruleset generation of this network namespace: the kernel counts every nf_tables commit
+    /// in it, virtgate's own, nft's, libvirt's and iptables-nft's alike. Two equal readings mean
+    /// nothing of nf_tables changed in between.
+    func generation() throws -> UInt32 {
+        let session = try Session(functions)
+        defer { session.close() }
+        var generation: UInt32?
+        try session.exchange({ buffer, sequence in
+            _ = functions.buildHeader(buffer, Self.getGeneration, 0 /* AF_UNSPEC */, 0x4 /* NLM_F_ACK */, sequence)
+        }, { message, length in
+            // NFT_MSG_NEWGEN: after the netlink and nfgenmsg headers, NFTA_GEN_ID (u32, big-endian).
+            var offset = 20
+            while offset + 8 <= length {
+                let attributeLength = Int(message.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+                let type = message.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3fff
+                guard attributeLength >= 4 else { break }
+                if type == Self.generationID, attributeLength >= 8 {
+                    generation = UInt32(bigEndian: message.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
+                }
+                offset += (attributeLength + 3) & ~3
+            }
+        })
+        guard let generation else { throw VirtGateError(.firewall, "netlink: the kernel gave no ruleset generation") }
+        return generation
+    }
+
     /// Writes `changes` as one netfilter batch: the kernel applies all of it or none. A guest event
     /// then never loads libnftables (its loading and its parsing of the script cost about a
     /// millisecond per event, and creating the table about 5 ms more). false, with nothing
