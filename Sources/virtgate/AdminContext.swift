@@ -48,11 +48,14 @@ struct AdminContext {
         return state
     }
 
+}
+
+extension LibvirtState {
     /// Everything libvirt runs now, as `sync` applies it and `status` compares it; `hostSockets`
     /// when they were read already.
-    func everything(_ state: LibvirtState, hostSockets: [HostSocket]? = nil) -> EngineInput {
-        var input = EngineInput.everything(state.input)
-        input.names = state.chainNames
+    func everything(hostSockets: [HostSocket]? = nil) -> EngineInput {
+        var input = EngineInput.everything(self.input)
+        input.names = chainNames
         input.hostSockets = hostSockets ?? ListeningSockets.current()
         return input
     }

@@ -20,7 +20,7 @@ extension VirtGate {
         func run() async throws {
             let context = try await AdminContext(connection)
             let state = try context.loadState()
-            let preview = try await context.local.firewall.preview(context.everything(state), backend: context.local.backend,
+            let preview = try await context.local.firewall.preview(state.everything(), backend: context.local.backend,
                                                                    dryRun: false)
             let settings = context.settings
             let variant = context.local.firewall.iptables.variant.rawValue
