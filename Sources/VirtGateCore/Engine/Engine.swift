@@ -100,9 +100,6 @@ public struct EnginePlan: Sendable {
 }
 
 public enum Engine {
-    /// From this many guests on, `plan` plans them on every core (see there); a hook's one guest never.
-    static let guestsPlannedAtOnce = 64
-
     /// The one planning function. `incumbents` are the claims the kernel holds now (of any backend):
     /// a guest already holding a port keeps it, exactly as the sequence of hook events decided.
     /// Claims of the guests being planned or removed are replaced, so they block no one; with
@@ -138,41 +135,13 @@ public enum Engine {
             return true
         }
         let removed = input.removed.filter { if case .guest(let name) = $0 { !collides(name) } else { true } }
-        let planned = ordered.filter { !collides($0.name) }
-        let hostSockets = input.hostSockets, known = gateways ?? [], holdings = held
-        @Sendable func context(_ guest: GuestDefinition) -> Planner.HostContext {
-            .init(hostSockets: hostSockets, held: holdings[guest.name] ?? [], gateways: known)
-        }
         var guests: [PlannedGuest] = []
-        guests.reserveCapacity(planned.count)
-        if let book = input.addresses.sendable, planned.count >= Self.guestsPlannedAtOnce {
-            // Many guests (a sync): each is planned against the kernel's claims alone, on every core,
-            // then taken in order; one whose looked-up claims meet those of a guest before it is
-            // planned again against them. Each plan is exactly what planning one guest after
-            // another gives (see `Planner.binding`); in the usual case no guest is planned twice.
-            let incumbents = taken
-            let alone = planned.parallelMap(threshold: Self.guestsPlannedAtOnce) { guest in
-                Planner.binding(guest: guest, addresses: book, taken: incumbents, settings: settings, context: context(guest))
-            }
-            var earlier = ClaimIndex()
-            for (guest, first) in zip(planned, alone) {
-                var plan = first.plan
-                if first.checked.contains(where: { earlier.first(overlapping: $0) != nil }) {
-                    plan = Planner.plan(guest: guest, addresses: book, taken: taken, settings: settings, context: context(guest))
-                }
-                for claim in plan.claims {
-                    taken.insert(claim)
-                    earlier.insert(claim)
-                }
-                guests.append(PlannedGuest(guest: guest, plan: plan))
-            }
-        } else {
-            for guest in planned {
-                let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings,
-                                        context: context(guest))
-                for claim in plan.claims { taken.insert(claim) }
-                guests.append(PlannedGuest(guest: guest, plan: plan))
-            }
+        for guest in ordered where !collides(guest.name) {
+            let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings,
+                                    context: .init(hostSockets: input.hostSockets, held: held[guest.name] ?? [],
+                                                   gateways: gateways ?? []))
+            for claim in plan.claims { taken.insert(claim) }
+            guests.append(PlannedGuest(guest: guest, plan: plan))
         }
         return EnginePlan(networks: networks, guests: guests, removed: removed, collisions: collisions, exclusive: input.exclusive,
                           clearsOtherBackend: input.clearsOtherBackend, removesPlainBridgeRules: input.removesPlainBridgeRules,

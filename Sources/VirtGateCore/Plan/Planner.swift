@@ -5,14 +5,10 @@ public protocol AddressBook {
     func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress?
     /// The MAC a DHCP lease on `bridge` gives `address` to, if any.
     func leaseHolder(bridge: String, address: IPAddress) -> MACAddress?
-    /// This book, where several threads may read it at once (planning many guests on every core);
-    /// nil for one that fills itself as it is read.
-    var sendable: (any AddressBook & Sendable)? { get }
 }
 
 extension AddressBook {
     public func leaseHolder(bridge: String, address: IPAddress) -> MACAddress? { nil }
-    public var sendable: (any AddressBook & Sendable)? { nil }
 }
 
 public struct PlannerSettings: Hashable, Sendable {
@@ -107,16 +103,6 @@ public enum Planner {
 
     public static func plan(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex,
                             settings: PlannerSettings = PlannerSettings(), context: HostContext = HostContext()) -> GuestPlan {
-        binding(guest: guest, addresses: addresses, taken: taken, settings: settings, context: context).plan
-    }
-
-    /// The plan, and every claim it looked up in `taken`, in order. `taken` decides nothing else:
-    /// planned again with more claims in `taken`, none of which overlaps one of those, a guest gets
-    /// the very same plan (each lookup finds what it found before), which is what lets
-    /// `Engine.plan` plan many guests at once.
-    static func binding(guest: GuestDefinition, addresses: some AddressBook, taken: ClaimIndex,
-                        settings: PlannerSettings, context: HostContext) -> (plan: GuestPlan, checked: [ForwardClaim]) {
-        var checked: [ForwardClaim] = []
         let subject = InputProblem.Subject.guest(guest.name)
         var intents: [Intent] = []
         var pending: [PendingForward] = []
@@ -207,7 +193,6 @@ public enum Planner {
                                                  reason: "a host process holds \(socket.summary); the forward would hide it"))
                     continue
                 }
-                checked.append(claim)
                 if let holder = taken.first(overlapping: claim) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
                                                  value: forward.hostPorts.description,
@@ -249,8 +234,8 @@ public enum Planner {
                 intents.append(.allowMarkedForwards(bridge: forward.bridge, mark: mark, family: forward.family))
             }
         }
-        return (GuestPlan(plan: OwnerPlan(owner: .guest(guest.name), intents: intents), pending: pending,
-                          problems: problems, networks: networks), checked)
+        return GuestPlan(plan: OwnerPlan(owner: .guest(guest.name), intents: intents), pending: pending,
+                         problems: problems, networks: networks)
     }
 }
 

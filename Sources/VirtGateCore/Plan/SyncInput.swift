@@ -14,12 +14,10 @@ public struct SyncInput: Sendable {
 }
 
 /// Networks and leases as libvirt reported them, for planning outside hooks.
-public struct SyncAddressBook: AddressBook, Sendable {
+public struct SyncAddressBook: AddressBook {
     public let input: SyncInput
 
     public init(input: SyncInput) { self.input = input }
-
-    public var sendable: (any AddressBook & Sendable)? { self }
 
     public func network(named name: String) -> NetworkDefinition? { input.networks.first { $0.name == name } }
     public func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? {
