@@ -1,5 +1,8 @@
 import ArgumentParser
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import VirtGateAdmin
 import VirtGateCore
 
@@ -24,15 +27,13 @@ extension VirtGate {
             // sockets: libvirt's answers are most of a sync's time, and the reads need none of them.
             // The kernel read stands in for the one under the lock only if nothing was committed
             // since (`Firewall.readAhead`). No thread outlives the command.
-            let libvirt = LibvirtLoad(local: local, options: connection)
+            let libvirt = LibvirtLoad(local: local, options: connection, comparingWith: dryRun ? nil : local.store)
             defer { libvirt.finished() }
             let ahead = await local.firewall.readAhead(local.backend.reads(for: .everything(SyncInput(networks: [], guests: [], leases: [:]))))
             let hostSockets = ListeningSockets.current()
             let state = try libvirt.state()
-            // What virtgate remembers is compared with libvirt's state on another core while the
-            // transaction is planned and applied: for 1,000 guests, 1,000 files read.
-            let remembered = dryRun ? nil : RememberedState.compare(local.store, with: state)
             let outcome = try await local.run(state.everything(hostSockets: hostSockets), dryRun: dryRun, ahead: ahead)
+            let remembered = libvirt.remembered()
             guard let remembered else { // a dry run: nothing compared, nothing remembered
                 writeAll(1, outcome.transaction.isEmpty ? "# sync: no changes\n" : outcome.transaction.text)
                 return
@@ -52,28 +53,40 @@ extension VirtGate {
     }
 }
 
-/// libvirt's state, read on a thread of its own from the moment it is made. That thread closes the
-/// connection once the state is handed on, while the caller plans: closing can take libvirt a while
-/// (the test driver frees every guest it holds: 25-35 ms for 1,000). `finished()` waits for that.
+/// libvirt's state, read on a thread of its own from the moment it is made. Once the state is handed
+/// on, that thread compares what virtgate remembers with it (1,000 files read for 1,000 guests) and
+/// closes the connection (the test driver then frees every guest it holds: 25-35 ms for 1,000),
+/// both at the lowest priority while the caller plans and applies: they take a core the caller's
+/// work leaves idle, not one it could use. `finished()` waits for all of it.
 final class LibvirtLoad: @unchecked Sendable {
     private var outcome: Result<LibvirtState, any Error>?
+    private var comparison: RememberedState?
     private let loaded = DispatchSemaphore(value: 0)
+    private let compared = DispatchSemaphore(value: 0)
     private let closed = DispatchSemaphore(value: 0)
 
-    init(local: LocalContext, options: ConnectionOptions) {
-        // A queue of its own runs on a thread of its own, beside the shared pool that parses guests.
+    /// `store`: what virtgate remembers, to compare with the state; nil compares nothing.
+    init(local: LocalContext, options: ConnectionOptions, comparingWith store: StateStore?) {
+        // A queue of its own runs on a thread of its own, beside the shared pool.
         DispatchQueue(label: "virtgate.libvirt").async {
             defer { self.closed.signal() }
             do {
                 let context = try AdminContext(local: local, options: options)
-                // The connection lives until the state was handed on, and is closed after.
+                // The connection lives until the state was handed on and compared, and is closed after.
                 withExtendedLifetime(context) {
                     self.outcome = Result { try context.loadState() }
                     self.loaded.signal()
+                    // On Linux a nice value is the calling thread's, not the process's.
+                    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19)
+                    if let store, case .success(let state) = self.outcome {
+                        self.comparison = RememberedState(comparing: store, with: state)
+                    }
+                    self.compared.signal()
                 }
             } catch {
                 self.outcome = .failure(error)
                 self.loaded.signal()
+                self.compared.signal()
             }
         }
     }
@@ -82,6 +95,12 @@ final class LibvirtLoad: @unchecked Sendable {
     func state() throws -> LibvirtState {
         loaded.wait()
         return try outcome!.get()
+    }
+
+    /// Waits for the comparison with what virtgate remembers; nil when none was asked for.
+    func remembered() -> RememberedState? {
+        compared.wait()
+        return comparison
     }
 
     /// Waits until the connection is closed.

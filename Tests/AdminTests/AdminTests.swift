@@ -205,7 +205,7 @@ struct AdminTests {
         }
         let unchanged = (inode("networks/default.xml"), inode("guests/web.xml"))
 
-        try RememberedState.compare(store, with: state).update(store)
+        try RememberedState(comparing: store, with: state).update(store)
 
         #expect(store.networkXML("isolated") == state.networkXML["isolated"])
         #expect(store.guestXML("db") == state.guestXML["db"])

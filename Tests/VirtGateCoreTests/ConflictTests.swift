@@ -74,5 +74,17 @@ struct ConflictTests {
             .first(overlapping: claim("x", .v4, 9000, 9000, host: "198.51.100.11")) == nil)
         #expect(ClaimIndex([claim("e", .v4, 9000, 9000, host: "198.51.100.10")])
             .first(overlapping: claim("x", .v4, 9000, 9000))?.guest == "e")
+        // Several claims on one port (other host addresses, protocols, families share the key or
+        // not): the first indexed that competes is named, skipping the asker's own.
+        let shared = ClaimIndex([claim("f", .v4, 7000, 7000, host: "198.51.100.10"), claim("g", .v4, 7000, 7000, host: "198.51.100.11"),
+                                 claim("h", .v4, 7000, 7001), claim("i", .v6, 7000, 7000), claim("j", .v4, 7000, 7000, proto: .udp)])
+        #expect(shared.first(overlapping: claim("x", .v4, 7000, 7000))?.guest == "f")
+        #expect(shared.first(overlapping: claim("f", .v4, 7000, 7000))?.guest == "g")
+        #expect(shared.first(overlapping: claim("x", .v4, 7000, 7000, host: "198.51.100.11"))?.guest == "g")
+        #expect(shared.first(overlapping: claim("x", .v4, 7000, 7000, host: "198.51.100.12"))?.guest == "h")
+        #expect(shared.first(overlapping: claim("x", .v4, 7001, 7001, host: "198.51.100.10"))?.guest == "h")
+        #expect(shared.first(overlapping: claim("x", .v6, 6990, 7010))?.guest == "i")
+        #expect(shared.first(overlapping: claim("x", .v4, 7000, 7000, proto: .udp))?.guest == "j")
+        #expect(shared.first(overlapping: claim("x", .v4, 7000, 7000, proto: .sctp)) == nil)
     }
 }

@@ -136,6 +136,8 @@ public enum Engine {
         }
         let removed = input.removed.filter { if case .guest(let name) = $0 { !collides(name) } else { true } }
         var guests: [PlannedGuest] = []
+        // Room for every forward's port: a sync indexes thousands, and growing the index rehashes it.
+        taken.reserveCapacity(ordered.reduce(0) { $0 + $1.forwards.count })
         for guest in ordered where !collides(guest.name) {
             let plan = Planner.plan(guest: guest, addresses: input.addresses, taken: taken, settings: settings,
                                     context: .init(hostSockets: input.hostSockets, held: held[guest.name] ?? [],

@@ -287,29 +287,55 @@ public struct ForwardClaim: Hashable, Sendable {
 /// Claims by family, protocol and host port, so a conflict check looks at the claims on its own
 /// ports only. Wide ranges (beyond `wideRange` ports) are kept aside and always compared.
 public struct ClaimIndex: Sendable {
-    struct Key: Hashable { var family: IPFamily, proto: TransportProtocol, port: UInt16 }
+    /// Family, protocol and port in one word: one integer to hash.
+    struct Key: Hashable {
+        var packed: UInt32
+
+        init(family: IPFamily, proto: TransportProtocol, port: UInt16) {
+            packed = UInt32(port) | UInt32(proto.number) << 16 | (family == .v6 ? 1 << 24 : 0)
+        }
+    }
     static let wideRange = 256
 
-    private var byPort: [Key: [ForwardClaim]] = [:]
+    /// The first claim on each port, and the others on it in order: most ports hold one claim,
+    /// which then needs no array of its own (a sync indexes thousands).
+    private var first: [Key: ForwardClaim] = [:]
+    private var more: [Key: [ForwardClaim]] = [:]
     private var wide: [ForwardClaim] = []
 
     public init(_ claims: [ForwardClaim] = []) {
+        first.reserveCapacity(claims.count)
         for claim in claims { insert(claim) }
+    }
+
+    /// Room for `ports` more single-port claims without rehashing.
+    public mutating func reserveCapacity(_ ports: Int) {
+        first.reserveCapacity(first.count + ports)
     }
 
     public mutating func insert(_ claim: ForwardClaim) {
         guard claim.hostPorts.count <= Self.wideRange else { return wide.append(claim) }
         for port in claim.hostPorts.lower...claim.hostPorts.upper {
-            byPort[Key(family: claim.family, proto: claim.proto, port: port), default: []].append(claim)
+            let key = Key(family: claim.family, proto: claim.proto, port: port)
+            // One lookup for a port no claim holds yet, the usual case.
+            if let earlier = first.updateValue(claim, forKey: key) {
+                first[key] = earlier
+                more[key, default: []].append(claim)
+            }
         }
     }
 
-    /// A claim of another guest that competes with `claim` for the same packets.
+    /// A claim of another guest that competes with `claim` for the same packets: on the lowest
+    /// port where there is one, the one indexed first.
     public func first(overlapping claim: ForwardClaim) -> ForwardClaim? {
         for port in claim.hostPorts.lower...claim.hostPorts.upper {
-            for other in byPort[Key(family: claim.family, proto: claim.proto, port: port)] ?? []
-            where other.guest != claim.guest && other.overlaps(claim) {
-                return other
+            let key = Key(family: claim.family, proto: claim.proto, port: port)
+            guard let held = first[key] else { continue }
+            if held.guest != claim.guest && held.overlaps(claim) { return held }
+            if !more.isEmpty, let others = more[key] {
+                for other in others where other.guest != claim.guest && other.overlaps(claim) {
+                    return other
+                }
             }
         }
         return wide.first { $0.guest != claim.guest && $0.overlaps(claim) }
