@@ -66,6 +66,14 @@ struct AddressTests {
         }
     }
 
+    @Test("A range's ports, each once, lowest first, up to 65535")
+    func portsOfARange() {
+        #expect(Array(PortRange(22, 22).ports) == [22])
+        #expect(Array(PortRange(8000, 8003).ports) == [8000, 8001, 8002, 8003])
+        #expect(Array(PortRange(65534, 65535).ports) == [65534, 65535])
+        #expect(Array(PortRange(1, 65535).ports) == (1...65535).map { UInt16($0) })
+    }
+
     @Test func macNormalisesCase() {
         #expect(MACAddress("52:54:00:AA:bb:0C")?.description == "52:54:00:aa:bb:0c")
         #expect(MACAddress("52:54:00:aa:bb") == nil)

@@ -111,6 +111,9 @@ public enum Planner {
         // Bound forwards and their claims, side by side: each claim made once, not once per comparison.
         var bound: [BoundForward] = []
         var boundClaims: [ForwardClaim] = []
+        bound.reserveCapacity(guest.forwards.count)
+        boundClaims.reserveCapacity(guest.forwards.count)
+        var networkNamed: [String: NetworkDefinition?] = [:]
 
         var remappedPorts = 0
         for (index, forward) in guest.forwards.enumerated() {
@@ -140,7 +143,19 @@ public enum Planner {
                 pending.append(PendingForward(forward: forward, reason: "the guest has no network interface"))
                 continue
             }
-            let network = nic.network.flatMap { addresses.network(named: $0) }
+            // Looked up once per network name, not once per forward: each lookup copies a definition
+            // that holds every reservation of the network.
+            let network: NetworkDefinition?
+            if let name = nic.network {
+                if let known = networkNamed[name] {
+                    network = known
+                } else {
+                    network = addresses.network(named: name)
+                    networkNamed[name] = .some(network)
+                }
+            } else {
+                network = nil
+            }
             guard let bridge = nic.bridge ?? network?.bridge else {
                 pending.append(PendingForward(forward: forward, reason: "bridge of interface \(nic.mac) unknown"))
                 continue
@@ -177,7 +192,7 @@ public enum Planner {
                     proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
                     sources: IPNetwork.normalizedAllowList(forward.sources.filter { $0.family == family }), guestAddress: address,
                     guestPorts: forward.guestPorts, bridge: bridge,
-                    subnets: network?.subnets.map(\.network).filter { $0.family == family } ?? [],
+                    subnets: network?.subnets.compactMap { $0.network.family == family ? $0.network : nil } ?? [],
                     position: forward.position, onPlainBridge: network == nil)
                 let claim = candidate.claim(by: guest.name)
                 if let earlier = boundClaims.firstIndex(where: { $0.overlaps(claim) }) {
@@ -315,7 +330,7 @@ public struct ClaimIndex: Sendable {
 
     public mutating func insert(_ claim: ForwardClaim) {
         guard claim.hostPorts.count <= Self.wideRange else { return wide.append(claim) }
-        for port in claim.hostPorts.lower...claim.hostPorts.upper {
+        for port in claim.hostPorts.ports {
             let key = Key(family: claim.family, proto: claim.proto, port: port)
             // One lookup for a port no claim holds yet, the usual case.
             if let earlier = first.updateValue(claim, forKey: key) {
@@ -328,7 +343,7 @@ public struct ClaimIndex: Sendable {
     /// A claim of another guest that competes with `claim` for the same packets: on the lowest
     /// port where there is one, the one indexed first.
     public func first(overlapping claim: ForwardClaim) -> ForwardClaim? {
-        for port in claim.hostPorts.lower...claim.hostPorts.upper {
+        for port in claim.hostPorts.ports {
             let key = Key(family: claim.family, proto: claim.proto, port: port)
             guard let held = first[key] else { continue }
             if held.guest != claim.guest && held.overlaps(claim) { return held }
