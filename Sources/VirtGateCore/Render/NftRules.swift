@@ -303,10 +303,17 @@ public enum NftTransaction {
         if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
             return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
         }
-        let want = Set(desired.values.joined())
         guard state.layout == NftLayout.marker(mark: mark) else {
-            return NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: want.sorted())
+            // Every element, in order and once: sorted, then each kept where it differs from the one
+            // before (no set of thousands of elements hashed first).
+            var all = Array(desired.values.joined())
+            all.sort()
+            var added: [NftElement] = []
+            added.reserveCapacity(all.count)
+            for element in all where added.last != element { added.append(element) }
+            return NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: added)
         }
+        let want = Set(desired.values.joined())
         let have = Set(state.elements)
         let removed = have.subtracting(want).sorted()
         let added = want.subtracting(have).sorted()
