@@ -122,9 +122,13 @@ public enum ChainNames {
             let id = id(for: name)
             perFamily = [("VGD-\(id)", .dnat), ("VGF-\(id)", .forward), ("VGS-\(id)", .postrouting)]
         }
-        return IPFamily.allCases.flatMap { family in
-            perFamily.map { (table: $0.1.table(family), name: $0.0, parent: $0.1) }
+        // Appended into room made once (a sync asks for the chains of every guest).
+        var chains: [(table: IptablesTable, name: String, parent: TopChain)] = []
+        chains.reserveCapacity(IPFamily.allCases.count * perFamily.count)
+        for family in IPFamily.allCases {
+            for (name, parent) in perFamily { chains.append((table: parent.table(family), name: name, parent: parent)) }
         }
+        return chains
     }
 }
 
