@@ -267,9 +267,16 @@ final class NftNetlink: Sendable {
             }
             // libnftnl's user data: a comment is type 0, its length, its bytes and a NUL. A delete
             // names the element by its key alone.
-            let text = Array(element.comment.utf8)
+            let text = element.comment.utf8
             guard text.count < 128, !text.contains(0) else { return nil }
-            comment = withData ? [0, UInt8(text.count + 1)] + text + [0] : []
+            comment = []
+            if withData {
+                comment.reserveCapacity(text.count + 3)
+                comment.append(0)
+                comment.append(UInt8(text.count + 1))
+                comment.append(contentsOf: text)
+                comment.append(0)
+            }
         }
 
         /// An upper bound of its size in a message (attribute headers and padding included).
@@ -702,8 +709,8 @@ extension NftLayout {
                 (low, high) = (a, a)
             }
             guard low <= high, high <= (field == .port ? 0xffff : 0xff) else { return false }
-            start += numberBytes(UInt16(low), field)
-            end += numberBytes(UInt16(high), field)
+            appendNumber(UInt16(low), field, to: &start)
+            appendNumber(UInt16(high), field, to: &end)
         }
         return true
     }
@@ -737,8 +744,18 @@ extension NftLayout {
     }
 
     /// A protocol in the first byte of its 4, a port big-endian in the first two.
-    static func numberBytes(_ value: UInt16, _ field: Field) -> [UInt8] {
-        field == .proto ? [UInt8(value), 0, 0, 0] : [UInt8(value >> 8), UInt8(value & 0xff), 0, 0]
+    /// A protocol is one byte, a port two (network order), each padded to four: appended in place,
+    /// without an array of its own per field (a sync encodes thousands).
+    static func appendNumber(_ value: UInt16, _ field: Field, to bytes: inout [UInt8]) {
+        if field == .proto {
+            bytes.append(UInt8(truncatingIfNeeded: value))
+            bytes.append(0)
+        } else {
+            bytes.append(UInt8(value >> 8))
+            bytes.append(UInt8(value & 0xff))
+        }
+        bytes.append(0)
+        bytes.append(0)
     }
 
     static func address(_ bytes: UnsafeRawBufferPointer, _ offset: Int, _ family: IPFamily) -> IPAddress {
