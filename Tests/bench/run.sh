@@ -82,7 +82,7 @@ if [ "$quick" -eq 1 ]; then
     conn_sizes=(10 1000)
 else
     warm=5; runs_fast=100; runs_py=30; runs_mem=9
-    sync_sizes=(100 1000 5000); sync_runs=(10 5 3); sync_warm=(2 1 0); paired_size=1000; paired_rounds=15
+    sync_sizes=(100 1000 5000); sync_runs=(10 5 3); sync_warm=(2 1 0); paired_size=1000; paired_rounds=25
     conn_sizes=(10 10000)
 fi
 backends=(iptables nft)
