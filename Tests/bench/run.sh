@@ -965,6 +965,7 @@ for b in backends:
     p(f"| guests | {'DNAT map elements' if b == 'nft' else 'DNAT rules'} | apply | re-sync | dry-run | apply per guest | growth per guest (vs previous size) | libvirt alone | own share (apply − libvirt alone) | virsh list | {'`nft -f`' if b == 'nft' else '`iptables-restore`'} of the same transaction alone | target |")
     p("|---|---|---|---|---|---|---|---|---|---|---|---|")
     prev = None
+    pr = paired(b)
     for g in sync_sizes:
         reason = skipped(b, f"sync-{g}")
         if reason:
@@ -981,14 +982,18 @@ for b in backends:
         share = own_share(a, libvirt)
         goal = ""
         if g == "1000":
-            goal = "own share ≤ 100 ms: " + check(share <= 100) if share is not None else "–"
+            # Commands timed one after the other take the machine's drift between them as a
+            # difference: where paired rounds ran at this size, they give the verdict, not this row.
+            if pr and str(pr["size"]) == g:
+                goal = "own share ≤ 100 ms: see the paired rounds below"
+            else:
+                goal = "own share ≤ 100 ms: " + check(share <= 100) if share is not None else "–"
         p(f"| {int(g):,} | {dn} | {ms(a)} | {ms(n)} | {ms(d)} | {per} | {growth} | {ms(libvirt)} | "
           f"{'–' if share is None else f'{round(share)} ms'} | {ms(hf(f'sync-virsh-{g}'))} | "
           f"{ms(restore)} | {goal} |")
         if a:
             prev = (int(g), a["median"])
     p("")
-    pr = paired(b)
     if pr:
         p(f"Paired rounds at {int(pr['size']):,} guests ({pr['rounds']} rounds, each: libvirt alone, apply from nothing, "
           f"re-sync; every difference taken within its round): libvirt alone {pr['alone-wall']:.0f} ms, apply "
