@@ -47,7 +47,6 @@ struct AdminContext {
         for problem in state.problems { log.error(problem) }
         return state
     }
-
 }
 
 extension LibvirtState {

@@ -29,7 +29,9 @@ extension VirtGate {
             // since (`Firewall.readAhead`). No thread outlives the command.
             let libvirt = LibvirtLoad(local: local, options: connection, comparingWith: dryRun ? nil : local.store)
             defer { libvirt.finished() }
-            let ahead = await local.firewall.readAhead(local.backend.reads(for: .everything(SyncInput(networks: [], guests: [], leases: [:]))))
+            // What sync reads does not depend on libvirt's answers: it plans everything.
+            let reads = local.backend.reads(for: .everything(SyncInput(networks: [], guests: [], leases: [:])))
+            let ahead = await local.firewall.readAhead(reads)
             let hostSockets = ListeningSockets.current()
             let state = try libvirt.state()
             let outcome = try await local.run(state.everything(hostSockets: hostSockets), dryRun: dryRun, ahead: ahead)

@@ -167,6 +167,11 @@ start_daemon() {
     for i in $(seq 100); do [ -s "$DAEMON_DIR/pid" ] && break; sleep 0.05; done
     DAEMON=$(cat "$DAEMON_DIR/pid")
     defer "inns kill $DAEMON"
+    # The pid is known once bash has forked, before the child runs as virtnetworkd: until then
+    # pidof (what install.sh asks) does not find it.
+    for i in $(seq 100); do inns pidof virtnetworkd 2>/dev/null | grep -qw -- "$DAEMON" && return 0; sleep 0.05; done
+    echo "# the fake virtnetworkd (pid $DAEMON) did not show up under its name" >&2
+    return 1
 }
 # daemon_got_hup: the fake daemon died of SIGHUP (waits up to 3 s); otherwise it is stopped.
 daemon_got_hup() {
