@@ -161,7 +161,9 @@ start_daemon() {
     mkdir -p "$TMP/bin"
     [ -x "$TMP/bin/virtnetworkd" ] || cp /bin/sleep "$TMP/bin/virtnetworkd"
     DAEMON_DIR=$(mktemp -d "$TMP/daemon.XXXXXX")
-    inns bash -c '"$1" 900 & echo $! >"$2/pid"; wait $!; echo $? >"$2/status"' daemon \
+    # SIGHUP at its default action whatever this test was started with (under nohup, an ignored
+    # SIGHUP would be inherited, and no signal install.sh sends could end the daemon).
+    inns bash -c 'env --default-signal=HUP "$1" 900 & echo $! >"$2/pid"; wait $!; echo $? >"$2/status"' daemon \
         "$TMP/bin/virtnetworkd" "$DAEMON_DIR" </dev/null >/dev/null 2>&1 3>&- 8>&- &
     local i
     for i in $(seq 100); do [ -s "$DAEMON_DIR/pid" ] && break; sleep 0.05; done
