@@ -161,6 +161,46 @@ struct EngineTests {
         #expect(plan.problems.count == 2)
     }
 
+    @Test("Planning everything with nft: a guest on a plain host bridge keeps its accept in iptables, one on a libvirt network has no chain")
+    func exclusiveNftFilterHalf() throws {
+        let network = try LibvirtXML.network(fromXML: Self.network)
+        let web = try LibvirtXML.guest(fromXML: Self.domain("web", #"<vg:forward proto="tcp" host-port="8080" guest-port="80"/>"#))
+        let lan = try LibvirtXML.guest(fromXML: Self.domain("lan", mac: "52:54:00:aa:00:02", bridgeNIC: true,
+            #"<vg:forward proto="tcp" host-port="2222" guest-port="22" guest-address="192.0.2.20"/>"#))
+        let input = EngineInput.everything(SyncInput(networks: [network], guests: [web, lan], leases: [:]))
+        let preview = Firewall.preview(input, backend: NftMapBackend(mark: 0x0020_0000),
+                                       state: KernelState(iptables: IptablesSnapshot(), nft: NftState()), mark: 0x0020_0000)
+        let filter = preview.desired.chains?[.filter] ?? [:]
+        #expect(filter["VGF-lan"]?.isEmpty == false, "the plain bridge's guest admits its marked forwards itself")
+        #expect(filter.keys.contains { $0.hasSuffix("-web") } == false)
+        #expect(preview.transaction.iptables[.v4]?.contains("VGF-lan") == true)
+    }
+
+    @Test("Each forward binds on its own NIC's network, also when a guest's NICs are on two networks")
+    func forwardsOnTwoNetworks() throws {
+        let first = try LibvirtXML.network(fromXML: Self.network)
+        let second = try LibvirtXML.network(fromXML: """
+            <network><name>other</name><forward mode='nat'/><bridge name='virbr1'/>
+              <ip address='192.168.100.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:aa:00:02' ip='192.168.100.20'/></dhcp></ip>
+            </network>
+            """)
+        let guest = try LibvirtXML.guest(fromXML: """
+            <domain type='kvm'><name>two</name><metadata><vg:forwards xmlns:vg="urn:virtgate:forwards:1">
+              <vg:forward proto="tcp" host-port="8080" guest-port="80" mac="52:54:00:aa:00:01"/>
+              <vg:forward proto="tcp" host-port="8081" guest-port="80" mac="52:54:00:aa:00:02"/>
+              <vg:forward proto="tcp" host-port="8082" guest-port="80" mac="52:54:00:aa:00:01"/>
+            </vg:forwards></metadata><devices>
+              <interface type='network'><mac address='52:54:00:aa:00:01'/><source network='default' bridge='virbr0'/></interface>
+              <interface type='network'><mac address='52:54:00:aa:00:02'/><source network='other' bridge='virbr1'/></interface>
+            </devices></domain>
+            """)
+        let plan = Engine.plan(EngineInput(networks: [first, second], guests: [guest], addresses: MemoryAddressBook(networks: [first, second])),
+                               incumbents: [], settings: PlannerSettings())
+        let bound = plan.guests[0].plan.plan.intents.compactMap { if case .dnat(let forward) = $0 { forward } else { nil } }
+        #expect(bound.map { "\($0.hostPorts) \($0.guestAddress) \($0.bridge)" }
+                == ["8080 192.168.122.10 virbr0", "8081 192.168.100.20 virbr1", "8082 192.168.122.10 virbr0"])
+    }
+
     @Test("Traffic to a network's own address skips forwards on any address, on both backends")
     func gatewaysExempt() throws {
         let network = try LibvirtXML.network(fromXML: Self.network)

@@ -92,6 +92,20 @@ struct NftRenderTests {
         #expect(NftTransaction.render(from: NftState(), to: [:], mark: Self.mark) == "")
     }
 
+    @Test("A table created from nothing gets every element once, in order, whatever order the owners come in")
+    func createdElementsSortedOnce() throws {
+        let desired = try Self.desired(Self.cases[0])
+        let elements = desired.values.joined().sorted()
+        try #require(elements.count >= 2)
+        // The same element under two owners (a table is a set: it holds it once), owners listed reversed.
+        var shuffled: DesiredElements = [:]
+        for (index, owner) in desired.keys.sorted().reversed().enumerated() { shuffled["\(index)"] = desired[owner]!.reversed() }
+        shuffled["twice"] = [elements[0]]
+        let changes = try #require(NftTransaction.changes(from: NftState(), to: shuffled, mark: Self.mark))
+        #expect(changes.table == .created(mark: Self.mark, replacing: false))
+        #expect(changes.added == elements)
+    }
+
     @Test("Claims read back from the elements are the plan's own")
     func claimsRoundTrip() throws {
         let plan = try Self.plan(Self.cases[3])

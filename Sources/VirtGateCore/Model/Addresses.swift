@@ -256,23 +256,6 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-extension PortRange {
-    /// Each port, lowest first, by a plain counter: the planner walks the ports of thousands of
-    /// claims, and a `ClosedRange<UInt16>` went through the standard library's unspecialised code.
-    public var ports: Ports { Ports(current: UInt32(lower), upper: UInt32(upper)) }
-
-    public struct Ports: Sequence, IteratorProtocol, Sendable {
-        var current: UInt32
-        let upper: UInt32
-
-        public mutating func next() -> UInt16? {
-            guard current <= upper else { return nil }
-            defer { current += 1 }
-            return UInt16(current)
-        }
-    }
-}
-
 public struct PortRange: Hashable, Sendable, CustomStringConvertible {
     public let lower: UInt16
     public let upper: UInt16
@@ -328,6 +311,23 @@ public struct PortRange: Hashable, Sendable, CustomStringConvertible {
     public var description: String { isSingle ? "\(lower)" : "\(lower)-\(upper)" }
     /// "N" or "N:M" as iptables matches take it.
     public var matchSyntax: String { isSingle ? "\(lower)" : "\(lower):\(upper)" }
+}
+
+extension PortRange {
+    /// Each port, lowest first, by a plain counter: the planner walks the ports of thousands of
+    /// claims, and a `ClosedRange<UInt16>` went through the standard library's unspecialised code.
+    public var ports: Ports { Ports(current: UInt32(lower), upper: UInt32(upper)) }
+
+    public struct Ports: Sequence, IteratorProtocol, Sendable {
+        var current: UInt32
+        let upper: UInt32
+
+        public mutating func next() -> UInt16? {
+            guard current <= upper else { return nil }
+            defer { current += 1 }
+            return UInt16(current)
+        }
+    }
 }
 
 public enum TransportProtocol: String, Hashable, Sendable, CaseIterable {

@@ -113,7 +113,8 @@ public enum Planner {
         var boundClaims: [ForwardClaim] = []
         bound.reserveCapacity(guest.forwards.count)
         boundClaims.reserveCapacity(guest.forwards.count)
-        var networkNamed: [String: NetworkDefinition?] = [:]
+        // The network of the last lookup: a guest's forwards almost always share one.
+        var lastNetwork: (name: String, definition: NetworkDefinition?)?
 
         var remappedPorts = 0
         for (index, forward) in guest.forwards.enumerated() {
@@ -143,18 +144,16 @@ public enum Planner {
                 pending.append(PendingForward(forward: forward, reason: "the guest has no network interface"))
                 continue
             }
-            // Looked up once per network name, not once per forward: each lookup copies a definition
+            // Not looked up again for each forward on the same network: a lookup copies a definition
             // that holds every reservation of the network.
-            let network: NetworkDefinition?
+            var network: NetworkDefinition?
             if let name = nic.network {
-                if let known = networkNamed[name] {
-                    network = known
+                if let last = lastNetwork, last.name == name {
+                    network = last.definition
                 } else {
                     network = addresses.network(named: name)
-                    networkNamed[name] = .some(network)
+                    lastNetwork = (name, network)
                 }
-            } else {
-                network = nil
             }
             guard let bridge = nic.bridge ?? network?.bridge else {
                 pending.append(PendingForward(forward: forward, reason: "bridge of interface \(nic.mac) unknown"))
