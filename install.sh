@@ -179,6 +179,11 @@ step_build() {
     command -v swift >/dev/null \
         || die "swift not found on PATH nor in /opt/swift/usr/bin: install the Swift 6 toolchain (https://www.swift.org/install/linux/), then run install.sh again"
     local args=(-c release --static-swift-stdlib --package-path "$SRC_DIR")
+    # Package.swift sets this for virtgate's own modules; here it reaches the dependencies too. Their
+    # specialisations of the standard library's generics (a [String: String]'s growth, say) otherwise
+    # name types by mangled name, and the first such use in a hook run demangles it and scans every
+    # protocol conformance of the binary: 0.3M of a 4.5M-instruction `start`.
+    args+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
     if [ -n "${VIRTGATE_BUILD_DIR:-}" ]; then args+=(--scratch-path "$VIRTGATE_BUILD_DIR"); fi
     if [ "$DRY_RUN" = yes ]; then
         say "would build: swift build ${args[*]}"

@@ -82,13 +82,23 @@ enum ProcessEnvironment {
     }
 
     static func variables(where include: (UnsafePointer<CChar>) -> Bool) -> [String: String] {
-        var result: [String: String] = [:]
+        // Sized before the first insertion: growing a [String: String] made the runtime demangle its
+        // storage type and scan every protocol conformance of the binary for String: Hashable.
+        var count = 0
         var pointer = environ
         while let entry = pointer.pointee {
+            if include(entry) { count += 1 }
+            pointer += 1
+        }
+        var result = [String: String](minimumCapacity: count)
+        pointer = environ
+        while let entry = pointer.pointee {
+            // Split at the first '=' as bytes: String.firstIndex(of:) compares Characters.
             if include(entry) {
-                let text = String(cString: entry)
-                if let equals = text.firstIndex(of: "=") {
-                    result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+                let length = Int(strcspn(entry, "="))
+                if entry[length] == CChar(UInt8(ascii: "=")) {
+                    let key = UnsafeRawBufferPointer(start: entry, count: length)
+                    result[String(decoding: key, as: UTF8.self)] = String(cString: entry + length + 1)
                 }
             }
             pointer += 1
