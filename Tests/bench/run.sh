@@ -14,8 +14,9 @@
 #
 # Usage: sudo bash Tests/bench/run.sh [--quick] [--binary PATH] [--output FILE] [--figures FILE]
 #   --quick    few iterations and small sizes (a smoke test, well under 2 minutes)
-#   --binary   the virtgate to measure (default: .build/release/virtgate; build it with
-#              swift build -c release --static-swift-stdlib)
+#   --binary   the virtgate to measure (default: .build/release/virtgate). As installed: build it with
+#              ./install.sh --build DIR and pass DIR/virtgate (swift build -c release
+#              --static-swift-stdlib alone builds the dependencies without install.sh's start-up flag)
 #   --output   also write the Markdown report to FILE (it always goes to stdout; progress goes to stderr)
 #   --figures  also write every figure to FILE, one a line, tab-separated:
 #              group figure backend value unit samples note
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
         --binary) binary=${2:?--binary needs a path}; shift ;;
         --output) output=${2:?--output needs a file}; shift ;;
         --figures) figures=${2:?--figures needs a file}; shift ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
