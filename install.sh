@@ -184,6 +184,9 @@ step_build() {
     # name types by mangled name, and the first such use in a hook run demangles it and scans every
     # protocol conformance of the binary: 0.3M of a 4.5M-instruction `start`.
     args+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
+    # No $ORIGIN run path: the binary has no library of its own beside it, and with one the loader
+    # looked for libexpat in ten subdirectories of the binary's directory on every run first.
+    args+=(--disable-local-rpath)
     if [ -n "${VIRTGATE_BUILD_DIR:-}" ]; then args+=(--scratch-path "$VIRTGATE_BUILD_DIR"); fi
     if [ "$DRY_RUN" = yes ]; then
         say "would build: swift build ${args[*]}"

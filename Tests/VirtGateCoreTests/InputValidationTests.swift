@@ -248,6 +248,7 @@ struct InputValidationTests {
         #expect(store.guests().map { Array($0.name.utf8) } == expected.map { Array($0.utf8) })
         #expect(store.networks().count == Self.oddNames.count)
         #expect(Set(store.guestNames().map { Array($0.utf8) }) == Set(Self.oddNames.map { Array($0.utf8) }))
+        #expect(Set(store.networkNames().map { Array($0.utf8) }) == Set(Self.oddNames.map { Array($0.utf8) }))
         for (index, name) in Self.oddNames.enumerated() {
             #expect(store.guestXML(name) == "<domain><name>\(index)</name></domain>", "\(name)")
             #expect(store.networkXML(name) == "<network>\(index)</network>")
@@ -414,6 +415,37 @@ struct InputValidationTests {
         #expect(book.problems.count == 1)
         #expect(book.problems.first?.contains("larger than 4 MiB") == true)
         #expect(book.problems.allSatisfy { $0.count <= 1200 })
+    }
+
+    @Test("A network is taken from what virtgate remembers, else libvirt's run directory, else its config; an unusable file is a problem and the next is read")
+    func networkSources() throws {
+        let harness = Harness()
+        defer { harness.cleanUp() }
+        try harness.store.prepare()
+        let settings = harness.settings()
+        for folder in [settings.networkRunDirectory, settings.networkConfigDirectory] {
+            #expect(mkdir(folder, 0o700) == 0)
+        }
+        func xml(_ bridge: String) -> String {
+            "<network><name>default</name><forward mode='nat'/><bridge name='\(bridge)'/><ip address='192.168.122.1' netmask='255.255.255.0'/></network>"
+        }
+        func write(_ path: String, _ text: String) throws { try StateFiles.replace(path, with: Array(text.utf8)) }
+        func bridge() -> (String?, [String]) {
+            let book = FileAddressBook(store: harness.store, settings: settings)
+            return (book.network(named: "default")?.bridge, book.problems)
+        }
+        try write(settings.networkConfigDirectory + "/default.xml", xml("fromconfig"))
+        #expect(bridge().0 == "fromconfig")
+        try write(settings.networkRunDirectory + "/default.xml", xml("fromrun"))
+        #expect(bridge().0 == "fromrun")
+        try harness.store.rememberNetwork("default", xml: xml("remembered"))
+        #expect(bridge().0 == "remembered")
+        #expect(bridge().1.isEmpty)
+        try harness.store.rememberNetwork("default", xml: "<network>")
+        let (found, problems) = bridge()
+        #expect(found == "fromrun")
+        #expect(problems.count == 1)
+        #expect(problems.first?.hasPrefix("remembered XML of network") == true)
     }
 
     @Test("An over-long stdin on a start is invalid input: nothing written, exit status by policy; a stop still removes by name")

@@ -23,6 +23,13 @@ struct StateFilesTests {
         chmod(root + "/a/b", 0o750)
         try store.prepare()
         #expect(mode(root + "/a/b") == 0o750)
+        // One of the two gone (or a file in its place): made again, or an error.
+        #expect(rmdir(root + "/a/b/guests") == 0)
+        try store.prepare()
+        #expect(mode(root + "/a/b/guests") == 0o700)
+        #expect(rmdir(root + "/a/b/networks") == 0)
+        #expect(creat(root + "/a/b/networks", 0o600) >= 0)
+        #expect(throws: StateFiles.Failure.self) { try store.prepare() }
         #expect(creat(root + "/file", 0o600) >= 0)
         #expect(throws: StateFiles.Failure.self) { try StateStore(directory: root + "/file").prepare() }
     }

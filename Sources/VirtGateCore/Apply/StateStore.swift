@@ -40,6 +40,8 @@ public struct StateStore: Sendable {
     /// calls, as everything a hook run does to the state directory: Foundation's file layer cost a
     /// hook run 0.7M instructions here (callgrind), more than the rest of a start without forwards.
     public func prepare() throws {
+        // Every run but the first finds both: two stats, not a mkdir and a stat per path component.
+        if StateFiles.isDirectory(directory + "/networks") && StateFiles.isDirectory(directory + "/guests") { return }
         try StateFiles.makeDirectories(directory)
         for sub in ["/networks", "/guests"] {
             try StateFiles.makeDirectory(directory + sub)
@@ -59,8 +61,13 @@ public struct StateStore: Sendable {
 
     /// Names of remembered guests. Plain names come from the directory listing alone; only the
     /// files of other names are opened, for their first line.
-    public func guestNames() -> [String] {
-        let folder = directory + "/guests"
+    public func guestNames() -> [String] { names("guests") }
+
+    /// Names of remembered networks, as `guestNames`.
+    public func networkNames() -> [String] { names("networks") }
+
+    private func names(_ kind: String) -> [String] {
+        let folder = directory + "/" + kind
         return StateFiles.names(in: folder).compactMap { file -> String? in
             if file.hasSuffix(".xml") { return String(file.dropLast(4)) }
             guard file.hasSuffix(".named"), let bytes = InputLimits.read(path: folder + "/" + file) else { return nil }
@@ -148,6 +155,11 @@ enum StateFiles {
         }
     }
 
+    static func isDirectory(_ path: String) -> Bool {
+        var status = stat()
+        return stat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFDIR
+    }
+
     static func makeDirectory(_ path: String) throws {
         if mkdir(path, 0o700) == 0 { return }
         let code = errno
@@ -226,13 +238,14 @@ public final class FileAddressBook: AddressBook {
         if let cached = networks[name] { return cached }
         var found: NetworkDefinition?
         if Names.isSafeObjectName(name) {
-            let sources: [(String, String?)] = [
-                ("remembered", store.networkXML(name)),
-                (runDirectory, read("\(runDirectory)/\(name).xml")),
-                (configDirectory, read("\(configDirectory)/\(name).xml")),
+            // Each read only when the one before has nothing usable.
+            let sources: [(String, () -> String?)] = [
+                ("remembered", { self.store.networkXML(name) }),
+                (runDirectory, { InputLimits.readText(path: "\(self.runDirectory)/\(name).xml") }),
+                (configDirectory, { InputLimits.readText(path: "\(self.configDirectory)/\(name).xml") }),
             ]
-            for (origin, text) in sources {
-                guard let text else { continue }
+            for (origin, load) in sources {
+                guard let text = load() else { continue }
                 do {
                     found = try LibvirtXML.network(fromXML: text)
                     break

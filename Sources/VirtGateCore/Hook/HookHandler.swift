@@ -142,7 +142,7 @@ public struct HookHandler {
     /// The host's addresses on every network virtgate remembers (and on the guest's own networks):
     /// forwards on any address leave traffic to them alone.
     func knownGateways(_ addresses: any AddressBook, guest: GuestDefinition? = nil, except: String? = nil) -> [IPAddress] {
-        let names = Set(store.networks().map(\.name) + (guest?.interfaces.compactMap(\.network) ?? [])).subtracting([except].compactMap { $0 })
+        let names = Set(store.networkNames() + (guest?.interfaces.compactMap(\.network) ?? [])).subtracting([except].compactMap { $0 })
         return names.sorted().compactMap { addresses.network(named: $0) }.flatMap { $0.subnets.map(\.gateway) }
     }
 
