@@ -82,16 +82,8 @@ enum ProcessEnvironment {
     }
 
     static func variables(where include: (UnsafePointer<CChar>) -> Bool) -> [String: String] {
-        // Sized before the first insertion: growing a [String: String] made the runtime demangle its
-        // storage type and scan every protocol conformance of the binary for String: Hashable.
-        var count = 0
+        var result: [String: String] = [:]
         var pointer = environ
-        while let entry = pointer.pointee {
-            if include(entry) { count += 1 }
-            pointer += 1
-        }
-        var result = [String: String](minimumCapacity: count)
-        pointer = environ
         while let entry = pointer.pointee {
             // Split at the first '=' as bytes: String.firstIndex(of:) compares Characters.
             if include(entry) {

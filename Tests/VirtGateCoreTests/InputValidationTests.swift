@@ -260,6 +260,7 @@ struct InputValidationTests {
         #expect(store.guestNames().isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/guests").isEmpty)
         #expect(store.networks().count == Self.oddNames.count)
+        #expect(Set(store.networkNames().map { Array($0.utf8) }) == Set(Self.oddNames.map { Array($0.utf8) }))
     }
 
     @Test("A state file whose name inside does not match its digest is not taken for another guest")
@@ -446,6 +447,22 @@ struct InputValidationTests {
         #expect(found == "fromrun")
         #expect(problems.count == 1)
         #expect(problems.first?.hasPrefix("remembered XML of network") == true)
+    }
+
+    @Test("Gateways kept out of forwards on any address: every remembered network's, but the one excepted")
+    func knownGateways() throws {
+        let harness = Harness()
+        defer { harness.cleanUp() }
+        try harness.store.prepare()
+        func xml(_ name: String, _ bridge: String, _ gateway: String) -> String {
+            "<network><name>\(name)</name><forward mode='nat'/><bridge name='\(bridge)'/><ip address='\(gateway)' netmask='255.255.255.0'/></network>"
+        }
+        try harness.store.rememberNetwork("default", xml: xml("default", "virbr0", "192.168.122.1"))
+        try harness.store.rememberNetwork("other", xml: xml("other", "virbr1", "192.168.50.1"))
+        let handler = harness.handler()
+        let book = FileAddressBook(store: harness.store, settings: harness.settings())
+        #expect(handler.knownGateways(book).map(\.description) == ["192.168.122.1", "192.168.50.1"])
+        #expect(handler.knownGateways(book, except: "default").map(\.description) == ["192.168.50.1"])
     }
 
     @Test("An over-long stdin on a start is invalid input: nothing written, exit status by policy; a stop still removes by name")
