@@ -18,9 +18,9 @@ public final class LibvirtConnection: @unchecked Sendable {
     public init(uri: String?, readOnly: Bool = false) throws(LibvirtError) {
         let library = try LibvirtLibrary.shared.get()
         let open = readOnly ? library.connectOpenReadOnly : library.connectOpen
-        guard let pointer = open(uri) else { throw library.lastError() }
+        guard let pointer = library.call({ open(uri) }) else { throw library.lastError() }
         do {
-            self.uri = try library.take(library.connectGetURI(pointer))
+            self.uri = try library.take(library.call { library.connectGetURI(pointer) })
         } catch {
             _ = library.connectClose(pointer)
             throw error
@@ -54,7 +54,7 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     /// Throws with code `LibvirtError.Code.noDomain` when there is no such domain.
     public func domain(named name: String) throws(LibvirtError) -> LibvirtDomain {
-        guard let pointer = library.domainLookupByName(self.pointer, name) else {
+        guard let pointer = library.call({ library.domainLookupByName(self.pointer, name) }) else {
             throw library.lastError().naming("'\(name)'")
         }
         return try LibvirtDomain(taking: pointer, library: library)
@@ -62,7 +62,7 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     /// Throws with code `LibvirtError.Code.noNetwork` when there is no such network.
     public func network(named name: String) throws(LibvirtError) -> LibvirtNetwork {
-        guard let pointer = library.networkLookupByName(self.pointer, name) else {
+        guard let pointer = library.call({ library.networkLookupByName(self.pointer, name) }) else {
             throw library.lastError().naming("'\(name)'")
         }
         return try LibvirtNetwork(taking: pointer, library: library)
@@ -77,7 +77,7 @@ public final class LibvirtConnection: @unchecked Sendable {
         wrap: (OpaquePointer) throws(LibvirtError) -> Object
     ) throws(LibvirtError) -> [Object] {
         var array: UnsafeMutablePointer<OpaquePointer?>?
-        let count = listAll(pointer, &array, flags)
+        let count = library.call { listAll(pointer, &array, flags) }
         guard count >= 0 else { throw library.lastError() }
         defer { free(array) }
         var objects: [Object] = []

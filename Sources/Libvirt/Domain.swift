@@ -14,7 +14,7 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     /// Takes ownership of `pointer`: it is freed here on failure as well.
     init(taking pointer: OpaquePointer, library: LibvirtLibrary) throws(LibvirtError) {
-        guard let name = library.domainGetName(pointer) else {
+        guard let name = library.call({ library.domainGetName(pointer) }) else {
             let error = library.lastError()
             _ = library.domainFree(pointer)
             throw error
@@ -25,28 +25,28 @@ public final class LibvirtDomain: @unchecked Sendable {
     }
 
     deinit {
-        _ = library.domainFree(pointer)
+        _ = library.call { library.domainFree(pointer) }
     }
 
     public func isActive() throws(LibvirtError) -> Bool {
-        try flag(library.domainIsActive(pointer))
+        try flag(library.call { library.domainIsActive(pointer) })
     }
 
     public func isPersistent() throws(LibvirtError) -> Bool {
-        try flag(library.domainIsPersistent(pointer))
+        try flag(library.call { library.domainIsPersistent(pointer) })
     }
 
     /// The live definition, or with `inactive` the persistent one the next start uses.
     public func xml(inactive: Bool = false) throws(LibvirtError) -> String {
         let flags = inactive ? VIR_DOMAIN_XML_INACTIVE.rawValue : 0
-        return try library.take(library.domainGetXMLDesc(pointer, flags))
+        return try library.take(library.call { library.domainGetXMLDesc(pointer, flags) })
     }
 
     /// The element virtgate stores in namespace `uri`; nil when the domain has none (VIR_ERR_NO_DOMAIN_METADATA is not an error).
     /// libvirt returns it without its namespace prefix or declaration.
     public func metadata(namespaceURI: String, inactive: Bool = false) throws(LibvirtError) -> String? {
         let flags = inactive ? VIR_DOMAIN_AFFECT_CONFIG.rawValue : VIR_DOMAIN_AFFECT_CURRENT.rawValue
-        guard let element = library.domainGetMetadata(pointer, metadataElement, namespaceURI, flags) else {
+        guard let element = library.call({ library.domainGetMetadata(pointer, metadataElement, namespaceURI, flags) }) else {
             let error = library.lastError()
             if error.code == Int32(VIR_ERR_NO_DOMAIN_METADATA.rawValue) { return nil }
             throw error
@@ -64,7 +64,7 @@ public final class LibvirtDomain: @unchecked Sendable {
         var flags = VIR_DOMAIN_AFFECT_CURRENT.rawValue
         if try isActive() { flags |= VIR_DOMAIN_AFFECT_LIVE.rawValue }
         if try isPersistent() { flags |= VIR_DOMAIN_AFFECT_CONFIG.rawValue }
-        guard library.domainSetMetadata(pointer, metadataElement, xml, key, namespaceURI, flags) == 0 else {
+        guard library.call({ library.domainSetMetadata(pointer, metadataElement, xml, key, namespaceURI, flags) }) == 0 else {
             throw library.lastError()
         }
     }
@@ -73,14 +73,15 @@ public final class LibvirtDomain: @unchecked Sendable {
     /// Only running domains have them; a shut off one throws (`LibvirtError.Code.operationInvalid`).
     public func leaseAddresses() throws(LibvirtError) -> [(mac: String, addresses: [String])] {
         var interfaces: UnsafeMutablePointer<virDomainInterfacePtr?>?
-        let count = library.domainInterfaceAddresses(
-            pointer, &interfaces, UInt32(VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE.rawValue), 0)
+        let count = library.call {
+            library.domainInterfaceAddresses(pointer, &interfaces, UInt32(VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE.rawValue), 0)
+        }
         guard count >= 0 else { throw library.lastError() }
         defer { free(interfaces) }
         var result: [(mac: String, addresses: [String])] = []
         for index in 0..<Int(count) {
             guard let interface = interfaces?[index] else { continue }
-            defer { library.domainInterfaceFree(interface) }
+            defer { library.call { library.domainInterfaceFree(interface) } }
             // Addresses are only useful matched to a NIC by MAC; one without a MAC has no match.
             guard let mac = interface.pointee.hwaddr else { continue }
             let addresses = (0..<Int(interface.pointee.naddrs)).compactMap { slot in

@@ -10,6 +10,13 @@ public enum Libvirt {
         guard library.getVersion(&version, nil, nil) == 0 else { throw library.lastError() }
         return "\(version / 1_000_000).\(version / 1000 % 1000).\(version % 1000)"
     }
+
+    /// Wall time this process has spent loading libvirt and in its calls, every thread's added up;
+    /// closing a connection is not counted (sync closes its connection beside its own work). What a
+    /// command took beyond this is its own.
+    public static var timeInCalls: Duration {
+        LibvirtLibrary.clock.total
+    }
 }
 
 public struct LibvirtError: Error, CustomStringConvertible, Sendable {

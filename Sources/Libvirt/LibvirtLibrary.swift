@@ -2,6 +2,7 @@ import CLibvirt
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// libvirt's shared library, opened on first use with the function types of libvirt-dev's header.
 /// Each entry point is resolved once; a missing one is an error naming it, not a crash.
@@ -9,7 +10,16 @@ final class LibvirtLibrary: Sendable {
     static let soname = "libvirt.so.0"
 
     static let shared: Result<LibvirtLibrary, LibvirtError> = Result { () throws(LibvirtError) in
-        try LibvirtLibrary()
+        // Loading libvirt and its ~50 libraries is libvirt's time, as it is a C program's at exec.
+        try clock.time { () throws(LibvirtError) in try LibvirtLibrary() }
+    }
+
+    /// Wall time this process spent loading libvirt and in its calls (`Libvirt.timeInCalls`).
+    static let clock = CallClock()
+
+    /// Runs one libvirt call, its wall time added to `clock`.
+    func call<T>(_ body: () -> T) -> T {
+        Self.clock.time(body)
     }
 
     typealias Initialize = @convention(c) () -> Int32
@@ -136,5 +146,21 @@ final class LibvirtLibrary: Sendable {
         guard let string else { throw lastError() }
         defer { free(string) }
         return String(cString: string)
+    }
+}
+
+/// Wall time of calls, every thread's added up.
+final class CallClock: Sendable {
+    private let nanoseconds = Atomic<Int64>(0)
+
+    var total: Duration { .nanoseconds(nanoseconds.load(ordering: .relaxed)) }
+
+    func time<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        let start = ContinuousClock.now
+        defer {
+            let (seconds, attoseconds) = (ContinuousClock.now - start).components
+            nanoseconds.add(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, ordering: .relaxed)
+        }
+        return try body()
     }
 }

@@ -14,7 +14,7 @@ public final class LibvirtNetwork: @unchecked Sendable {
 
     /// Takes ownership of `pointer`: it is freed here on failure as well.
     init(taking pointer: OpaquePointer, library: LibvirtLibrary) throws(LibvirtError) {
-        guard let name = library.networkGetName(pointer) else {
+        guard let name = library.call({ library.networkGetName(pointer) }) else {
             let error = library.lastError()
             _ = library.networkFree(pointer)
             throw error
@@ -25,15 +25,15 @@ public final class LibvirtNetwork: @unchecked Sendable {
     }
 
     deinit {
-        _ = library.networkFree(pointer)
+        _ = library.call { library.networkFree(pointer) }
     }
 
     public func xml() throws(LibvirtError) -> String {
-        try library.take(library.networkGetXMLDesc(pointer, 0))
+        try library.take(library.call { library.networkGetXMLDesc(pointer, 0) })
     }
 
     public func bridgeName() throws(LibvirtError) -> String {
-        try library.take(library.networkGetBridgeName(pointer))
+        try library.take(library.call { library.networkGetBridgeName(pointer) })
     }
 
     public struct Lease: Sendable, Equatable {
@@ -58,13 +58,13 @@ public final class LibvirtNetwork: @unchecked Sendable {
     /// throw `LibvirtError.Code.noSupport`.
     public func dhcpLeases() throws(LibvirtError) -> [Lease] {
         var leases: UnsafeMutablePointer<virNetworkDHCPLeasePtr?>?
-        let count = library.networkGetDHCPLeases(pointer, nil, &leases, 0)
+        let count = library.call { library.networkGetDHCPLeases(pointer, nil, &leases, 0) }
         guard count >= 0 else { throw library.lastError() }
         defer { free(leases) }
         var result: [Lease] = []
         for index in 0..<Int(count) {
             guard let lease = leases?[index] else { continue }
-            defer { library.networkDHCPLeaseFree(lease) }
+            defer { library.call { library.networkDHCPLeaseFree(lease) } }
             // A lease without an address or MAC names nothing a rule could use.
             guard let mac = lease.pointee.mac, let address = lease.pointee.ipaddr else { continue }
             result.append(Lease(

@@ -34,3 +34,11 @@ struct StaticAddressBook: AddressBook {
     func network(named name: String) -> NetworkDefinition? { networks.first { $0.name == name } }
     func leasedAddress(bridge: String, mac: MACAddress, family: IPFamily) -> IPAddress? { nil }
 }
+
+extension Duration {
+    /// Whole milliseconds, rounded, for log lines.
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + (attoseconds + 500_000_000_000_000) / 1_000_000_000_000_000
+    }
+}

@@ -3,6 +3,7 @@ import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
+import Libvirt
 import VirtGateAdmin
 import VirtGateCore
 
@@ -46,10 +47,12 @@ extension VirtGate {
             } catch {
                 local.log.warning("cannot update \(local.store.directory): \(error)")
             }
+            // How long libvirt's answers took tells an admin whether a slow sync was libvirt or virtgate.
+            let libvirtTime = "libvirt's calls took \(Libvirt.timeInCalls.milliseconds) ms"
             if outcome.applied {
-                local.log.info("sync: applied \(outcome.transaction.summary) (backend \(local.settings.backend.rawValue))")
+                local.log.info("sync: applied \(outcome.transaction.summary) (backend \(local.settings.backend.rawValue); \(libvirtTime))")
             } else {
-                local.log.info("sync: already in sync")
+                local.log.info("sync: already in sync (\(libvirtTime))")
             }
         }
     }

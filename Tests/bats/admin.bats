@@ -97,6 +97,9 @@ teardown_file() {
     admin_need baseline
     admin_set_state dirty
     vg_timed "sync: apply" sync --connect "$NODE"
+    # The log line says how long libvirt's own calls took (loading libvirt alone is milliseconds).
+    check "sync: its log line names libvirt's share of the run" \
+        grep -qE "sync: applied .*; libvirt's calls took [1-9][0-9]* ms\)$" "$VG_ERR"
     lab_ruleset >"$LAB_TMP/synced.rules"
     admin_set_state synced
     expect_reply "sync: wan -> 198.18.0.1:2222 reaches g1-22, source unchanged" \
@@ -124,6 +127,8 @@ teardown_file() {
     vg_ok "idempotence: second sync --dry-run" sync --dry-run --connect "$NODE"
     check_stdout_is "idempotence: second sync --dry-run prints exactly '# sync: no changes'" "# sync: no changes"
     vg_ok "idempotence: second sync" sync --connect "$NODE"
+    check "idempotence: second sync says so, with libvirt's share of the run" \
+        grep -qE "sync: already in sync \(libvirt's calls took [1-9][0-9]* ms\)$" "$VG_ERR"
     check_ruleset "idempotence: second sync leaves the ruleset identical" "$LAB_TMP/synced.rules"
 }
 
