@@ -217,7 +217,7 @@ peak_memory() {
 # sync BACKEND: for each size: apply, re-sync and dry run measured, the DNATs left (5 per guest at
 # least), libvirt alone (sync's libvirt calls from a C program: the baseline) and virsh list on the same
 # state, and the same transaction applied alone (iptables-restore, or nft -f); the paired rounds' own
-# share and re-sync / apply.
+# share (also with libvirt's calls timed in the same process) and re-sync / apply.
 sync_figures() {
     local b=$1 g sizes dnat size
     backend_measured "$b"
@@ -238,6 +238,8 @@ sync_figures() {
     done
     # The paired rounds (libvirt alone, apply, re-sync in turn) at one of the run's sizes.
     for key in own-wall own-cpu ratio-wall ratio-cpu; do measured sync "paired-$key" "$b"; done
+    # ... and the own share with libvirt's calls timed in the same process (sync's log line).
+    for key in inprocess-apply inprocess-resync; do measured sync "paired-$key" "$b"; done
     size=$(field sync paired-own-wall "$b" 7)
     echo "$sizes" | grep -qx -- "$size" || fail "sync ($b backend): paired rounds at '$size' guests, not one of the run's sizes"
     ok
