@@ -79,6 +79,72 @@ struct PlannerTests {
         #expect(plan.problems.map(\.field) == ["forward #2 mac"])
     }
 
+    /// Generated guests with several NICs on routed, isolated and no networks, addresses from
+    /// reservations, leases or the metadata, forwards on one NIC or another, in either family or
+    /// both: each forward binds exactly as it does planned alone (what the planner works out once per
+    /// NIC is the NIC's, whichever forward asked first), and the plan's claims are its DNAT intents'
+    /// claims, in their order. A failure names the seed and the case.
+    @Test func generatedGuestsBindEachForwardAsItBindsAlone() {
+        let seed: UInt64 = 0x706C_616E_6E65_72
+        var random = SplitMix64(seed: seed)
+        func pick(_ n: Int) -> Int { Int(random.next() % UInt64(n)) }
+        let v6 = IPNetwork(parsing: "fd00:7::/64")!
+        let networks = [
+            NetworkDefinition(name: "nat", bridge: "virbr0", mode: .nat,
+                              subnets: [.init(gateway: ip("192.168.122.1"), network: IPNetwork(parsing: "192.168.122.0/24")!),
+                                        .init(gateway: ip("fd00:7::1"), network: v6)],
+                              reservations: [mac("52:54:00:00:00:01"): ip("192.168.122.10")],
+                              namedReservations: ["g": ip("fd00:7::10")]),
+            NetworkDefinition(name: "routed", bridge: "virbr1", mode: .route,
+                              subnets: [.init(gateway: ip("10.9.0.1"), network: IPNetwork(parsing: "10.9.0.0/24")!)],
+                              reservations: [mac("52:54:00:00:00:02"): ip("10.9.0.20")]),
+            NetworkDefinition(name: "closed", bridge: "virbr2", mode: .isolated, subnets: [], reservations: [:]),
+        ]
+        let book = MemoryAddressBook(networks: networks, leases: [
+            "virbr0": [mac("52:54:00:00:00:03"): ip("192.168.122.30")],
+            "virbr1": [mac("52:54:00:00:00:01"): ip("10.9.0.40")],
+            "br-plain": [mac("52:54:00:00:00:02"): ip("172.16.0.2"), mac("52:54:00:00:00:03"): ip("172.16.0.3")],
+        ])
+        let attachments: [(network: String?, bridge: String?)] = [("nat", "virbr0"), ("nat", nil), ("routed", "virbr1"),
+                                                                  ("closed", "virbr2"), (nil, "br-plain"), ("gone", nil)]
+        for index in 0..<300 {
+            let nics = (0..<(1 + pick(3))).map { n -> GuestInterface in
+                let at = attachments[pick(attachments.count)]
+                return GuestInterface(mac: mac("52:54:00:00:00:0\(n + 1 + pick(2))"), network: at.network, bridge: at.bridge, tap: nil)
+            }
+            let forwards = (0..<(1 + pick(8))).map { n -> ForwardSpec in
+                var spec = forward("\(2000 + n * 10)", pick(2) == 0 ? nil : "\(22 + n)")
+                if pick(3) == 0 { spec.mac = nics[pick(nics.count)].mac }
+                if pick(5) == 0 { spec.mac = mac("52:54:00:00:00:09") }
+                if pick(4) == 0 { spec.hostAddress = ip(pick(2) == 0 ? "198.18.0.1" : "2001:db8::1") }
+                if pick(5) == 0 { spec.guestAddress = ip(["192.168.122.77", "10.9.0.99", "fd00:7::77"][pick(3)]) }
+                if pick(4) == 0 { spec.sources = [IPNetwork(parsing: pick(2) == 0 ? "203.0.113.0/24" : "2001:db8:5::/48")!] }
+                return spec
+            }
+            let planned = guest(forwards, nics: nics)
+            var named = planned
+            named.name = "g"
+            let plan = Planner.plan(guest: named, addresses: book)
+            let dnats = plan.plan.intents.compactMap { if case .dnat(let f) = $0 { f } else { nil } }
+            let context = "seed \(seed), case \(index): \(nics) \(forwards)"
+            #expect(plan.claims == dnats.map { $0.claim(by: "g") }, "\(context)")
+            for (position, spec) in named.forwards.enumerated() {
+                var alone = named
+                alone.forwards = [spec]
+                let single = Planner.plan(guest: alone, addresses: book)
+                let together = dnats.filter { $0.position == position + 1 }
+                let byItself = single.plan.intents.compactMap { if case .dnat(let f) = $0 { f } else { nil } }
+                // Planned with the others, a forward can only lose bindings (to an earlier forward's port).
+                #expect(together.allSatisfy { byItself.contains($0) }, "\(context): forward #\(position + 1)")
+                if plan.problems.allSatisfy({ $0.field != "forward #\(position + 1) host-port" }) {
+                    #expect(together == byItself, "\(context): forward #\(position + 1)")
+                    #expect(plan.pending.filter { $0.forward.position == position + 1 }.map(\.reason)
+                            == single.pending.map(\.reason), "\(context): forward #\(position + 1)")
+                }
+            }
+        }
+    }
+
     @Test("Overlapping forwards: the first keeps the port", arguments: [
         ("80", "80", true), ("8000-8009", "8005", true), ("8000-8009", "8010", false),
     ])

@@ -82,4 +82,7 @@ public struct GuestPlan: Hashable, Sendable {
     public var problems: [InputProblem]
     /// Networks the bound forwards run through: their own rules must be in place too.
     public var networks: [String]
+    /// What the bound forwards hold, in the order of their DNAT intents: conflict checks of guests
+    /// planned after this one look them up.
+    public var claims: [ForwardClaim]
 }

@@ -113,8 +113,9 @@ public enum Planner {
         var boundClaims: [ForwardClaim] = []
         bound.reserveCapacity(guest.forwards.count)
         boundClaims.reserveCapacity(guest.forwards.count)
-        // The network of the last lookup: a guest's forwards almost always share one.
-        var lastNetwork: (name: String, definition: NetworkDefinition?)?
+        // What the forwards through one NIC share, worked out once per NIC when a forward first uses
+        // it: a guest's forwards almost always share one NIC.
+        var nics = [NICBinding?](repeating: nil, count: guest.interfaces.count)
 
         var remappedPorts = 0
         for (index, forward) in guest.forwards.enumerated() {
@@ -129,39 +130,28 @@ public enum Planner {
                                              reason: "not among the host ports guests may claim (HOST_PORTS)"))
                 continue
             }
-            let nic: GuestInterface?
+            let nicIndex: Int?
             if let mac = forward.mac {
-                nic = guest.interfaces.first { $0.mac == mac }
-                if nic == nil {
+                nicIndex = guest.interfaces.firstIndex { $0.mac == mac }
+                if nicIndex == nil {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) mac",
                                                  value: mac.description, reason: "no interface of the guest has it"))
                     continue
                 }
             } else {
-                nic = guest.interfaces.first { $0.network != nil } ?? guest.interfaces.first
+                nicIndex = guest.interfaces.firstIndex { $0.network != nil } ?? guest.interfaces.indices.first
             }
-            guard let nic else {
+            guard let nicIndex else {
                 pending.append(PendingForward(forward: forward, reason: "the guest has no network interface"))
                 continue
             }
-            // Not looked up again for each forward on the same network: a lookup copies a definition
-            // that holds every reservation of the network.
-            var network: NetworkDefinition?
-            if let name = nic.network {
-                if let last = lastNetwork, last.name == name {
-                    network = last.definition
-                } else {
-                    network = addresses.network(named: name)
-                    lastNetwork = (name, network)
-                }
-            }
-            guard let bridge = nic.bridge ?? network?.bridge else {
-                pending.append(PendingForward(forward: forward, reason: "bridge of interface \(nic.mac) unknown"))
+            if nics[nicIndex] == nil { nics[nicIndex] = NICBinding(guest.interfaces[nicIndex], addresses: addresses) }
+            guard let bridge = nics[nicIndex]!.bridge else {
+                pending.append(PendingForward(forward: forward, reason: "bridge of interface \(nics[nicIndex]!.mac) unknown"))
                 continue
             }
-            if let network, !network.mode.isRouted {
-                problems.append(InputProblem(subject, field: "forward #\(forward.position) network",
-                                             value: network.name,
+            if let name = nics[nicIndex]!.networkName, !nics[nicIndex]!.routed {
+                problems.append(InputProblem(subject, field: "forward #\(forward.position) network", value: name,
                                              reason: "network is not routed by the host (nat, route or open)"))
                 continue
             }
@@ -170,19 +160,17 @@ public enum Planner {
             var unbound: [IPFamily] = []
             var settled = false
             for family in forward.families {
-                let address = (forward.guestAddress?.family == family ? forward.guestAddress : nil)
-                    ?? network?.reservation(mac: nic.mac, guest: guest.name, family: family)
-                    ?? addresses.leasedAddress(bridge: bridge, mac: nic.mac, family: family)
-                guard let address else {
+                let given = forward.guestAddress?.family == family ? forward.guestAddress : nil
+                guard let address = given ?? nics[nicIndex]!.address(family, guest: guest.name, bridge: bridge, addresses: addresses) else {
                     unbound.append(family)
                     continue
                 }
                 settled = true
                 // A given guest address must lie on the NIC's network: anything else is not this
                 // guest's (and the network's filter rules, which admit the forward, cover only its subnets).
-                if let network, forward.guestAddress == address,
-                   let reason = Self.notTheGuests(address, nic: nic, guest: guest.name, network: network, bridge: bridge,
-                                                  addresses: addresses) {
+                if given != nil, let network = nics[nicIndex]!.network,
+                   let reason = Self.notTheGuests(address, nic: guest.interfaces[nicIndex], guest: guest.name, network: network,
+                                                  bridge: bridge, addresses: addresses) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) guest-address",
                                                  value: address.description, reason: reason))
                     continue
@@ -191,8 +179,8 @@ public enum Planner {
                     proto: forward.proto, hostAddress: forward.hostAddress, hostPorts: forward.hostPorts,
                     sources: IPNetwork.normalizedAllowList(forward.sources.filter { $0.family == family }), guestAddress: address,
                     guestPorts: forward.guestPorts, bridge: bridge,
-                    subnets: network?.subnets.compactMap { $0.network.family == family ? $0.network : nil } ?? [],
-                    position: forward.position, onPlainBridge: network == nil)
+                    subnets: family == .v4 ? nics[nicIndex]!.subnets.v4 : nics[nicIndex]!.subnets.v6,
+                    position: forward.position, onPlainBridge: nics[nicIndex]!.networkName == nil)
                 let claim = candidate.claim(by: guest.name)
                 if let earlier = boundClaims.firstIndex(where: { $0.overlaps(claim) }) {
                     problems.append(InputProblem(subject, field: "forward #\(forward.position) host-port",
@@ -215,11 +203,11 @@ public enum Planner {
                 }
                 bound.append(candidate)
                 boundClaims.append(claim)
-                if let network, !networks.contains(network.name) { networks.append(network.name) }
+                if let name = nics[nicIndex]!.networkName, !networks.contains(name) { networks.append(name) }
             }
             if !settled {
                 let families = unbound.count == 1 ? "\(unbound[0].label) " : ""
-                pending.append(PendingForward(forward: forward, reason: "no \(families)address known yet for \(nic.mac)"))
+                pending.append(PendingForward(forward: forward, reason: "no \(families)address known yet for \(nics[nicIndex]!.mac)"))
             }
         }
 
@@ -248,8 +236,14 @@ public enum Planner {
                 intents.append(.allowMarkedForwards(bridge: forward.bridge, mark: mark, family: forward.family))
             }
         }
+        // The claims in the order of the DNAT intents: forwards on a named host address first.
+        var claims = boundClaims
+        if bound.contains(where: { $0.hostAddress != nil }) {
+            claims = bound.indices.filter { bound[$0].hostAddress != nil }.map { boundClaims[$0] }
+                + bound.indices.filter { bound[$0].hostAddress == nil }.map { boundClaims[$0] }
+        }
         return GuestPlan(plan: OwnerPlan(owner: .guest(guest.name), intents: intents), pending: pending,
-                         problems: problems, networks: networks)
+                         problems: problems, networks: networks, claims: claims)
     }
 }
 
@@ -362,11 +356,36 @@ extension BoundForward {
     }
 }
 
-extension GuestPlan {
-    /// What this plan's forwards hold, for conflict checks of guests planned after it.
-    public var claims: [ForwardClaim] {
-        guard case .guest(let name) = plan.owner else { return [] }
-        return plan.intents.compactMap { if case .dnat(let forward) = $0 { forward.claim(by: name) } else { nil } }
+/// What all forwards through one guest NIC share: its network, looked up once (a lookup copies a
+/// definition that holds every reservation of the network), its bridge, the network's subnets of
+/// each family, and each family's reserved or leased address once a forward asks for it.
+private struct NICBinding {
+    let mac: MACAddress
+    let network: NetworkDefinition?
+    let networkName: String?
+    let routed: Bool
+    let bridge: String?
+    let subnets: (v4: [IPNetwork], v6: [IPNetwork])
+    /// Per family: nil until asked, then the address (or none).
+    private var addresses: (v4: IPAddress??, v6: IPAddress??) = (nil, nil)
+
+    init(_ nic: GuestInterface, addresses book: some AddressBook) {
+        mac = nic.mac
+        network = nic.network.flatMap { book.network(named: $0) }
+        networkName = network?.name
+        routed = network?.mode.isRouted ?? false
+        bridge = nic.bridge ?? network?.bridge
+        let subnets = network?.subnets.map(\.network) ?? []
+        self.subnets = (subnets.filter { $0.family == .v4 }, subnets.filter { $0.family == .v6 })
+    }
+
+    /// The NIC's address of `family` from its network's reservation, else from a lease on `bridge`.
+    mutating func address(_ family: IPFamily, guest: String, bridge: String, addresses book: some AddressBook) -> IPAddress? {
+        if let known = family == .v4 ? addresses.v4 : addresses.v6 { return known }
+        let found = network?.reservation(mac: mac, guest: guest, family: family)
+            ?? book.leasedAddress(bridge: bridge, mac: mac, family: family)
+        if family == .v4 { addresses.v4 = .some(found) } else { addresses.v6 = .some(found) }
+        return found
     }
 }
 
