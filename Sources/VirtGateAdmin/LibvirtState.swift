@@ -14,29 +14,47 @@ public struct LibvirtState: Sendable {
     public static func load(_ connection: LibvirtConnection) throws(LibvirtError) -> LibvirtState {
         var state = LibvirtState(input: SyncInput(networks: [], guests: [], leases: [:]), networkXML: [:],
                                  guestXML: [:], problems: [])
-        var networkLeasesWork = true
+        // The networks' XML and leases are fetched here and the XML parsed on another core while
+        // libvirt lists and serves the guests: a network's definition holds every DHCP reservation
+        // (a thousand are milliseconds to parse), and this thread's time is libvirt's to use.
+        var networks: [(xml: String, leases: [LibvirtNetwork.Lease]?)] = []
         for network in try connection.activeNetworks() {
             let xml = try network.xml()
-            do {
-                let definition = try LibvirtXML.network(fromXML: xml)
-                state.input.networks.append(definition)
-                state.networkXML[definition.name] = xml
-                guard let bridge = definition.bridge else { continue }
+            networks.append((xml, try? network.dhcpLeases()))
+        }
+        let parsedNetworks = NetworkDocuments(networks.map(\.xml))
+        // Folded into the state before the first guest is, whose leases may be looked up by its
+        // networks' bridges; in libvirt's order, as before.
+        var networkLeasesWork = true
+        var networksFolded = false
+        func foldNetworks() {
+            guard !networksFolded else { return }
+            networksFolded = true
+            for (network, parsed) in zip(networks, parsedNetworks.results()) {
                 do {
-                    for lease in try network.dhcpLeases() {
+                    let definition = try parsed.get()
+                    state.input.networks.append(definition)
+                    state.networkXML[definition.name] = network.xml
+                    guard let bridge = definition.bridge else { continue }
+                    guard let leases = network.leases else {
+                        networkLeasesWork = false
+                        continue
+                    }
+                    for lease in leases {
                         if let mac = MACAddress(lease.mac), let address = IPAddress(lease.ipAddress) {
                             state.input.leases[bridge, default: [:]][mac, default: []].append(address)
                         }
                     }
                 } catch {
-                    networkLeasesWork = false
+                    state.problems.append("\(error); network left out")
                 }
-            } catch {
-                state.problems.append("\(error); network left out")
             }
         }
+        // Every network parse handed out is waited for, also when a libvirt call fails.
+        defer { _ = parsedNetworks.results() }
         let domains = try connection.runningDomains()
         try GuestDocuments.fetchAndParse(domains) { domain, xml, parsed in
+            foldNetworks()
             do {
                 let guest = try parsed.get()
                 state.input.guests.append(guest)
@@ -50,6 +68,7 @@ public struct LibvirtState: Sendable {
                 state.problems.append("\(error); guest left out")
             }
         }
+        foldNetworks()
         return state
     }
 
@@ -69,6 +88,25 @@ public struct LibvirtState: Sendable {
     /// Chain id → guest name, so claims read from the kernel carry names.
     public var chainNames: [String: String] {
         Dictionary(input.guests.map { (ChainNames.id(for: $0.name), $0.name) }, uniquingKeysWith: { first, _ in first })
+    }
+}
+
+/// Networks' XML parsed on another core; `results()` waits for them, in the order given.
+final class NetworkDocuments: @unchecked Sendable {
+    private var parsed: [Result<NetworkDefinition, any Error>] = []
+    private let done = DispatchGroup()
+
+    init(_ documents: [String]) {
+        guard !documents.isEmpty else { return }
+        DispatchQueue.global().async(group: done) {
+            self.parsed = documents.map { xml in Result { try LibvirtXML.network(fromXML: xml) } }
+        }
+    }
+
+    /// The parsed networks; waits until they are done (the group's wait orders the write before this read).
+    func results() -> [Result<NetworkDefinition, any Error>] {
+        done.wait()
+        return parsed
     }
 }
 
