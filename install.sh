@@ -195,16 +195,26 @@ step_build() {
     say "build: swift build ${args[*]} (minutes the first time)"
     local log
     log=$(mktemp /tmp/virtgate-build.XXXXXX)
-    if ! swift build "${args[@]}" >"$log" 2>&1; then
+    if ! swift_build "${args[@]}" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         die "swift build failed (full log: $log)"
     fi
     rm -f "$log"
-    SOURCE_BINARY="$(swift build "${args[@]}" --show-bin-path)/virtgate"
+    SOURCE_BINARY="$(swift_build "${args[@]}" --show-bin-path)/virtgate"
     [ -x "$SOURCE_BINARY" ] || die "swift build produced no $SOURCE_BINARY"
     "$SOURCE_BINARY" --version >/dev/null 2>&1 || die "$SOURCE_BINARY does not run (--version failed)"
     say "build: $SOURCE_BINARY"
     build_manual "${VIRTGATE_BUILD_DIR:-$SRC_DIR/.build}"
+}
+
+# swift_build ARGS...: `swift build` with the toolchain's temporary files in a directory of their own, removed
+# afterwards: SwiftPM leaves empty TemporaryDirectory.* directories behind (six for a build with nothing to do).
+swift_build() {
+    local scratch status=0
+    scratch=$(mktemp -d "${TMPDIR:-/tmp}/virtgate-swift.XXXXXX")
+    TMPDIR=$scratch swift build "$@" || status=$?
+    rm -rf "$scratch"
+    return "$status"
 }
 
 # build_manual SCRATCH: sets SOURCE_MANPAGE to the man page of SOURCE_BINARY, written by
@@ -220,12 +230,12 @@ build_manual() {
         || die "no swift-argument-parser checkout in $scratch/checkouts: the man page cannot be generated"
     local args=(--package-path "$sap" --scratch-path "$scratch/generate-manual" --product generate-manual)
     log=$(mktemp /tmp/virtgate-build.XXXXXX)
-    if ! swift build "${args[@]}" >"$log" 2>&1; then
+    if ! swift_build "${args[@]}" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         die "building swift-argument-parser's generate-manual failed (full log: $log)"
     fi
     rm -f "$log"
-    tool="$(swift build "${args[@]}" --show-bin-path)/generate-manual"
+    tool="$(swift_build "${args[@]}" --show-bin-path)/generate-manual"
     if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
         date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)
     else

@@ -35,7 +35,10 @@ fi
 # link (libFuzzer's main), but reach the compiler as two `-sanitize=` flags of which it keeps only
 # the last, in an order that varies from build to build: a build had either no coverage or no ASan.
 # The one `-sanitize=fuzzer,address` after them is what each compile uses.
-build=(swift build --package-path . --scratch-path .build -c release --sanitize fuzzer --sanitize address
+# SwiftPM leaves empty TemporaryDirectory.* directories in $TMPDIR: its builds get one of their own, removed at exit.
+swift_tmp=$(mktemp -d "${TMPDIR:-/tmp}/virtgate-swift.XXXXXX")
+trap 'rm -rf "$swift_tmp"' EXIT
+build=(env "TMPDIR=$swift_tmp" swift build --package-path . --scratch-path .build -c release --sanitize fuzzer --sanitize address
        -Xswiftc -sanitize=fuzzer,address)
 mkdir -p .work
 # An incremental build of this package (which depends on virtgate's by path) keeps the module graph

@@ -118,13 +118,17 @@ tally_tap() { # NAME FILE STATUS: counts a TAP stream's ok / not ok lines (none,
     tally "$1" "$ok" "$not_ok"
 }
 
-if ! swift build; then
+# SwiftPM leaves empty TemporaryDirectory.* directories in $TMPDIR: its builds and tests get one of their own,
+# removed at the end.
+swift_tmp=$(mktemp -d "${TMPDIR:-/tmp}/virtgate-swift.XXXXXX")
+trap 'rm -rf "$log" "$swift_tmp"' EXIT
+if ! TMPDIR=$swift_tmp swift build; then
     echo "build: 0 passed, 1 failed"
     exit 1
 fi
 export VIRTGATE=$PWD/.build/debug/virtgate
 
-swift test 2>&1 | tee "$log/swift-test"
+TMPDIR=$swift_tmp swift test 2>&1 | tee "$log/swift-test"
 swift_status=${PIPESTATUS[0]}
 tests=$(grep -oE 'Test run with [0-9]+ tests?' "$log/swift-test" | grep -oE '[0-9]+' | tail -n 1)
 failing=$(grep -cE '^✘ Test .* (failed|recorded)' "$log/swift-test")
