@@ -161,7 +161,7 @@ public enum Planner {
             var settled = false
             for family in forward.families {
                 let given = forward.guestAddress?.family == family ? forward.guestAddress : nil
-                guard let address = given ?? nics[nicIndex]!.address(family, guest: guest.name, bridge: bridge, addresses: addresses) else {
+                guard let address = given ?? nics[nicIndex]!.address(family, guest: guest.name, addresses: addresses) else {
                     unbound.append(family)
                     continue
                 }
@@ -379,11 +379,11 @@ private struct NICBinding {
         self.subnets = (subnets.filter { $0.family == .v4 }, subnets.filter { $0.family == .v6 })
     }
 
-    /// The NIC's address of `family` from its network's reservation, else from a lease on `bridge`.
-    mutating func address(_ family: IPFamily, guest: String, bridge: String, addresses book: some AddressBook) -> IPAddress? {
+    /// The NIC's address of `family` from its network's reservation, else from a lease on its bridge.
+    mutating func address(_ family: IPFamily, guest: String, addresses book: some AddressBook) -> IPAddress? {
         if let known = family == .v4 ? addresses.v4 : addresses.v6 { return known }
         let found = network?.reservation(mac: mac, guest: guest, family: family)
-            ?? book.leasedAddress(bridge: bridge, mac: mac, family: family)
+            ?? bridge.flatMap { book.leasedAddress(bridge: $0, mac: mac, family: family) }
         if family == .v4 { addresses.v4 = .some(found) } else { addresses.v6 = .some(found) }
         return found
     }
