@@ -11,11 +11,18 @@ public enum Libvirt {
         return "\(version / 1_000_000).\(version / 1000 % 1000).\(version % 1000)"
     }
 
-    /// Wall time this process has spent loading libvirt and in its calls, every thread's added up;
-    /// closing a connection is not counted (sync closes its connection beside its own work). What a
-    /// command took beyond this is its own.
+    /// Wall time this process has spent loading libvirt and in its calls, every thread's added up, and
+    /// waiting for libvirt's work on another thread (`timeWaiting`). Closing a connection is not timed
+    /// as a call: sync closes its connection beside its own work, and only the part it waits for is
+    /// libvirt's share of its time. What a command took beyond this is its own.
     public static var timeInCalls: Duration {
         LibvirtLibrary.clock.total
+    }
+
+    /// Runs `wait`, in which the calling thread blocks until libvirt's work on another thread ends (a
+    /// connection closing), and counts the time it blocked as libvirt's.
+    public static func timeWaiting<T>(_ wait: () -> T) -> T {
+        LibvirtLibrary.clock.time(wait)
     }
 }
 

@@ -28,6 +28,14 @@ struct CallClockTests {
         #expect(clock.total >= .milliseconds(5))
     }
 
+    @Test func waitingForLibvirtsWorkIsCounted() {
+        let before = Libvirt.timeInCalls
+        let answer = Libvirt.timeWaiting { _ = usleep(50_000); return 7 }
+        #expect(answer == 7)
+        // Other tests' calls may add to the process's total at the same time; they cannot take from it.
+        #expect(Libvirt.timeInCalls - before >= .milliseconds(50))
+    }
+
     @Test func openingAConnectionAndReadingAreCounted() throws {
         _ = try LibvirtLibrary.shared.get()   // loaded before: only this test's calls are timed below
         let before = Libvirt.timeInCalls
