@@ -239,7 +239,7 @@ sync_figures() {
     # The paired rounds (libvirt alone, apply, re-sync in turn) at one of the run's sizes.
     for key in own-wall own-cpu ratio-wall ratio-cpu; do measured sync "paired-$key" "$b"; done
     # ... and the own share with libvirt's calls timed in the same process (sync's log line).
-    for key in inprocess-apply inprocess-resync; do measured sync "paired-$key" "$b"; done
+    for key in inprocess-apply inprocess-resync inprocess-ratio; do measured sync "paired-$key" "$b"; done
     size=$(field sync paired-own-wall "$b" 7)
     echo "$sizes" | grep -qx -- "$size" || fail "sync ($b backend): paired rounds at '$size' guests, not one of the run's sizes"
     ok
