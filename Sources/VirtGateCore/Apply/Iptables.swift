@@ -39,16 +39,23 @@ public struct IptablesCommands: Sendable {
     }
 
     public func snapshot() async throws -> IptablesSnapshot {
+        // Both families' tools run at once: each is a process of its own (its start and the kernel's
+        // dump, ~2 ms), and neither needs the other's answer.
+        async let v4 = save(.v4)
+        async let v6 = save(.v6)
+        let outputs = try await [(IPFamily.v4, v4), (IPFamily.v6, v6)]
         var snapshot = IptablesSnapshot()
-        for family in IPFamily.allCases {
-            let tool = variant.save(family)
-            let result = try await runner.run(tool, [], input: nil)
-            guard result.status == 0 else {
-                throw VirtGateError(.firewall, "\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
-            }
-            snapshot.add(parsing: result.output, family: family)
-        }
+        for (family, output) in outputs { snapshot.add(parsing: output, family: family) }
         return snapshot
+    }
+
+    private func save(_ family: IPFamily) async throws -> String {
+        let tool = variant.save(family)
+        let result = try await runner.run(tool, [], input: nil)
+        guard result.status == 0 else {
+            throw VirtGateError(.firewall, "\(tool) failed (exit \(result.status)): \(result.error.oneLine)")
+        }
+        return result.output
     }
 
     public func restore(_ text: String, family: IPFamily) async throws {
