@@ -836,7 +836,7 @@ for b in backends:
         p(f"| {label} | {ms(v)} | {spread} | {ms(base)} | {speed} | {xtrue} | {goal} | {verdict} |")
         if key == "started" and hf("hook-save") and b == "iptables":
             r = hf("hook-save")
-            p(f"| ↳ `iptables-save` alone (every event reads the kernel's rules first) | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
+            p(f"| ↳ `iptables-save` alone (an event with forwards reads the kernel's rules first; one without runs none) | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
               f"{r['median'] / true['median']:.1f} | | |")
         if key == "start20" and hf("hook-restore-start20") and b == "iptables":
             r = hf("hook-restore-start20")
