@@ -41,7 +41,7 @@ final class OutputCollector: Sendable {
 
 @Suite("Hook events → actions and exit statuses")
 struct HookHandlerTests {
-    let stateDirectory = "/tmp/vgt-unit-\(UInt32.random(in: 0...UInt32.max))"
+    let stateDirectory = Files.scratch("vgt-unit")
 
     func handler(_ runner: RecordingRunner, policy: Settings.InvalidPolicy = .warn, dryRun: Bool = false,
                  output: OutputCollector = OutputCollector()) -> HookHandler {
@@ -256,7 +256,7 @@ struct HookHandlerTests {
 struct HookConflictTests {
     @Test("A guest whose forward another running guest holds gets it refused, naming both")
     func conflictAtStart() async throws {
-        let directory = "/tmp/vgt-unit-conflict-\(UInt32.random(in: 0...UInt32.max))"
+        let directory = Files.scratch("vgt-unit-conflict")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let runner = RecordingRunner()
         runner.state.withLock {
@@ -307,7 +307,7 @@ struct HookConflictTests {
 struct RebindTests {
     @Test("A pending forward binds once a lease appears, and follows it when it moves")
     func rebind() async throws {
-        let directory = "/tmp/vgt-unit-rebind-\(UInt32.random(in: 0...UInt32.max))"
+        let directory = Files.scratch("vgt-unit-rebind")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try FileManager.default.createDirectory(atPath: directory + "/dnsmasq", withIntermediateDirectories: true)
         var settings = Settings()

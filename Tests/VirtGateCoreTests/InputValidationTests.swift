@@ -235,7 +235,7 @@ struct InputValidationTests {
 
     @Test("Names of any length or text are remembered and listed back by their real names")
     func stateStoreNames() throws {
-        let directory = "/tmp/vgt-in-unit-\(UInt32.random(in: 0...UInt32.max))"
+        let directory = Files.scratch("vgt-in-unit")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = StateStore(directory: directory)
         try store.prepare()
@@ -265,7 +265,7 @@ struct InputValidationTests {
 
     @Test("A state file whose name inside does not match its digest is not taken for another guest")
     func stateStoreNameMismatch() throws {
-        let directory = "/tmp/vgt-in-unit-\(UInt32.random(in: 0...UInt32.max))"
+        let directory = Files.scratch("vgt-in-unit")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = StateStore(directory: directory)
         try store.prepare()
@@ -389,7 +389,7 @@ struct InputValidationTests {
 
     @Test("Readers stop after cap + 1 bytes: files and pipes are never read unbounded")
     func boundedReads() throws {
-        let path = "/tmp/vgt-in-unit-\(UInt32.random(in: 0...UInt32.max)).xml"
+        let path = Files.scratch("vgt-in-unit", suffix: ".xml")
         defer { unlink(path) }
         try Data(repeating: 0x61, count: 6 << 20).write(to: URL(filePath: path))
         #expect(InputLimits.read(path: path)?.count == InputLimits.maximumBytes + 1)
@@ -482,7 +482,7 @@ struct InputValidationTests {
 
 /// A hook handler against a recording runner, with its own state directory and a captured log.
 final class Harness: Sendable {
-    let directory = "/tmp/vgt-in-unit-\(UInt32.random(in: 0...UInt32.max))"
+    let directory = Files.scratch("vgt-in-unit")
     let runner: RecordingRunner
 
     init(failingRunner: Bool = false) { runner = RecordingRunner(failing: failingRunner) }

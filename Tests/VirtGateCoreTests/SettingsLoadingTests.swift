@@ -53,7 +53,7 @@ struct SettingsLoadingTests {
 
     /// A folder of config files for one test, removed with it.
     final class Folder {
-        let path = "/tmp/vgt-unit-settings-\(UInt32.random(in: 0...UInt32.max))"
+        let path = Files.scratch("vgt-unit-settings")
 
         init() throws { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
         deinit { try? FileManager.default.removeItem(atPath: path) }

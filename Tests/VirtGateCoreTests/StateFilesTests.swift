@@ -13,7 +13,7 @@ struct StateFilesTests {
 
     @Test("prepare creates missing parents 0700, leaves an existing directory alone; a file in the way is an error")
     func directories() throws {
-        let root = "/tmp/vgt-statefiles-\(UInt32.random(in: 0...UInt32.max))"
+        let root = Files.scratch("vgt-statefiles")
         defer { _ = system("rm -rf '\(root)'") }
         let store = StateStore(directory: root + "/a/b")
         try store.prepare()
@@ -36,7 +36,7 @@ struct StateFilesTests {
 
     @Test("A remembered file is replaced whole, and no temporary file is left or listed")
     func replace() throws {
-        let root = "/tmp/vgt-statefiles-\(UInt32.random(in: 0...UInt32.max))"
+        let root = Files.scratch("vgt-statefiles")
         defer { _ = system("rm -rf '\(root)'") }
         let store = StateStore(directory: root)
         try store.prepare()

@@ -12,6 +12,12 @@ enum Files {
     static func goldenURL(_ name: String) -> URL {
         testsDirectory.appending(path: "Golden/\(name)")
     }
+
+    /// A new path in the process's temporary directory ($TMPDIR): `Tests/run.sh` gives `swift test` one of
+    /// its own and removes it, so even what a crashed test leaves goes with it.
+    static func scratch(_ name: String, suffix: String = "") -> String {
+        FileManager.default.temporaryDirectory.appending(path: "\(name)-\(UInt32.random(in: 0...UInt32.max))\(suffix)").path
+    }
 }
 
 /// Addresses for planner tests: networks and leases held in memory.
