@@ -92,6 +92,32 @@ struct NftRenderTests {
         #expect(NftTransaction.render(from: NftState(), to: [:], mark: Self.mark) == "")
     }
 
+    @Test("The last forward gone, the table stays while a network's gateway does; gateways alone never create or rebuild it")
+    func gatewaysKeepButNeverCreate() throws {
+        let desired = try Self.desired(Self.cases[0])
+        let gateways = try #require(desired[NftLayout.gatewayOwner])
+        try #require(!gateways.isEmpty && desired.count >= 2, "the case has a network and forwards")
+        let onlyGateways: DesiredElements = [NftLayout.gatewayOwner: gateways]
+        // The guest stops: its elements go, the table and the gateways stay.
+        let stop = try #require(NftTransaction.changes(from: Self.kernel(desired), to: onlyGateways, mark: Self.mark))
+        #expect(stop.table == .kept)
+        #expect(stop.added.isEmpty)
+        #expect(Set(stop.removed) == Set(desired.filter { $0.key != NftLayout.gatewayOwner }.values.joined()))
+        // The network stops too: nothing is left, the table goes.
+        let last = try #require(NftTransaction.changes(from: Self.kernel(onlyGateways), to: [:], mark: Self.mark))
+        #expect(last.table == .removed)
+        // A network starts with no forward anywhere: no table.
+        #expect(NftTransaction.changes(from: NftState(), to: onlyGateways, mark: Self.mark) == nil)
+        // A table of another layout holding only gateways is removed, not rebuilt.
+        var stale = Self.kernel(onlyGateways)
+        stale.layout = "layout-0-00200000"
+        #expect(NftTransaction.changes(from: stale, to: onlyGateways, mark: Self.mark)?.table == .removed)
+        // The guest starts again: only its elements are added.
+        let start = try #require(NftTransaction.changes(from: Self.kernel(onlyGateways), to: desired, mark: Self.mark))
+        #expect(start.table == .kept && start.removed.isEmpty)
+        #expect(Set(start.added) == Set(stop.removed))
+    }
+
     @Test("A table created from nothing gets every element once, in order, whatever order the owners come in")
     func createdElementsSortedOnce() throws {
         let desired = try Self.desired(Self.cases[0])

@@ -970,8 +970,22 @@ NFT
     check "teardown g2 (via hooks/qemu): nat VGD-vgt-g2 removed" lab_chain_absent nat VGD-vgt-g2
     check "teardown g2: filter VGF-vgt-g2 removed" lab_chain_absent filter VGF-vgt-g2
     expect_no_reply "teardown g2: wan -> 198.18.0.1:2223 is closed again" "$LAB_NS_WAN" tcp "$LAB_HOST_WAN_IP" 2223
+    if [ "$VG_BACKEND" = nft ]; then
+        # The last forward gone, the table stays while its network runs (a guest that starts again
+        # only adds elements); it holds the network's gateway and nothing of any guest.
+        check "teardown g2: the nft table stays while the network runs" \
+            ip netns exec "$LAB_NS_HOST" nft list table inet virtgate
+        check_eq "teardown g2: the nft table holds nothing of vgt-g1 or vgt-g2" 0 \
+            "$(( $(lab_nft_owner_elements vgt-g1) + $(lab_nft_owner_elements vgt-g2) ))"
+        check_eq "teardown g2: what the nft table holds is the network's gateway" "gw4 10.213.0.1" \
+            "$(ip netns exec "$LAB_NS_HOST" nft -j list table inet virtgate | jq -r '.nftables[] | select(.set.elem) | .set | "\(.name) \(.elem[] | if type == "object" then .elem.val else . end)"' | sort | tr '\n' ' ' | sed 's/ $//')"
+    fi
 
     vg_hook_via "$VG_HOOKS/network" "$LAB_FIXTURES/network-vgtnet.xml" vgtnet stopped end -
+    if [ "$VG_BACKEND" = nft ]; then
+        check "teardown: the network stopped, the nft table is gone" \
+            sh -c "! ip netns exec $LAB_NS_HOST nft list table inet virtgate >/dev/null 2>&1"
+    fi
     check "teardown: no VIRTGATE-* or VG*- chain left" \
         sh -c "! ip netns exec $LAB_NS_HOST iptables-save | grep -qE 'VIRTGATE|VG[NDFS]-'"
     check_ruleset "teardown: ruleset equals the baseline exactly (zero residue)" "$LAB_TMP/baseline.rules"

@@ -235,7 +235,7 @@ extension NftTransaction {
         switch changes.table {
         case .kept: "\(changes.added.count) elements added, \(changes.removed.count) removed"
         case .created: "\(changes.added.count) elements added (table inet \(NftLayout.table) created)"
-        case .removed: "table inet \(NftLayout.table) removed (its last forward went)"
+        case .removed: "table inet \(NftLayout.table) removed (no forward or network left)"
         }
     }
 }
