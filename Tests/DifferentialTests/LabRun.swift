@@ -208,14 +208,41 @@ struct LabRun {
         }
         if !doubtful.isEmpty { outcome.answers.merge(try await traffic(doubtful)) { $1 } }
 
+        try await stopGuests(&outcome)
+
+        // Every guest stopped and started again on the running network, in the same order (with nft the
+        // table stays between them, and only elements change): nothing is held in between, and
+        // afterwards the same claims and the same answers as the oracle's.
+        let between = try await kernelClaims()
+        outcome.check(between.isEmpty, "restart", "claims held with every guest stopped: "
+                      + between.map { "\($0)" }.sorted().prefix(4).joined(separator: " | "))
         for guest in testCase.guests {
-            try await event(["qemu", guest.name, "stopped", "end", "-"], xml: guest.domainXML(), &outcome)
-            try await event(["qemu", guest.name, "release", "end", "-"], xml: guest.domainXML(), &outcome)
+            try await event(["qemu", guest.name, "start", "begin", "-"], xml: guest.domainXML(), &outcome)
         }
+        let again = try await kernelClaims(), first = outcome.claims
+        outcome.check(again == first, "restart", "claims after the restart differ from the first start's: "
+                      + again.symmetricDifference(first).map { "\($0)" }.sorted().prefix(4).joined(separator: " | "))
+        var answers = try await traffic(probes)
+        let wrong = { (answers: [Traffic.Probe: String]) in
+            probes.filter { answers[$0] != oracle.expected(client: $0.client, address: IPAddress($0.address)!, proto: $0.proto, port: $0.port) ?? "" }
+        }
+        if !wrong(answers).isEmpty { answers.merge(try await traffic(wrong(answers))) { $1 } }
+        let mismatched = wrong(answers)
+        outcome.check(mismatched.isEmpty, "restart", "after the restart, \(mismatched.count) answers differ from the oracle's, e.g. "
+                      + mismatched.prefix(3).map { "\($0.description): \(Self.canonical(answers[$0] ?? ""))" }.joined(separator: " | "))
+        try await stopGuests(&outcome)
         try await event(["network", Lab.network, "stopped", "end", "-"], xml: network, &outcome)
         let after = try await ruleset()
         outcome.check(after == baseline, "baseline", "removing every owner does not restore the baseline ruleset:\n"
                       + lineDiff(baseline, after).prefix(12).map { "    \($0)" }.joined(separator: "\n"))
+    }
+
+    /// Every guest's `stopped` and `release`, as libvirt runs them.
+    func stopGuests(_ outcome: inout Outcome) async throws {
+        for guest in testCase.guests {
+            try await event(["qemu", guest.name, "stopped", "end", "-"], xml: guest.domainXML(), &outcome)
+            try await event(["qemu", guest.name, "release", "end", "-"], xml: guest.domainXML(), &outcome)
+        }
     }
 
     /// One hook run as libvirt makes it, then the same again, which must write nothing.
