@@ -193,21 +193,13 @@ struct LabRun {
     func exercise(_ outcome: inout Outcome) async throws {
         let baseline = try await ruleset()
         let network = testCase.networkXML()
+        let oracle = Oracle(testCase)
         try await event(["network", Lab.network, "started", "begin", "-"], xml: network, &outcome)
-        for guest in testCase.guests {
-            try await event(["qemu", guest.name, "start", "begin", "-"], xml: guest.domainXML(), &outcome)
-        }
+        try await startGuests(&outcome)
 
         // Compared with the oracle and the other backend by the caller.
         outcome.claims = try await kernelClaims()
-        outcome.answers = try await traffic(probes)
-        // A busy machine can lose a SYN or a datagram: what differs from the oracle is tried once more.
-        let oracle = Oracle(testCase)
-        let doubtful = probes.filter {
-            outcome.answers[$0] != oracle.expected(client: $0.client, address: IPAddress($0.address)!, proto: $0.proto, port: $0.port) ?? ""
-        }
-        if !doubtful.isEmpty { outcome.answers.merge(try await traffic(doubtful)) { $1 } }
-
+        outcome.answers = try await traffic(probes, retrying: oracle)
         try await stopGuests(&outcome)
 
         // Every guest stopped and started again on the running network, in the same order (with nft the
@@ -216,25 +208,39 @@ struct LabRun {
         let between = try await kernelClaims()
         outcome.check(between.isEmpty, "restart", "claims held with every guest stopped: "
                       + between.map { "\($0)" }.sorted().prefix(4).joined(separator: " | "))
-        for guest in testCase.guests {
-            try await event(["qemu", guest.name, "start", "begin", "-"], xml: guest.domainXML(), &outcome)
-        }
+        try await startGuests(&outcome)
         let again = try await kernelClaims(), first = outcome.claims
         outcome.check(again == first, "restart", "claims after the restart differ from the first start's: "
                       + again.symmetricDifference(first).map { "\($0)" }.sorted().prefix(4).joined(separator: " | "))
-        var answers = try await traffic(probes)
-        let wrong = { (answers: [Traffic.Probe: String]) in
-            probes.filter { answers[$0] != oracle.expected(client: $0.client, address: IPAddress($0.address)!, proto: $0.proto, port: $0.port) ?? "" }
-        }
-        if !wrong(answers).isEmpty { answers.merge(try await traffic(wrong(answers))) { $1 } }
-        let mismatched = wrong(answers)
+        let answers = try await traffic(probes, retrying: oracle)
+        let mismatched = probes.filter { answers[$0] != Self.expected($0, oracle) }
         outcome.check(mismatched.isEmpty, "restart", "after the restart, \(mismatched.count) answers differ from the oracle's, e.g. "
-                      + mismatched.prefix(3).map { "\($0.description): \(Self.canonical(answers[$0] ?? ""))" }.joined(separator: " | "))
+                      + mismatched.prefix(3).map { "\($0.description): \(answers[$0] ?? "")" }.joined(separator: " | "))
         try await stopGuests(&outcome)
         try await event(["network", Lab.network, "stopped", "end", "-"], xml: network, &outcome)
         let after = try await ruleset()
         outcome.check(after == baseline, "baseline", "removing every owner does not restore the baseline ruleset:\n"
                       + lineDiff(baseline, after).prefix(12).map { "    \($0)" }.joined(separator: "\n"))
+    }
+
+    /// Every guest's `start`, in the case's order.
+    func startGuests(_ outcome: inout Outcome) async throws {
+        for guest in testCase.guests {
+            try await event(["qemu", guest.name, "start", "begin", "-"], xml: guest.domainXML(), &outcome)
+        }
+    }
+
+    static func expected(_ probe: Traffic.Probe, _ oracle: Oracle) -> String {
+        oracle.expected(client: probe.client, address: IPAddress(probe.address)!, proto: probe.proto, port: probe.port) ?? ""
+    }
+
+    /// The probes' answers; a busy machine can lose a SYN or a datagram, so what differs from the
+    /// oracle is tried once more.
+    func traffic(_ probes: [Traffic.Probe], retrying oracle: Oracle) async throws -> [Traffic.Probe: String] {
+        var answers = try await traffic(probes)
+        let doubtful = probes.filter { answers[$0] != Self.expected($0, oracle) }
+        if !doubtful.isEmpty { answers.merge(try await traffic(doubtful)) { $1 } }
+        return answers
     }
 
     /// Every guest's `stopped` and `release`, as libvirt runs them.

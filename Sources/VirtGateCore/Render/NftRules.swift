@@ -305,9 +305,10 @@ public enum NftTransaction {
         // 7 chains and 24 rules; a host that never had a forward never gets the table.
         // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
         if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
-            // Gateways alone neither create a table nor rebuild one of another layout.
+            // Gateways alone neither create a table (one that is not there has no layout) nor rebuild
+            // one of another layout.
             let gatewaysOnly = desired[NftLayout.gatewayOwner]?.isEmpty == false
-            guard gatewaysOnly, state.exists, state.layout == NftLayout.marker(mark: mark) else {
+            guard gatewaysOnly, state.layout == NftLayout.marker(mark: mark) else {
                 return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
             }
         }
