@@ -188,6 +188,8 @@ hook_latency() {
     measured hook nft-alone-start20 nft
     # ... and of stopped with 20 forwards (deleting: the close of nft's socket waits as virtgate's does).
     measured hook nft-alone-stopped20 nft
+    # ... and of start with 20 forwards after its own stop: its elements added by nft alone.
+    measured hook nft-alone-restart20 nft
 }
 
 # peak_memory BACKEND: the peak RSS of a no-op and of a start with 20 forwards, next to the Python
