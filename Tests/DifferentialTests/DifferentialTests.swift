@@ -151,7 +151,7 @@ struct DifferentialTests {
             result.failures.append(Failure(backends: wrong, kind: "claims", text: "read-back claims differ from the oracle: " + claimLines.joined(separator: " | ")))
         }
         for probe in probes {
-            let want = oracle.expected(client: probe.client, address: IPAddress(probe.address)!, proto: probe.proto, port: probe.port) ?? ""
+            let want = oracle.expected(probe)
             let wrong = backends.filter { (outcomes[$0]!.answers[probe] ?? "") != want }
             guard !wrong.isEmpty, outcomes.values.allSatisfy({ !$0.answers.isEmpty }) else { continue }
             func show(_ answer: String) -> String { answer.isEmpty ? "no answer" : answer }

@@ -213,7 +213,7 @@ struct LabRun {
         outcome.check(again == first, "restart", "claims after the restart differ from the first start's: "
                       + again.symmetricDifference(first).map { "\($0)" }.sorted().prefix(4).joined(separator: " | "))
         let answers = try await traffic(probes, retrying: oracle)
-        let mismatched = probes.filter { answers[$0] != Self.expected($0, oracle) }
+        let mismatched = probes.filter { answers[$0] != oracle.expected($0) }
         outcome.check(mismatched.isEmpty, "restart", "after the restart, \(mismatched.count) answers differ from the oracle's, e.g. "
                       + mismatched.prefix(3).map { "\($0.description): \(answers[$0] ?? "")" }.joined(separator: " | "))
         try await stopGuests(&outcome)
@@ -230,15 +230,11 @@ struct LabRun {
         }
     }
 
-    static func expected(_ probe: Traffic.Probe, _ oracle: Oracle) -> String {
-        oracle.expected(client: probe.client, address: IPAddress(probe.address)!, proto: probe.proto, port: probe.port) ?? ""
-    }
-
     /// The probes' answers; a busy machine can lose a SYN or a datagram, so what differs from the
     /// oracle is tried once more.
     func traffic(_ probes: [Traffic.Probe], retrying oracle: Oracle) async throws -> [Traffic.Probe: String] {
         var answers = try await traffic(probes)
-        let doubtful = probes.filter { answers[$0] != Self.expected($0, oracle) }
+        let doubtful = probes.filter { answers[$0] != oracle.expected($0) }
         if !doubtful.isEmpty { answers.merge(try await traffic(doubtful)) { $1 } }
         return answers
     }

@@ -139,6 +139,11 @@ struct Oracle {
 
     enum Client: String, CaseIterable { case wan, lan, host }
 
+    /// The answer a probe must get: where its connection lands ("addr port"), or "" for none.
+    func expected(_ probe: Traffic.Probe) -> String {
+        expected(client: probe.client, address: IPAddress(probe.address)!, proto: probe.proto, port: probe.port) ?? ""
+    }
+
     /// Where a connection from `client` to the host's `address`:`port` must land ("addr port"), or
     /// nil when nothing may answer.
     func expected(client: Client, address: IPAddress, proto: String, port: Int) -> String? {
