@@ -51,8 +51,24 @@ struct DoctorTests {
         var nft = Self.healthy()
         let elements = [NftElement(set: "fwd4any", key: "6 . 2222", value: "192.168.122.10 . 22", comment: "web")]
         nft.desiredElements = ["web": elements]
-        nft.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), elements: elements)
+        nft.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), baseChains: 4, elements: elements)
         #expect(Doctor.diagnose(nft) == [])
+        // A table a network's start created: the gateway, no base chains, no forward to hook.
+        let gateway = [NftElement(set: "gw4", key: "192.168.122.1", value: nil, comment: NftLayout.gatewayOwner)]
+        nft.desiredElements = [NftLayout.gatewayOwner: gateway]
+        nft.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), baseChains: 0, elements: gateway)
+        #expect(Doctor.diagnose(nft) == [])
+    }
+
+    @Test("Forwards in a table without all its base chains are drift: no packet reaches them")
+    func unhookedForwardsAreDrift() {
+        var facts = Self.healthy()
+        let elements = [NftElement(set: "fwd4any", key: "6 . 2222", value: "192.168.122.10 . 22", comment: "web")]
+        facts.desiredElements = ["web": elements]
+        for count in 0..<NftLayout.baseChains.count {
+            facts.nftState = NftState(exists: true, layout: NftLayout.marker(mark: Settings().connectionMark), baseChains: count, elements: elements)
+            #expect(Doctor.diagnose(facts).map(\.id) == ["nft-elements-drift"])
+        }
     }
 
     @Test("Each broken state is named", arguments: [

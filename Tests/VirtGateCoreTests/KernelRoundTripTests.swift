@@ -79,8 +79,8 @@ struct KernelRoundTripTests {
         func read() async throws -> NftState {
             let listed = try await backend.state()
             let fromNetlink = try Self.inNamespace(namespace) { try NftNetlink.shared?.state() }
-            #expect(fromNetlink.map { NftState(exists: $0.exists, layout: $0.layout, elements: $0.elements.sorted()) }
-                    == NftState(exists: listed.exists, layout: listed.layout, elements: listed.elements.sorted()),
+            #expect(fromNetlink.map { NftState(exists: $0.exists, layout: $0.layout, baseChains: $0.baseChains, elements: $0.elements.sorted()) }
+                    == NftState(exists: listed.exists, layout: listed.layout, baseChains: listed.baseChains, elements: listed.elements.sorted()),
                     "netlink and nft's listing disagree")
             return listed
         }
@@ -88,11 +88,12 @@ struct KernelRoundTripTests {
         #expect(try await read() == NftState())
         try await backend.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
         let applied = try await read()
-        // A guest without valid forwards leaves the host without a virtgate table (the gateway set
-        // alone keeps none).
+        // A guest without valid forwards leaves the table as its network's gateway makes it: on no
+        // hook, holding the gateway.
         let forwardless = !desired.contains { $0.key != NftLayout.gatewayOwner }
-        #expect(applied.layout == (forwardless ? nil : NftLayout.marker(mark: NftRenderTests.mark)))
-        #expect(Set(applied.elements) == (forwardless ? [] : Set(desired.values.joined())))
+        #expect(applied.layout == (desired.isEmpty ? nil : NftLayout.marker(mark: NftRenderTests.mark)))
+        #expect(applied.baseChains == (forwardless ? 0 : NftLayout.baseChains.count))
+        #expect(Set(applied.elements) == Set(desired.values.joined()))
         // The text listing virtgate reads says exactly what nft's JSON listing says.
         let json = try await sh(["ip", "netns", "exec", namespace, "nft", "-j", "-p", "list", "table", "inet", NftLayout.table])
         if json.status == 0 { #expect(try NftState(json: json.output) == applied) }
@@ -121,7 +122,7 @@ struct KernelRoundTripTests {
         #expect(try await read() == NftState())
     }
 
-    /// Golden cases whose guests hold forwards (the others create no table).
+    /// Golden cases whose guests hold forwards (the others create a table without base chains).
     static let casesWithTable = NftRenderTests.cases.filter { testCase in
         (try? NftRenderTests.desired(testCase))?.contains { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty } ?? false
     }
@@ -133,7 +134,7 @@ struct KernelRoundTripTests {
         return lines.filter { !$0.hasPrefix("\telement ") } + lines.filter { $0.hasPrefix("\telement ") }.sorted()
     }
 
-    @Test("nft: the table created, rebuilt and removed over netlink is what nft makes of the same script, rule bytecode included",
+    @Test("nft: the table created (with base chains or without, then hooked), rebuilt and removed over netlink is what nft makes of the same script, rule bytecode included",
           arguments: casesWithTable)
     func netlinkTable(testCase: NftRenderTests.Case) async throws {
         try #require(Root.isRoot, "needs root to create a network namespace")
@@ -145,19 +146,42 @@ struct KernelRoundTripTests {
         let listed = NftCommands(runner: NamespaceRunner(namespace: written, base: runner))
         let desired = try NftRenderTests.desired(testCase)
         // nft's listing of the table, and the kernel's expressions of every rule as nft prints them.
-        func same() async throws {
+        func same(hooked: Bool = true) async throws {
             for arguments in [["list", "table", "inet", NftLayout.table], ["--debug=netlink", "list", "table", "inet", NftLayout.table]] {
                 let want = try await sh(["ip", "netns", "exec", reference, "nft"] + arguments)
                 let have = try await sh(["ip", "netns", "exec", written, "nft"] + arguments)
-                #expect(want.status == 0 && want.output.contains("chain postrouting"))
+                #expect(want.status == 0 && want.output.contains("chain named") && want.output.contains("chain postrouting") == hooked)
                 #expect(Self.comparable(have.output) == Self.comparable(want.output), "\(arguments.joined(separator: " ")) differs")
             }
+        }
+
+        // Created for a network's gateway alone, without base chains; the first forward adds them
+        // with its elements.
+        let network: DesiredElements = [NftLayout.gatewayOwner: desired[NftLayout.gatewayOwner]
+            ?? [NftElement(set: "gw4", key: "192.0.2.1", value: nil, comment: NftLayout.gatewayOwner)]]
+        var withNetwork = desired
+        withNetwork[NftLayout.gatewayOwner] = network[NftLayout.gatewayOwner]
+        try await nft.apply(NftTransaction.render(from: NftState(), to: network, mark: NftRenderTests.mark))
+        let started = try #require(NftTransaction.changes(from: try await listed.state(), to: network, mark: NftRenderTests.mark))
+        #expect(started.table == .created(mark: NftRenderTests.mark, replacing: false, hooked: false))
+        #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(started) } == true)
+        try await same(hooked: false)
+        #expect(try await listed.state().baseChains == 0)
+        try await nft.apply(NftTransaction.render(from: try await nft.state(), to: withNetwork, mark: NftRenderTests.mark))
+        let hooking = try #require(NftTransaction.changes(from: try await listed.state(), to: withNetwork, mark: NftRenderTests.mark))
+        #expect(hooking.table == .hooked(mark: NftRenderTests.mark))
+        #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(hooking) } == true)
+        try await same()
+        #expect(try await listed.state().baseChains == NftLayout.baseChains.count)
+        #expect(NftTransaction.render(from: try await listed.state(), to: withNetwork, mark: NftRenderTests.mark) == "")
+        for namespace in [reference, written] {
+            #expect(try await sh(["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", NftLayout.table]).status == 0)
         }
 
         // Created, with the guests' elements, in one batch.
         try await nft.apply(NftTransaction.render(from: NftState(), to: desired, mark: NftRenderTests.mark))
         let create = try #require(NftTransaction.changes(from: try await listed.state(), to: desired, mark: NftRenderTests.mark))
-        #expect(create.table == .created(mark: NftRenderTests.mark, replacing: false))
+        #expect(create.table == .created(mark: NftRenderTests.mark, replacing: false, hooked: true))
         #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(create) } == true)
         try await same()
         #expect(NftTransaction.render(from: try await listed.state(), to: desired, mark: NftRenderTests.mark) == "")
@@ -166,7 +190,7 @@ struct KernelRoundTripTests {
         let other: UInt32 = 0x0040_0000
         try await nft.apply(NftTransaction.render(from: try await nft.state(), to: desired, mark: other))
         let rebuild = try #require(NftTransaction.changes(from: try await listed.state(), to: desired, mark: other))
-        #expect(rebuild.table == .created(mark: other, replacing: true))
+        #expect(rebuild.table == .created(mark: other, replacing: true, hooked: true))
         #expect(try Self.inNamespace(written) { try NftNetlink.shared?.apply(rebuild) } == true)
         try await same()
 

@@ -99,4 +99,17 @@ struct NftListingTests {
         """
         #expect(try NftState(listing: text) == NftState(json: json))
     }
+
+    @Test("Both readers count the table's base chains: none when a network created it, all once a forward was in it")
+    func baseChainsCounted() throws {
+        for hooked in [false, true] {
+            let text = NftLayout.definition(mark: 0x0020_0000, hooked: hooked)
+            let state = try NftState(listing: text)
+            #expect(state.layout == "layout-\(NftLayout.version)-00200000")
+            #expect(state.baseChains == (hooked ? NftLayout.baseChains.count : 0))
+            let chains = (NftLayout.baseChains + ["forwards", "named", state.layout ?? ""]).map { #"{"chain": {"name": "\#($0)"}}"# }
+            let json = #"{"nftables": [{"table": {"name": "virtgate"}}, "# + chains.suffix(hooked ? chains.count : 3).joined(separator: ", ") + "]}"
+            #expect(try NftState(json: json).baseChains == (hooked ? NftLayout.baseChains.count : 0))
+        }
+    }
 }

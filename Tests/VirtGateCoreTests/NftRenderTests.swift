@@ -92,30 +92,57 @@ struct NftRenderTests {
         #expect(NftTransaction.render(from: NftState(), to: [:], mark: Self.mark) == "")
     }
 
-    @Test("The last forward gone, the table stays while a network's gateway does; gateways alone never create or rebuild it")
-    func gatewaysKeepButNeverCreate() throws {
+    @Test("A network's gateways create the table without base chains, its first forward adds them; the last forward gone, it stays while a gateway does")
+    func gatewaysCreateUnhooked() throws {
         let desired = try Self.desired(Self.cases[0])
         let gateways = try #require(desired[NftLayout.gatewayOwner])
         try #require(!gateways.isEmpty && desired.count >= 2, "the case has a network and forwards")
         let onlyGateways: DesiredElements = [NftLayout.gatewayOwner: gateways]
-        // The guest stops: its elements go, the table and the gateways stay.
+        let forwards = Set(desired.filter { $0.key != NftLayout.gatewayOwner }.values.joined())
+        // A network starts with no forward anywhere: the table, with no chain on a hook.
+        let network = try #require(NftTransaction.changes(from: NftState(), to: onlyGateways, mark: Self.mark))
+        #expect(network.table == .created(mark: Self.mark, replacing: false, hooked: false))
+        #expect(network.added == gateways.sorted() && network.removed.isEmpty)
+        #expect(!network.script.contains(" hook ") && network.script.contains("chain forwards {"))
+        #expect(NftTransaction.summary(of: network) == "1 elements added (table inet virtgate created, without base chains until a forward)")
+        var unhooked = Self.kernel(onlyGateways)
+        unhooked.baseChains = 0
+        #expect(NftTransaction.changes(from: unhooked, to: onlyGateways, mark: Self.mark) == nil)
+        // Its first forward adds the base chains and its elements, in one change.
+        let first = try #require(NftTransaction.changes(from: unhooked, to: desired, mark: Self.mark))
+        #expect(first.table == .hooked(mark: Self.mark))
+        #expect(Set(first.added) == forwards && first.removed.isEmpty)
+        #expect(first.script.hasPrefix(NftLayout.baseChainDefinition(mark: Self.mark)))
+        #expect(NftLayout.baseChains.allSatisfy { first.script.contains("chain \($0) {") })
+        // The guest stops: its elements go, the table (hooked) and the gateways stay.
         let stop = try #require(NftTransaction.changes(from: Self.kernel(desired), to: onlyGateways, mark: Self.mark))
         #expect(stop.table == .kept)
         #expect(stop.added.isEmpty)
-        #expect(Set(stop.removed) == Set(desired.filter { $0.key != NftLayout.gatewayOwner }.values.joined()))
-        // The network stops too: nothing is left, the table goes.
-        let last = try #require(NftTransaction.changes(from: Self.kernel(onlyGateways), to: [:], mark: Self.mark))
-        #expect(last.table == .removed)
-        // A network starts with no forward anywhere: no table.
-        #expect(NftTransaction.changes(from: NftState(), to: onlyGateways, mark: Self.mark) == nil)
-        // A table of another layout holding only gateways is removed, not rebuilt.
-        var stale = Self.kernel(onlyGateways)
-        stale.layout = "layout-0-00200000"
-        #expect(NftTransaction.changes(from: stale, to: onlyGateways, mark: Self.mark)?.table == .removed)
+        #expect(Set(stop.removed) == forwards)
         // The guest starts again: only its elements are added.
         let start = try #require(NftTransaction.changes(from: Self.kernel(onlyGateways), to: desired, mark: Self.mark))
         #expect(start.table == .kept && start.removed.isEmpty)
-        #expect(Set(start.added) == Set(stop.removed))
+        #expect(Set(start.added) == forwards)
+        // The network stops too: nothing is left, the table goes, hooked or not.
+        #expect(NftTransaction.changes(from: Self.kernel(onlyGateways), to: [:], mark: Self.mark)?.table == .removed)
+        #expect(NftTransaction.changes(from: unhooked, to: [:], mark: Self.mark)?.table == .removed)
+        // A table of another layout holding only gateways is rebuilt without base chains.
+        var stale = Self.kernel(onlyGateways)
+        stale.layout = "layout-0-00200000"
+        #expect(NftTransaction.changes(from: stale, to: onlyGateways, mark: Self.mark)?.table
+                == .created(mark: Self.mark, replacing: true, hooked: false))
+        // Some base chains but not all: not a table virtgate leaves; rebuilt whole, with every element.
+        for count in 1..<NftLayout.baseChains.count {
+            var partial = Self.kernel(desired)
+            partial.baseChains = count
+            let rebuilt = try #require(NftTransaction.changes(from: partial, to: desired, mark: Self.mark))
+            #expect(rebuilt.table == .created(mark: Self.mark, replacing: true, hooked: true))
+            #expect(Set(rebuilt.added) == Set(desired.values.joined()))
+        }
+        // Other owners' elements left unread by a scoped read are forwards: the table is hooked for them.
+        var scoped = unhooked
+        scoped.unreadElements = 1
+        #expect(NftTransaction.changes(from: scoped, to: onlyGateways, mark: Self.mark)?.table == .hooked(mark: Self.mark))
     }
 
     @Test("A table created from nothing gets every element once, in order, whatever order the owners come in")
@@ -128,7 +155,7 @@ struct NftRenderTests {
         for (index, owner) in desired.keys.sorted().reversed().enumerated() { shuffled["\(index)"] = desired[owner]!.reversed() }
         shuffled["twice"] = [elements[0]]
         let changes = try #require(NftTransaction.changes(from: NftState(), to: shuffled, mark: Self.mark))
-        #expect(changes.table == .created(mark: Self.mark, replacing: false))
+        #expect(changes.table == .created(mark: Self.mark, replacing: false, hooked: true))
         #expect(changes.added == elements)
     }
 

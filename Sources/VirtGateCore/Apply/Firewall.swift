@@ -234,7 +234,9 @@ extension NftTransaction {
     static func summary(of changes: NftChanges) -> String {
         switch changes.table {
         case .kept: "\(changes.added.count) elements added, \(changes.removed.count) removed"
-        case .created: "\(changes.added.count) elements added (table inet \(NftLayout.table) created)"
+        case .hooked: "\(changes.added.count) elements added, \(changes.removed.count) removed (base chains of table inet \(NftLayout.table) added)"
+        case .created(_, _, true): "\(changes.added.count) elements added (table inet \(NftLayout.table) created)"
+        case .created: "\(changes.added.count) elements added (table inet \(NftLayout.table) created, without base chains until a forward)"
         case .removed: "table inet \(NftLayout.table) removed (no forward or network left)"
         }
     }

@@ -117,13 +117,16 @@ final class NftNetlink: Sendable {
         }
         guard state.exists else { return state }
         try session.dump(Self.getChain) { attributes in
-            if attributes[Self.chainTable] == NftLayout.table, let name = attributes[Self.chainName], name.hasPrefix("layout-") {
-                state.layout = name
+            if attributes[Self.chainTable] == NftLayout.table, let name = attributes[Self.chainName] {
+                if name.hasPrefix("layout-") { state.layout = name }
+                if NftLayout.baseChains.contains(name) { state.baseChains += 1 }
             }
         }
         guard let layout = state.layout, layout.hasPrefix("layout-\(NftLayout.version)-") else { return nil }
-        // Another mark: the change rebuilds the table from what it read, so everything is read.
-        let scope = scope.flatMap { $0.marker == layout ? $0 : nil }
+        // Another mark, or some base chains missing: the change rebuilds the table from what it
+        // read, so everything is read.
+        let whole = state.baseChains == 0 || state.baseChains == NftLayout.baseChains.count
+        let scope = scope.flatMap { $0.marker == layout && whole ? $0 : nil }
         for (set, fields) in NftLayout.elementFields {
             guard let (elements, unread) = try session.elements(of: set, fields: fields, scope: scope) else { return nil }
             state.elements += elements
@@ -174,12 +177,15 @@ final class NftNetlink: Sendable {
             // Declared first, so that the removal holds whether or not it is still there.
             guard let declare = tableMessage(delete: false), let remove = tableMessage(delete: true) else { return false }
             messages += [declare, remove]
-        case .created(let mark, let replacing):
+        case .hooked(let mark):
+            guard let chains = definition(NftProgram.baseChains(mark: mark)) else { return false }
+            messages += chains
+        case .created(let mark, let replacing, let hooked):
             if replacing {
                 guard let declare = tableMessage(delete: false), let remove = tableMessage(delete: true) else { return false }
                 messages += [declare, remove]
             }
-            guard let table = definition(NftProgram.table(mark: mark)) else { return false }
+            guard let table = definition(NftProgram.table(mark: mark, hooked: hooked)) else { return false }
             messages += table
         }
         // Each element as the kernel takes it, or nothing is sent.

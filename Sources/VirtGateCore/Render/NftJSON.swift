@@ -228,6 +228,7 @@ extension JSONParser {
     struct Listing {
         var exists = false
         var layout: String?
+        var baseChains = 0
         var elements: [NftElement] = []
     }
 
@@ -258,7 +259,10 @@ extension JSONParser {
             default:
                 let object = try parser.value(depth: depth)
                 if kind == "table" { listing.exists = true }
-                if kind == "chain", case .string(let name)? = object["name"], name.hasPrefix("layout-") { listing.layout = name }
+                if kind == "chain", case .string(let name)? = object["name"] {
+                    if name.hasPrefix("layout-") { listing.layout = name }
+                    if NftLayout.baseChains.contains(name) { listing.baseChains += 1 }
+                }
             }
         }
     }

@@ -77,8 +77,24 @@ enum NftProgram {
     static let ctState: UInt32 = 0, ctStatus: UInt32 = 2, ctMark: UInt32 = 3
     static let typeAddressIPv4: UInt32 = 7, typeAddressIPv6: UInt32 = 8, typeProtocol: UInt32 = 12, typeService: UInt32 = 13
 
-    /// The table `NftLayout.definition(mark:)` declares, in its order.
-    static func table(mark: UInt32) -> Table {
+    /// The table `NftLayout.definition(mark:hooked:)` declares, in its order.
+    static func table(mark: UInt32, hooked: Bool = true) -> Table {
+        let all = whole(mark: mark)
+        guard !hooked else { return all }
+        let base = Set(NftLayout.baseChains)
+        return Table(sets: all.sets, chains: all.chains.filter { !base.contains($0.name) },
+                     rules: all.rules.filter { !base.contains($0.chain) })
+    }
+
+    /// The base chains and their rules alone (`NftLayout.baseChainDefinition(mark:)`): they use no set.
+    static func baseChains(mark: UInt32) -> Table {
+        let all = whole(mark: mark)
+        let base = Set(NftLayout.baseChains)
+        return Table(sets: [], chains: all.chains.filter { base.contains($0.name) }, rules: all.rules.filter { base.contains($0.chain) })
+    }
+
+    /// The whole table, in `NftLayout.definition(mark:)`'s order.
+    private static func whole(mark: UInt32) -> Table {
         var sets: [SetDeclaration] = []
         for family in IPFamily.allCases {
             for ranges in [false, true] {

@@ -49,9 +49,12 @@ public struct NftChanges: Sendable, Equatable {
     public enum Table: Sendable, Equatable {
         /// The table stays, of the current layout; only elements change.
         case kept
+        /// The table stays and gains its base chains (`NftLayout.baseChains`): the first forward in
+        /// a table that a network's start created without them.
+        case hooked(mark: UInt32)
         /// The table is created in the current layout with `mark`, after removing the one there
-        /// (of another layout or mark) when `replacing`.
-        case created(mark: UInt32, replacing: Bool)
+        /// (of another layout or mark) when `replacing`; with its base chains when `hooked`.
+        case created(mark: UInt32, replacing: Bool, hooked: Bool)
         /// The table is removed, whatever it holds.
         case removed
     }
@@ -67,10 +70,11 @@ public struct NftChanges: Sendable, Equatable {
         switch table {
         case .removed:
             return removal
-        case .created(let mark, let replacing):
-            return (replacing ? removal : "") + NftLayout.definition(mark: mark) + NftTransaction.addLines(added)
-        case .kept:
+        case .created(let mark, let replacing, let hooked):
+            return (replacing ? removal : "") + NftLayout.definition(mark: mark, hooked: hooked) + NftTransaction.addLines(added)
+        case .kept, .hooked:
             var text = ""
+            if case .hooked(let mark) = table { text = NftLayout.baseChainDefinition(mark: mark) }
             for (set, group) in NftTransaction.grouped(removed) {
                 text += "delete element inet \(NftLayout.table) \(set) { \(group.map(\.key).joinedText(separator: ", ")) }\n"
             }
@@ -85,7 +89,13 @@ public enum NftLayout {
     /// another connection mark) is rebuilt as a whole. 2: hairpin by route, not by a set.
     /// 3: a range that keeps its port numbers is one interval element, not one element per port.
     /// 4: libvirt networks' own addresses (`gw4`, `gw6`) reach only forwards that name them.
-    static let version = 4
+    /// 5: created when a network starts, without base chains until its first forward (an older
+    /// virtgate would take such a table for a whole one).
+    static let version = 5
+
+    /// The chains on netfilter's hooks, in the order `definition` declares them. A table without
+    /// them is on no packet's path.
+    public static let baseChains = ["prerouting", "output", "hairpin", "postrouting"]
 
     /// The owner of the gateway sets' elements: every change that knows the networks rewrites
     /// them. ':' never occurs in a guest's id, so no guest can own them.
@@ -134,9 +144,10 @@ public enum NftLayout {
     /// DNAT map for forwards limited to sources: source and host address are intervals.
     static func sourceMap(_ family: IPFamily) -> String { map(.source, family, ranges: false) }
 
-    /// The whole table with empty maps and sets.
-    public static func definition(mark: UInt32) -> String {
+    /// The whole table with empty maps and sets; without its base chains unless `hooked`.
+    public static func definition(mark: UInt32, hooked: Bool = true) -> String {
         let m = "0x" + hex(mark)
+        let hooks = baseChainText(mark: mark)
         var text = "table inet \(table) {\n"
         for family in IPFamily.allCases {
             let addr = family.nftAddressType
@@ -151,13 +162,7 @@ public enum NftLayout {
             text += "\tset \(gatewaySet(family)) { type \(addr); }\n"
         }
         text += "\tchain \(marker(mark: mark)) {\n\t}\n"
-        // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
-        // (hairpin) and the host itself. Loopback needs route_localnet, an opt-in left out here.
-        text += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
-        text += "\t\tfib daddr type local jump forwards\n\t}\n"
-        text += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
-        text += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
-        text += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
+        if hooked { text += hooks.nat }
         // The mark is set only when a map holds the connection, so the filter side can admit
         // exactly the connections virtgate forwarded, and nothing routed past it. Traffic to a
         // libvirt network's own address (guests' DNS and DHCP) sees only forwards naming it.
@@ -187,18 +192,38 @@ public enum NftLayout {
             }
         }
         text += "\t}\n"
+        if hooked { text += hooks.filter }
+        return text + "}\n"
+    }
+
+    /// The base chains alone, added to a table that has everything else (`Table.hooked`).
+    public static func baseChainDefinition(mark: UInt32) -> String {
+        let hooks = baseChainText(mark: mark)
+        return "table inet \(table) {\n" + hooks.nat + hooks.filter + "}\n"
+    }
+
+    /// The base chains' blocks: `nat` (prerouting, output) comes before the regular chains they
+    /// jump to, `filter` (hairpin, postrouting) after them, as nft lists a table made in one go.
+    static func baseChainText(mark: UInt32) -> (nat: String, filter: String) {
+        let m = "0x" + hex(mark)
+        // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
+        // (hairpin) and the host itself. Loopback needs route_localnet, an opt-in left out here.
+        var nat = "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        nat += "\t\tfib daddr type local jump forwards\n\t}\n"
+        nat += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
+        nat += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
+        nat += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
         // Hairpin: a guest reaching a forward (through the host's address) to a guest on its own
         // bridge must see its connection masqueraded, or the target would answer it directly. Such a
         // connection leaves through the interface it came in by: the route to its new destination
         // goes out of its input interface. Decided once per connection by a route lookup, with no
         // per-forward element (and so nothing to overlap between forwards or guests); the packet
         // mark carries the decision to the NAT hook, which clears it again.
-        text += "\tchain hairpin {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
-        text += "\t\tct state new ct status dnat ct mark & \(m) == \(m) fib daddr . iif oif exists meta mark set meta mark | \(m)\n\t}\n"
-        text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        text += "\t\tmeta mark & \(m) == \(m) meta mark set meta mark & 0x\(hex(~mark)) masquerade\n"
-        text += "\t}\n}\n"
-        return text
+        var filter = "\tchain hairpin {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
+        filter += "\t\tct state new ct status dnat ct mark & \(m) == \(m) fib daddr . iif oif exists meta mark set meta mark | \(m)\n\t}\n"
+        filter += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        filter += "\t\tmeta mark & \(m) == \(m) meta mark set meta mark & 0x\(hex(~mark)) masquerade\n\t}\n"
+        return (nat, filter)
     }
 }
 
@@ -298,21 +323,24 @@ public enum NftTransaction {
     /// (`NftChanges.script`) is rendered only when asked for: a dry run prints it, and it is the
     /// fallback when netlink cannot write the change; a sync's 5,000 elements are not rendered twice.
     public static func changes(from state: NftState, to desired: DesiredElements, mark: UInt32) -> NftChanges? {
-        // The table comes with the first forward and goes when nothing is left in it: the last forward
-        // and the last network's gateways, as the iptables backend's dispatch chains go with the last
-        // guest and network. In between, a guest that stops and starts again (the only one with
-        // forwards, on many hosts) changes elements instead of removing and re-creating 18 sets,
-        // 7 chains and 24 rules; a host that never had a forward never gets the table.
-        // A scoped read leaves other owners' elements unread: the table is then not this change's to remove.
-        if state.unreadElements == 0, !desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
-            // Gateways alone neither create a table (one that is not there has no layout) nor rebuild
-            // one of another layout.
-            let gatewaysOnly = desired[NftLayout.gatewayOwner]?.isEmpty == false
-            guard gatewaysOnly, state.layout == NftLayout.marker(mark: mark) else {
-                return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
-            }
+        // The table comes with the first network or forward, and goes when nothing is left in it: the
+        // last forward and the last network's gateways, as the iptables backend's dispatch chains go
+        // with the last guest and network. In between, a guest that stops and starts again (the only
+        // one with forwards, on many hosts) changes elements instead of removing and re-creating 18
+        // sets, 7 chains and 24 rules. Created for networks' gateways alone, it has no base chains: a
+        // host without a forward has nothing of virtgate's on a packet's path, and its first forward
+        // adds the 4 base chains instead of creating the whole table (about a millisecond of the
+        // kernel's work, on the first guest's start).
+        // A scoped read leaves other owners' elements unread: they are forwards, and the table is
+        // then not this change's to remove.
+        let forwards = state.unreadElements > 0
+            || desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty })
+        if !forwards, desired[NftLayout.gatewayOwner]?.isEmpty != false {
+            return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
         }
-        guard state.layout == NftLayout.marker(mark: mark) else {
+        // Some but not all base chains: not a table virtgate leaves, so it is rebuilt.
+        let hooks = state.baseChains
+        guard state.layout == NftLayout.marker(mark: mark), hooks == 0 || hooks == NftLayout.baseChains.count else {
             // Every element, in order and once: sorted, then each kept where it differs from the one
             // before (no set of thousands of elements hashed first).
             var all = Array(desired.values.joined())
@@ -320,12 +348,14 @@ public enum NftTransaction {
             var added: [NftElement] = []
             added.reserveCapacity(all.count)
             for element in all where added.last != element { added.append(element) }
-            return NftChanges(table: .created(mark: mark, replacing: state.exists), removed: [], added: added)
+            return NftChanges(table: .created(mark: mark, replacing: state.exists, hooked: forwards), removed: [], added: added)
         }
         let want = Set(desired.values.joined())
         let have = Set(state.elements)
         let removed = have.subtracting(want).sorted()
         let added = want.subtracting(have).sorted()
+        // Once hooked, the table stays so until it goes: the next forward is elements alone.
+        if forwards, hooks == 0 { return NftChanges(table: .hooked(mark: mark), removed: removed, added: added) }
         return removed.isEmpty && added.isEmpty ? nil : NftChanges(removed: removed, added: added)
     }
 

@@ -3,6 +3,9 @@ public struct NftState: Hashable, Sendable {
     public var exists = false
     /// The layout marker chain's name, nil when there is none.
     public var layout: String?
+    /// How many of the layout's base chains (`NftLayout.baseChains`) the table has: all of them once
+    /// it held a forward, none while it has held only networks' gateways.
+    public var baseChains = 0
     /// Every element of virtgate's maps and sets, keys and values in the form virtgate renders.
     public var elements: [NftElement] = []
     /// Elements left out of `elements` by a scoped read (`NftReadScope`): owners this change does
@@ -11,9 +14,10 @@ public struct NftState: Hashable, Sendable {
 
     public init() {}
 
-    public init(exists: Bool, layout: String?, elements: [NftElement]) {
+    public init(exists: Bool, layout: String?, baseChains: Int = NftLayout.baseChains.count, elements: [NftElement]) {
         self.exists = exists
         self.layout = layout
+        self.baseChains = baseChains
         self.elements = elements
     }
 
@@ -45,6 +49,7 @@ public struct NftState: Hashable, Sendable {
         }
         exists = listing.exists
         layout = listing.layout
+        baseChains = listing.baseChains
         elements = listing.elements
     }
 
@@ -169,8 +174,9 @@ struct NftListingReader {
                 let kind = Self.word(line, 0)
                 if kind == "map" || kind == "set" {
                     set = Self.word(line, 1)
-                } else if kind == "chain", let name = Self.word(line, 1), name.hasPrefix("layout-") {
-                    state.layout = name
+                } else if kind == "chain", let name = Self.word(line, 1) {
+                    if name.hasPrefix("layout-") { state.layout = name }
+                    if NftLayout.baseChains.contains(name) { state.baseChains += 1 }
                 }
             default:
                 guard let set, Self.hasPrefix(line, "elements = {") else {
