@@ -107,14 +107,16 @@ enum NftProgram {
         }
         let chains = [
             Chain(name: NftLayout.marker(mark: mark)),
-            Chain(name: "prerouting", hook: ("nat", 0, -100)),
-            Chain(name: "output", hook: ("nat", 3, -100)),
             Chain(name: "forwards"),
             Chain(name: "named"),
+            Chain(name: "prerouting", hook: ("nat", 0, -100)),
+            Chain(name: "output", hook: ("nat", 3, -100)),
             Chain(name: "hairpin", hook: ("filter", 2, -150)),
             Chain(name: "postrouting", hook: ("nat", 4, 100)),
         ]
-        return Table(sets: sets, chains: chains, rules: rules(mark: mark))
+        // The base chains' rules last, as their chains.
+        let base = Set(NftLayout.baseChains), all = rules(mark: mark)
+        return Table(sets: sets, chains: chains, rules: all.filter { !base.contains($0.chain) } + all.filter { base.contains($0.chain) })
     }
 
     static func addressType(_ family: IPFamily) -> UInt32 { family == .v4 ? typeAddressIPv4 : typeAddressIPv6 }

@@ -147,7 +147,6 @@ public enum NftLayout {
     /// The whole table with empty maps and sets; without its base chains unless `hooked`.
     public static func definition(mark: UInt32, hooked: Bool = true) -> String {
         let m = "0x" + hex(mark)
-        let hooks = baseChainText(mark: mark)
         var text = "table inet \(table) {\n"
         for family in IPFamily.allCases {
             let addr = family.nftAddressType
@@ -162,7 +161,6 @@ public enum NftLayout {
             text += "\tset \(gatewaySet(family)) { type \(addr); }\n"
         }
         text += "\tchain \(marker(mark: mark)) {\n\t}\n"
-        if hooked { text += hooks.nat }
         // The mark is set only when a map holds the connection, so the filter side can admit
         // exactly the connections virtgate forwarded, and nothing routed past it. Traffic to a
         // libvirt network's own address (guests' DNS and DHCP) sees only forwards naming it.
@@ -192,38 +190,36 @@ public enum NftLayout {
             }
         }
         text += "\t}\n"
-        if hooked { text += hooks.filter }
-        return text + "}\n"
+        // The base chains last: a table made in one go lists as one whose first forward hooked it.
+        return text + (hooked ? baseChainText(mark: mark) : "") + "}\n"
     }
 
     /// The base chains alone, added to a table that has everything else (`Table.hooked`).
     public static func baseChainDefinition(mark: UInt32) -> String {
-        let hooks = baseChainText(mark: mark)
-        return "table inet \(table) {\n" + hooks.nat + hooks.filter + "}\n"
+        "table inet \(table) {\n" + baseChainText(mark: mark) + "}\n"
     }
 
-    /// The base chains' blocks: `nat` (prerouting, output) comes before the regular chains they
-    /// jump to, `filter` (hairpin, postrouting) after them, as nft lists a table made in one go.
-    static func baseChainText(mark: UInt32) -> (nat: String, filter: String) {
+    /// The base chains' blocks, in `baseChains`' order.
+    static func baseChainText(mark: UInt32) -> String {
         let m = "0x" + hex(mark)
         // Any local address, as the iptables backend's `addrtype LOCAL` jumps: wan clients, guests
         // (hairpin) and the host itself. Loopback needs route_localnet, an opt-in left out here.
-        var nat = "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
-        nat += "\t\tfib daddr type local jump forwards\n\t}\n"
-        nat += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
-        nat += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
-        nat += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
+        var text = "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        text += "\t\tfib daddr type local jump forwards\n\t}\n"
+        text += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
+        text += "\t\tip daddr != 127.0.0.0/8 fib daddr type local jump forwards\n"
+        text += "\t\tip6 daddr != ::1 fib daddr type local jump forwards\n\t}\n"
         // Hairpin: a guest reaching a forward (through the host's address) to a guest on its own
         // bridge must see its connection masqueraded, or the target would answer it directly. Such a
         // connection leaves through the interface it came in by: the route to its new destination
         // goes out of its input interface. Decided once per connection by a route lookup, with no
         // per-forward element (and so nothing to overlap between forwards or guests); the packet
         // mark carries the decision to the NAT hook, which clears it again.
-        var filter = "\tchain hairpin {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
-        filter += "\t\tct state new ct status dnat ct mark & \(m) == \(m) fib daddr . iif oif exists meta mark set meta mark | \(m)\n\t}\n"
-        filter += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        filter += "\t\tmeta mark & \(m) == \(m) meta mark set meta mark & 0x\(hex(~mark)) masquerade\n\t}\n"
-        return (nat, filter)
+        text += "\tchain hairpin {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
+        text += "\t\tct state new ct status dnat ct mark & \(m) == \(m) fib daddr . iif oif exists meta mark set meta mark | \(m)\n\t}\n"
+        text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        text += "\t\tmeta mark & \(m) == \(m) meta mark set meta mark & 0x\(hex(~mark)) masquerade\n\t}\n"
+        return text
     }
 }
 
