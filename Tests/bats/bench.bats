@@ -170,6 +170,8 @@ hook_latency() {
     measured hook start20-scale "$b"
     # ... and beside one other guest's forwards (with nft: the table exists, only elements are added).
     measured hook start20-beside "$b"
+    # A network's start (with nft it creates the table, without base chains).
+    measured hook netstart "$b"
 }
 
 @test "hook latency: iptables backend, each event next to the Python pattern; the kernel's share" {

@@ -465,8 +465,9 @@ for backend in "${backends[@]}"; do
     hf "$ns" hook-$b-stopped20 "$runs_fast" --prepare "$(q fwd20 start begin)" "$(q fwd20 stopped end)" || true
     hook fwd20 release end >/dev/null 2>&1 || true
     # With nft the table stays after a guest's stop while its network runs (it holds the network's
-    # gateway), so the start above adds elements only. The first guest with forwards since the network
-    # started creates the table: each run begins with the network stopped (the table goes) and started.
+    # gateway), so the start above adds elements only. The network's start creates it without base
+    # chains, and the first guest with forwards since then adds them: each run begins with the network
+    # stopped (the table goes) and started.
     if [ "$b" = nft ]; then
         hf "$ns" hook-$b-start20-first "$runs_fast" \
             --prepare "$(q fwd20 release end); $renew_network" \
@@ -480,6 +481,12 @@ for backend in "${backends[@]}"; do
         hook fwd20 release end >/dev/null 2>&1 || true
     fi
     hook fwd5 release end >/dev/null 2>&1 || true
+    # The network's own start, no guest holding forwards: its iptables chain, and with nft the table
+    # without base chains (what the first guest then need not create).
+    hf "$ns" hook-$b-netstart "$runs_fast" \
+        --prepare "hooks/network default stopped end - < network.xml > /dev/null 2>&1" \
+        "hooks/network default started begin - < network.xml > /dev/null 2>&1" || true
+    (cd "$work" && in_ns "$ns" sh -c "$renew_network") || true
     # The kernel's share of start with 20 forwards: the very transaction virtgate writes, restored alone.
     if [ "$b" = iptables ]; then
         # (IPv4 only: the part before an "# ip6tables-restore" section, if any)
@@ -501,21 +508,23 @@ for backend in "${backends[@]}"; do
     fi
     mem mem-$b-noop "true" "$(q plain prepare begin)" || true
     mem_split mem-$b-split || true
-    # The most a start with 20 forwards holds: with nft, the first guest's, which creates the table.
+    # The most a start with 20 forwards holds: with nft, the first guest's, which adds the base chains.
     first=""
     [ "$b" = nft ] && first="; $renew_network"
     mem mem-$b-start20 "$(q fwd20 release end)$first" "$(q fwd20 start begin)" || true
     hook fwd20 release end >/dev/null 2>&1 || true
     # The kernel's share with nft: the very transaction of the first guest's start with 20 forwards
-    # (it creates the table), applied by nft alone.
+    # (its base chains and elements), applied by nft alone to the table as the network's start left it.
     if [ "$b" = nft ]; then
         (cd "$work" && in_ns "$ns" sh -c "$renew_network") || true
+        (cd "$work" && in_ns "$ns" nft list table inet virtgate > net.nft) || true
         (cd "$work" && in_ns "$ns" ./virtgate hook --dry-run qemu fwd20 start begin - < fwd20.xml 2>/dev/null \
             | grep -v '^# nft' > add20.nft) || true
-        if [ -s "$work/add20.nft" ] && in_ns "$ns" nft -c -f "$work/add20.nft" 2>/dev/null; then
-            hf "$ns" hook-nft-alone-start20 "$runs_fast" --prepare "nft delete table inet virtgate > /dev/null 2>&1 || true" \
+        if [ -s "$work/add20.nft" ] && [ -s "$work/net.nft" ] && in_ns "$ns" nft -c -f "$work/add20.nft" 2>/dev/null; then
+            hf "$ns" hook-nft-alone-start20 "$runs_fast" \
+                --prepare "nft delete table inet virtgate > /dev/null 2>&1; nft -f net.nft > /dev/null 2>&1 || true" \
                 "nft -f add20.nft" || true
-            in_ns "$ns" nft delete table inet virtgate >/dev/null 2>&1 || true
+            (cd "$work" && in_ns "$ns" sh -c "$renew_network") || true
         fi
         # ... and of stopped with 20 forwards: its elements deleted by nft alone, re-added untimed. Any
         # netfilter socket closed after a change that deleted something waits for the kernel's deferred
@@ -838,7 +847,8 @@ rows = [("floor", "an event virtgate ignores (start-up floor)", None), ("prepare
         ("started", "no forwards: `started`", "noop"), ("stopped", "no forwards: `stopped`", "noop"),
         ("release", "no forwards: `release`", "noop"), ("start1", "`start`, 1 forward", None),
         ("start5", "`start`, 5 forwards", None), ("start20", "`start`, 20 forwards (after its own stop, its network running)", "start20"),
-        ("stopped20", "`stopped`, 20 forwards", None)]
+        ("stopped20", "`stopped`, 20 forwards", None),
+        ("netstart", "a network's `started`, no guest (with `nft`: the table, without base chains)", None)]
 summary = []
 for b in backends:
     if skipped(b, "all"):
@@ -883,13 +893,13 @@ for b in backends:
         if key == "start20" and hf(f"hook-{b}-start20-first"):
             r = hf(f"hook-{b}-start20-first")
             py20 = hf("hook-python-start20")
-            summary.append((b, "start, 20 forwards, the first guest with forwards since its network started (creates the table)", r, py20))
-            p(f"| ↳ the same `start` as the first guest with forwards since its network started (it creates the table) | "
+            summary.append((b, "start, 20 forwards, the first guest with forwards since its network started (adds the base chains)", r, py20))
+            p(f"| ↳ the same `start` as the first guest with forwards since its network started (it adds the table's base chains) | "
               f"{ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | "
               f"≤ 4 ms, ≥ 35× | {check(py20 and 0 < r['median'] <= 4 and py20['median'] / r['median'] >= 35)} |")
         if key == "start20" and hf("hook-nft-alone-start20") and b == "nft":
             r = hf("hook-nft-alone-start20")
-            p(f"| ↳ `nft -f` of that first guest's transaction alone (it creates the table) | {ms(r)} | "
+            p(f"| ↳ `nft -f` of that first guest's transaction alone (base chains and elements) | {ms(r)} | "
               f"{r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | | |")
         if key == "stopped20" and hf("hook-nft-alone-stopped20") and b == "nft":
             r = hf("hook-nft-alone-stopped20")
@@ -1259,7 +1269,7 @@ if len(sys.argv) > 4 and sys.argv[4]:
     row("run", "quick", "-", 1 if quick else 0, "")
     row("run", "sync-sizes", "-", " ".join(sync_sizes), "guests")
     row("run", "conn-sizes", "-", " ".join(conn_sizes), "forwards")
-    events = ["floor", "prepare", "start", "started", "stopped", "release", "start1", "start5", "start20", "stopped20"]
+    events = ["floor", "prepare", "start", "started", "stopped", "release", "start1", "start5", "start20", "stopped20", "netstart"]
     # 1. Hook latency: the baselines, each backend's events, the kernel's share (iptables).
     hf_row("hook", "true", "-", "true")
     for key in ["noop", "start1", "start5", "start20", "stopped20"]:
