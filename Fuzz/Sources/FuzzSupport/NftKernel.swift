@@ -2,7 +2,7 @@ import VirtGateCore
 
 /// virtgate's nftables table as a model: applies the scripts `NftTransaction` renders, checking
 /// their shape line by line, and lists the table in the forms `nft -p list table` and `nft -j list
-/// table` print (as far as virtgate reads them: the layout chain, maps and their elements with
+/// table` print (as far as virtgate reads them: the layout chain, the base chains, maps and their elements with
 /// comments), so that what was written is read back through `NftState(listing:)`, the reader
 /// conflict checks depend on, and `NftState(json:)` agrees with it.
 ///
@@ -13,7 +13,9 @@ import VirtGateCore
 public struct NftKernel {
     public var exists = false
     public var layout: String?
-    /// map name → key → (value, comment)
+    /// Whether the table has its base chains (`NftLayout.baseChains`).
+    public var hooked = false
+    /// map or set name → key → (value, comment); a set's elements have no value ("").
     var maps: [String: [String: (value: String, comment: String)]] = [:]
 
     let mark: UInt32
@@ -28,12 +30,16 @@ public struct NftKernel {
         case "fwd4any", "fwd6any": return ["p", "s"]
         case "fwd4src", "fwd6src": return ["n", "n", "p", "s"]
         case "fwd4srcany", "fwd6srcany": return ["n", "p", "s"]
+        case "gw4", "gw6": return ["a"]
         default: return nil
         }
     }
 
     /// Maps keyed by port intervals (layout 3) map to the guest address alone.
     static func valueShape(_ map: String) -> [Character] { map.hasSuffix("range") ? ["a"] : ["a", "s"] }
+
+    /// The gateway sets: keys alone, no value.
+    static func isSet(_ name: String) -> Bool { name == "gw4" || name == "gw6" }
 
     public mutating func apply(_ script: String) {
         guard !script.isEmpty else { return }
@@ -44,15 +50,25 @@ public struct NftKernel {
             require(exists, "nft script deletes a table that was not there")
             exists = false
             layout = nil
+            hooked = false
             maps = [:]
             rest = rest.dropFirst(drop.count)
         }
-        let definition = NftLayout.definition(mark: mark)
-        if rest.hasPrefix(definition) {
-            require(!exists, "nft script defines the table over an existing one of the same layout")
-            exists = true
-            layout = NftLayout.marker(mark: mark)
-            rest = rest.dropFirst(definition.count)
+        for withHooks in [true, false] {
+            let definition = NftLayout.definition(mark: mark, hooked: withHooks)
+            if rest.hasPrefix(definition) {
+                require(!exists, "nft script defines the table over an existing one of the same layout")
+                exists = true
+                layout = NftLayout.marker(mark: mark)
+                hooked = withHooks
+                rest = rest.dropFirst(definition.count)
+            }
+        }
+        let hooks = NftLayout.baseChainDefinition(mark: mark)
+        if rest.hasPrefix(hooks) {
+            require(exists && layout == NftLayout.marker(mark: mark) && !hooked, "nft script adds base chains the table has, or to no table")
+            hooked = true
+            rest = rest.dropFirst(hooks.count)
         }
         for line in rest.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
             let context = "nft line \(InputProblem.quoted(String(line)))"
@@ -75,10 +91,16 @@ public struct NftKernel {
                     guard let close = tail.firstIndex(of: "\"") else { violated("\(context): unterminated comment") }
                     let comment = String(tail[..<close])
                     let after = tail[tail.index(after: close)...]
-                    require(after.hasPrefix(" : "), "\(context): map element without a value")
-                    let value = String(after.dropFirst(3))
+                    let value: String
+                    if Self.isSet(map) {
+                        require(after.isEmpty, "\(context): set element with a value")
+                        value = ""
+                    } else {
+                        require(after.hasPrefix(" : "), "\(context): map element without a value")
+                        value = String(after.dropFirst(3))
+                        checkKey(value, shape: Self.valueShape(map), context)
+                    }
                     checkKey(key, shape: shape, context)
-                    checkKey(value, shape: Self.valueShape(map), context)
                     require(!comment.isEmpty && comment.utf8.count <= 128, "\(context): comment length \(comment.utf8.count)")
                     require(comment.unicodeScalars.allSatisfy(Self.isCommentCharacter),
                             "\(context): comment \(InputProblem.quoted(comment)) has characters nft would misread")
@@ -127,11 +149,16 @@ public struct NftKernel {
         var objects = ["{\"metainfo\": {\"json_schema_version\": 1}}",
                        "{\"table\": {\"family\": \"inet\", \"name\": \"\(NftLayout.table)\", \"handle\": 1}}"]
         if let layout { objects.append("{\"chain\": {\"family\": \"inet\", \"table\": \"\(NftLayout.table)\", \"name\": \"\(layout)\", \"handle\": 2}}") }
+        for (index, chain) in (hooked ? NftLayout.baseChains : []).enumerated() {
+            objects.append("{\"chain\": {\"family\": \"inet\", \"table\": \"\(NftLayout.table)\", \"name\": \"\(chain)\", \"handle\": \(3 + index), \"hook\": \"forward\"}}")
+        }
         for (map, elements) in maps.sorted(by: { $0.key < $1.key }) where !elements.isEmpty {
+            let set = Self.isSet(map)
             let items = elements.sorted { $0.key < $1.key }.map { key, entry in
-                "[{\"elem\": {\"val\": \(Self.json(key)), \"comment\": \(Self.string(entry.comment))}}, \(Self.json(entry.value))]"
+                let element = "{\"elem\": {\"val\": \(Self.json(key)), \"comment\": \(Self.string(entry.comment))}}"
+                return set ? element : "[\(element), \(Self.json(entry.value))]"
             }
-            objects.append("{\"map\": {\"family\": \"inet\", \"name\": \"\(map)\", \"table\": \"\(NftLayout.table)\", \"elem\": [\(items.joined(separator: ", "))]}}")
+            objects.append("{\"\(set ? "set" : "map")\": {\"family\": \"inet\", \"name\": \"\(map)\", \"table\": \"\(NftLayout.table)\", \"elem\": [\(items.joined(separator: ", "))]}}")
         }
         return "{\"nftables\": [\(objects.joined(separator: ", "))]}"
     }
@@ -169,16 +196,18 @@ public struct NftKernel {
         guard exists else { return "" }
         var text = "table inet \(NftLayout.table) {\n"
         for (map, elements) in maps.sorted(by: { $0.key < $1.key }) {
-            text += "\tmap \(map) {\n\t\ttype \(map)\n"
+            let set = Self.isSet(map)
+            text += "\t\(set ? "set" : "map") \(map) {\n\t\ttype \(map)\n"
             if !elements.isEmpty {
                 let items = elements.sorted { $0.key < $1.key }.map { key, entry in
-                    "\(key)" + (entry.comment.isEmpty ? "" : " comment \"\(entry.comment)\"") + " : \(entry.value)"
+                    "\(key)" + (entry.comment.isEmpty ? "" : " comment \"\(entry.comment)\"") + (set ? "" : " : \(entry.value)")
                 }
                 text += "\t\telements = { " + items.joined(separator: ",\n\t\t\t     ") + " }\n"
             }
             text += "\t}\n\n"
         }
         if let layout { text += "\tchain \(layout) {\n\t}\n" }
+        for chain in hooked ? NftLayout.baseChains : [] { text += "\n\tchain \(chain) {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n" }
         return text + "}\n"
     }
 
