@@ -486,6 +486,7 @@ for backend in "${backends[@]}"; do
     hf "$ns" hook-$b-netstart "$runs_fast" \
         --prepare "hooks/network default stopped end - < network.xml > /dev/null 2>&1" \
         "hooks/network default started begin - < network.xml > /dev/null 2>&1" || true
+    # Started again whatever hyperfine's last step was (a failed run can end after a prepare).
     (cd "$work" && in_ns "$ns" sh -c "$renew_network") || true
     # The kernel's share of start with 20 forwards: the very transaction virtgate writes, restored alone.
     if [ "$b" = iptables ]; then

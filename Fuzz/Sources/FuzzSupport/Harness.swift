@@ -80,7 +80,7 @@ public enum Harness {
             for table in [IptablesTable.nat, .nat6] {
                 // A guest's DNAT chain also returns its networks' own addresses (they reach only forwards naming them).
                 for (chain, rules) in snapshot.ownerChains[table] ?? [:] where chain.hasPrefix("VGD-") {
-                    dnats += rules.filter { $0.hasSuffix(" -j RETURN") == false }.count
+                    dnats += rules.filter { !$0.hasSuffix(" -j RETURN") }.count
                 }
             }
             require(snapshot.forwardClaims().count == dnats,

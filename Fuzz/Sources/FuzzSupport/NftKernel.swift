@@ -62,6 +62,7 @@ public struct NftKernel {
                 layout = NftLayout.marker(mark: mark)
                 hooked = withHooks
                 rest = rest.dropFirst(definition.count)
+                break
             }
         }
         let hooks = NftLayout.baseChainDefinition(mark: mark)

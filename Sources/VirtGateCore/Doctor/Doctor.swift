@@ -130,7 +130,7 @@ public enum Doctor {
 
         if let nft = facts.nftState, let desired = facts.desiredElements,
            Set(nft.elements) != Set(desired.values.joined()) || (!desired.isEmpty && nft.layout == nil)
-            || (nft.baseChains != NftLayout.baseChains.count && desired.contains { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }) {
+            || (nft.baseChains != NftLayout.baseChains.count && NftTransaction.holdsForwards(desired)) {
             findings.append(Finding(
                 id: "nft-elements-drift",
                 problem: "virtgate's nftables table (table inet \(NftLayout.table)) does not hold exactly the forwards of the guests virtgate remembers (missing after a flush, or left over from something that is gone).",

@@ -329,8 +329,7 @@ public enum NftTransaction {
         // kernel's work, on the first guest's start).
         // A scoped read leaves other owners' elements unread: they are forwards, and the table is
         // then not this change's to remove.
-        let forwards = state.unreadElements > 0
-            || desired.contains(where: { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty })
+        let forwards = state.unreadElements > 0 || holdsForwards(desired)
         if !forwards, desired[NftLayout.gatewayOwner]?.isEmpty != false {
             return state.exists ? NftChanges(table: .removed, removed: [], added: []) : nil
         }
@@ -353,6 +352,11 @@ public enum NftTransaction {
         // Once hooked, the table stays so until it goes: the next forward is elements alone.
         if forwards, hooks == 0 { return NftChanges(table: .hooked(mark: mark), removed: removed, added: added) }
         return removed.isEmpty && added.isEmpty ? nil : NftChanges(removed: removed, added: added)
+    }
+
+    /// Whether any guest has an element in `desired` (beside the networks' gateways).
+    public static func holdsForwards(_ desired: DesiredElements) -> Bool {
+        desired.contains { $0.key != NftLayout.gatewayOwner && !$0.value.isEmpty }
     }
 
     /// The gateway sets' elements for `gateways`, owned by `NftLayout.gatewayOwner`.
