@@ -799,6 +799,15 @@ def skipped(backend, section):
 def check(ok):
     return "met" if ok else "**missed**"
 
+def verdict(m, bound, unit="", no_interval=""):
+    """m is (median, low, high): met only when the median is within the bound; whether the 95 % interval
+    decides it is said with it."""
+    low, high = m[1], m[2]
+    where = (f" ({no_interval})" if no_interval else "") if low is None else (
+        f" (interval below {bound}{unit})" if high <= bound else
+        f" (interval above {bound}{unit})" if low > bound else f" (interval crosses {bound}{unit}: not decided)")
+    return check(m[0] <= bound) + where
+
 def faster(base, v):
     """base's median over v's; None without a base, or when v's median is 0 (hyperfine's subtraction
     of the shell's start-up can leave 0 for a run that short), which no ratio can be made of."""
@@ -1042,12 +1051,6 @@ def interval(m, digits=0, unit=""):
     low, high = m[1], m[2]
     return "" if low is None else f" (95 % interval {low:.{digits}f}–{high:.{digits}f}{unit})"
 
-def verdict(m, bound, unit=""):
-    """Met only when the median is within the bound; whether the interval decides it is said with it."""
-    low, high = m[1], m[2]
-    where = ("" if low is None else f" (interval below {bound}{unit})" if high <= bound else
-             f" (interval above {bound}{unit})" if low > bound else f" (interval crosses {bound}{unit}: not decided)")
-    return check(m[0] <= bound) + where
 for b in backends:
     if skipped(b, "all"):
         continue
@@ -1150,10 +1153,7 @@ def conn(b):
             "rounds": sum(len(rs) for _, rs in phases), "pairs": len(phases[0][1][0][0])}
 
 def conn_verdict(c):
-    """Met only when the ratio is ≤ 1.05; whether its interval decides it is said with it."""
-    where = ("no interval: too few phases" if c["low"] is None else "interval below 1.05" if c["high"] <= 1.05 else
-             "interval above 1.05" if c["low"] > 1.05 else "interval crosses 1.05: not decided")
-    return f"{check(c['ratio'] <= 1.05)} ({where})"
+    return verdict((c["ratio"], c["low"], c["high"]), 1.05, no_interval="no interval: too few phases")
 
 def conn_interval(c, digits=3):
     return "–" if c["low"] is None else f"{c['low']:.{digits}f}–{c['high']:.{digits}f}"
