@@ -799,7 +799,7 @@ def skipped(backend, section):
 def check(ok):
     return "met" if ok else "**missed**"
 
-def verdict(m, bound, unit="", no_interval=""):
+def interval_verdict(m, bound, unit="", no_interval=""):
     """m is (median, low, high): met only when the median is within the bound; whether the 95 % interval
     decides it is said with it."""
     low, high = m[1], m[2]
@@ -1153,7 +1153,7 @@ def conn(b):
             "rounds": sum(len(rs) for _, rs in phases), "pairs": len(phases[0][1][0][0])}
 
 def conn_verdict(c):
-    return verdict((c["ratio"], c["low"], c["high"]), 1.05, no_interval="no interval: too few phases")
+    return interval_verdict((c["ratio"], c["low"], c["high"]), 1.05, no_interval="no interval: too few phases")
 
 def conn_interval(c, digits=3):
     return "–" if c["low"] is None else f"{c['low']:.{digits}f}–{c['high']:.{digits}f}"
@@ -1231,17 +1231,17 @@ for b in backends:
     if pr and pr["size"] == "1000":
         # Paired: each round's apply minus its own libvirt alone, and its re-sync over its apply.
         p(f"| sync 1,000 × 5, apply: own share (minus libvirt alone: sync's libvirt calls, nothing else), paired rounds | `{b}` | "
-          f"{pr['own-wall'][0]:.0f} ms{interval(pr['own-wall'], 0, ' ms')} | ≤ 100 ms | {verdict(pr['own-wall'], 100, ' ms')} |")
+          f"{pr['own-wall'][0]:.0f} ms{interval(pr['own-wall'], 0, ' ms')} | ≤ 100 ms | {interval_verdict(pr['own-wall'], 100, ' ms')} |")
         if pr["inprocess-apply"]:
             p(f"| sync 1,000 × 5, apply: own share, libvirt's calls timed in the same process | `{b}` | "
               f"{pr['inprocess-apply'][0]:.0f} ms{interval(pr['inprocess-apply'], 0, ' ms')} | ≤ 100 ms | "
-              f"{verdict(pr['inprocess-apply'], 100, ' ms')} |")
+              f"{interval_verdict(pr['inprocess-apply'], 100, ' ms')} |")
         p(f"| sync 1,000 × 5: re-sync / apply, paired rounds | `{b}` | "
-          f"{pr['ratio-wall'][0]:.2f}×{interval(pr['ratio-wall'], 2, '×')} | ≤ 1× | {verdict(pr['ratio-wall'], 1, '×')} |")
+          f"{pr['ratio-wall'][0]:.2f}×{interval(pr['ratio-wall'], 2, '×')} | ≤ 1× | {interval_verdict(pr['ratio-wall'], 1, '×')} |")
         if pr["inprocess-ratio"]:
             p(f"| sync 1,000 × 5: re-sync / apply, own shares in the same process | `{b}` | "
               f"{pr['inprocess-ratio'][0]:.2f}×{interval(pr['inprocess-ratio'], 2, '×')} | ≤ 1× | "
-              f"{verdict(pr['inprocess-ratio'], 1, '×')} |")
+              f"{interval_verdict(pr['inprocess-ratio'], 1, '×')} |")
         continue
     a = hf(f"sync-{b}-1000-apply")
     if a:
