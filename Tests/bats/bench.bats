@@ -153,6 +153,11 @@ backend_measured() { # BACKEND: the run did not skip the backend
     for key in noop start1 start5 start20 stopped20; do measured hook "python-$key" -; done
 }
 
+@test "hook latency: the Swift floors (a program that only exits; the same with the runtime modules of virtgate's dependencies) measured" {
+    measured hook swift-floor -
+    measured hook swift-floor-modules -
+}
+
 # hook_latency BACKEND: every lifecycle event measured, next to its baseline from the same run.
 hook_latency() {
     local b=$1 key
@@ -166,6 +171,8 @@ hook_latency() {
         measured hook "$key" "$b"
         measured hook "python-$key" -
     done
+    # An ignored event in turn with the two Swift floors (their differences are below the machine's drift).
+    for key in in-turn-floor in-turn-modules in-turn-ignored; do measured hook "$key" "$b"; done
     # start with 20 forwards beside a table full of other guests' forwards (a smaller one with --quick).
     measured hook start20-scale "$b"
     # ... and beside one other guest's forwards (with nft: the table exists, only elements are added).

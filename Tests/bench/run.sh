@@ -78,11 +78,11 @@ export LC_ALL=C
 
 # Sizes and iteration counts.
 if [ "$quick" -eq 1 ]; then
-    warm=2; runs_fast=10; runs_py=5; runs_mem=3
+    warm=2; runs_fast=10; runs_py=5; runs_mem=3; runs_alternate=30
     sync_sizes=(10 100); sync_runs=(3 3); sync_warm=(1 1); paired_size=100; paired_rounds=3
     conn_sizes=(10 1000)
 else
-    warm=5; runs_fast=100; runs_py=30; runs_mem=9
+    warm=5; runs_fast=100; runs_py=30; runs_mem=9; runs_alternate=400
     sync_sizes=(100 1000 5000); sync_runs=(10 5 3); sync_warm=(2 1 0); paired_size=1000; paired_rounds=25
     conn_sizes=(10 10000)
 fi
@@ -412,6 +412,19 @@ if [ -n "$swiftc" ]; then
             -L "$repo/Sources/virtgate/link" "$work/swift-floor.swift" -o "$work/swift-floor" >"$work/log/swift-floor.log" 2>&1; then
         hf "$ns" swift-floor $((runs_fast * 2)) -N "$work/swift-floor" || true
     fi
+    # The same, linking the toolchain's runtime modules that virtgate's dependencies bring (the source
+    # says which brings which): the same archive members of them as virtgate's binary (compared by
+    # lld's link map), none of virtgate's own code. What that floor costs no virtgate code can remove.
+    if "$swiftc" -O -static-stdlib -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic \
+            -Xlinker --gc-sections -L "$repo/Sources/virtgate/link" "$here/baseline/swift-floor-modules.swift" \
+            -o "$work/swift-floor-modules" >"$work/log/swift-floor-modules.log" 2>&1; then
+        hf "$ns" swift-floor-modules $((runs_fast * 2)) -N "$work/swift-floor-modules" || true
+    fi
+fi
+# The start-up floors and an event virtgate ignores, run in turn (below, per backend).
+alternate=""
+if [ -n "$ccompiler" ] && "$ccompiler" -O2 -o "$work/alternate" "$here/baseline/alternate.c" >"$work/log/alternate.log" 2>&1; then
+    alternate=$work/alternate
 fi
 py() { echo "./python-hook.py $1 $2 $3 - < $1.xml > /dev/null 2>&1"; }
 hf "$ns" hook-python-noop "$runs_py" "$(py plain prepare begin)" || true
@@ -455,6 +468,14 @@ for backend in "${backends[@]}"; do
     b=$backend
     # The floor: an event virtgate ignores (start-up, arguments, one log line; no XML, no firewall).
     hf "$ns" hook-$b-floor "$runs_fast" "$(q plain no-such-event begin)" || true
+    # ... and in turn with the two Swift floors (baseline/alternate.c): what separates them is a fraction of
+    # a millisecond, less than the machine drifts between two hyperfine runs a minute apart.
+    if [ -n "$alternate" ] && [ -x "$work/swift-floor" ] && [ -x "$work/swift-floor-modules" ]; then
+        (cd "$work" && in_ns "$ns" "$alternate" "$runs_alternate" "$res/start-up-$b" plain.xml \
+            floor "$work/swift-floor" ::: modules "$work/swift-floor-modules" ::: \
+            ignored "$work/hooks/qemu" plain no-such-event begin -) >"$work/log/start-up-$b.log" 2>&1 \
+            || say "  start-up-$b failed: $(tail -n 1 "$work/log/start-up-$b.log")"
+    fi
     # A guest without forwards, each lifecycle event from the state libvirt calls it in.
     hf "$ns" hook-$b-prepare "$runs_fast" --prepare "$(q plain release end)" "$(q plain prepare begin)" || true
     hf "$ns" hook-$b-start "$runs_fast" --prepare "$(q plain release end)" "$(q plain start begin)" || true
@@ -857,9 +878,17 @@ if swift_floor:
       f"relative relocations, libstdc++ static), that only exits, "
       f"takes {ms(swift_floor)} ({swift_floor['median'] - true['median']:.2f} ms above `/bin/true`, run the same way): "
       f"the runtime's start-up, which no virtgate change removes.\n")
+modules_floor = hf("swift-floor-modules")
+if modules_floor:
+    above = f" ({modules_floor['median'] - swift_floor['median']:.2f} ms above it)" if swift_floor else ""
+    p(f"The same program linking the runtime modules virtgate's dependencies bring (`Tests/bench/baseline/swift-floor-modules.swift`: "
+      f"FoundationEssentials and the regex modules through swift-argument-parser, the concurrency runtime and libdispatch "
+      f"through swift-subprocess), the same archive members of them as virtgate's binary, takes {ms(modules_floor)}{above}: "
+      f"the floor of any binary built from these dependencies. An event virtgate ignores, below, is that floor and the "
+      f"hook's own start (arguments, settings, log line).\n")
 p(f"Baselines: `/bin/true` {ms(true)}; the classic Python hook pattern (`Tests/bench/baseline/python-hook.py`, "
   f"one `iptables` process per rule) {ms(py_noop)} for a guest it has nothing to do for.\n")
-rows = [("floor", "an event virtgate ignores (start-up floor)", None), ("prepare", "no forwards: `prepare`", "noop"), ("start", "no forwards: `start`", "noop"),
+rows = [("floor", "an event virtgate ignores (start-up, arguments, settings, a log line)", None), ("prepare", "no forwards: `prepare`", "noop"), ("start", "no forwards: `start`", "noop"),
         ("started", "no forwards: `started`", "noop"), ("stopped", "no forwards: `stopped`", "noop"),
         ("release", "no forwards: `release`", "noop"), ("start1", "`start`, 1 forward", None),
         ("start5", "`start`, 5 forwards", None), ("start20", "`start`, 20 forwards (after its own stop, its network running)", "start20"),
@@ -894,6 +923,10 @@ for b in backends:
         if key == "prepare" and v:
             summary.append((b, "no-op hook (`prepare`)", v, base))
         p(f"| {label} | {ms(v)} | {spread} | {ms(base)} | {speed} | {xtrue} | {goal} | {verdict} |")
+        if key == "floor" and modules_floor:
+            r = modules_floor
+            p(f"| ↳ a Swift program that only exits, with the runtime modules of virtgate's dependencies (above) | {ms(r)} | "
+              f"{r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | | |")
         if key == "started" and hf("hook-save") and b == "iptables":
             r = hf("hook-save")
             p(f"| ↳ `iptables-save` alone (an event with forwards reads the kernel's rules first; one without runs none) | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
@@ -937,6 +970,13 @@ for b in backends:
             p(f"| ↳ the same `start` beside {int(n):,} guests × 5 forwards (the kernel's state is a full table) | {ms(r)} | "
               f"{r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | | |")
     p("")
+    floor_t, modules_t, ignored_t = (hf(f"start-up-{b}-{name}") for name in ("floor", "modules", "ignored"))
+    if floor_t and modules_t and ignored_t:
+        p(f"Run in turn instead ({floor_t['runs']} rounds of the three, by `Tests/bench/baseline/alternate.c`, each with "
+          f"the same drift of the machine): the Swift floor {ms(floor_t)}, the floor with the runtime modules of "
+          f"virtgate's dependencies {ms(modules_t)} ({modules_t['median'] - floor_t['median']:+.2f} ms), an event "
+          f"virtgate ignores {ms(ignored_t)} ({ignored_t['median'] - modules_t['median']:+.2f} ms more: the hook's own "
+          f"start).\n")
     if py_noop and lifecycle:
         p(f"libvirt runs the hook at least five times per guest lifecycle (`prepare`, `start`, `started`, `stopped`, "
           f"`release`; more with `migrate`, `restore` or `reconnect`): {lifecycle:.1f} ms in all for a guest without "
@@ -1297,6 +1337,10 @@ if len(sys.argv) > 4 and sys.argv[4]:
     hf_row("hook", "nft-alone-stopped20", "nft", "hook-nft-alone-stopped20")
     hf_row("hook", "nft-alone-restart20", "nft", "hook-nft-alone-restart20")
     hf_row("hook", "swift-floor", "-", "swift-floor")
+    hf_row("hook", "swift-floor-modules", "-", "swift-floor-modules")
+    for b in backends:
+        for name in ("floor", "modules", "ignored"):
+            hf_row("hook", f"in-turn-{name}", b, f"start-up-{b}-{name}")
     for b in backends:
         hf_row("hook", "start20-scale", b, f"hook-{b}-start20-scale")
         hf_row("hook", "start20-beside", b, f"hook-{b}-start20-beside")
