@@ -413,8 +413,8 @@ if [ -n "$swiftc" ]; then
         hf "$ns" swift-floor $((runs_fast * 2)) -N "$work/swift-floor" || true
     fi
     # The same, linking the toolchain's runtime modules that virtgate's dependencies bring (the source
-    # says which brings which): the same archive members of them as virtgate's binary (compared by
-    # lld's link map), none of virtgate's own code. What that floor costs no virtgate code can remove.
+    # says which brings which), none of virtgate's own code: what that floor costs, no change to
+    # virtgate's own code removes; fewer dependencies would.
     if "$swiftc" -O -static-stdlib -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic \
             -Xlinker --gc-sections -L "$repo/Sources/virtgate/link" "$here/baseline/swift-floor-modules.swift" \
             -o "$work/swift-floor-modules" >"$work/log/swift-floor-modules.log" 2>&1; then
@@ -883,7 +883,7 @@ if modules_floor:
     above = f" ({modules_floor['median'] - swift_floor['median']:.2f} ms above it)" if swift_floor else ""
     p(f"The same program linking the runtime modules virtgate's dependencies bring (`Tests/bench/baseline/swift-floor-modules.swift`: "
       f"FoundationEssentials and the regex modules through swift-argument-parser, the concurrency runtime and libdispatch "
-      f"through swift-subprocess), the same archive members of them as virtgate's binary, takes {ms(modules_floor)}{above}: "
+      f"through swift-subprocess), linked as virtgate's release build is, takes {ms(modules_floor)}{above}: "
       f"the floor of any binary built from these dependencies. An event virtgate ignores, below, is that floor and the "
       f"hook's own start (arguments, settings, log line).\n")
 p(f"Baselines: `/bin/true` {ms(true)}; the classic Python hook pattern (`Tests/bench/baseline/python-hook.py`, "

@@ -7,7 +7,8 @@
 //   the concurrency runtime, libdispatch
 //                         swift-subprocess is async; so is the hook's path that runs it
 // The code below is never run (no one passes 1,000 arguments); it is there so that the linker keeps
-// what virtgate's binary keeps.
+// what virtgate's binary keeps. At 25b94c8 the two link maps (-Xlinker -Map) held the same archive
+// members of the toolchain's libraries; a dependency added or dropped changes that: compare them again.
 import Dispatch
 import FoundationEssentials
 import Glibc
