@@ -403,23 +403,21 @@ netns_new "$ns"
 hf "$ns" true $((runs_fast * 2)) -N /bin/true || true
 # The floor of any Swift program linked as virtgate's release build is: one that only exits, with the
 # static Swift runtime and Package.swift's release linker settings (lld with packed relative relocations,
-# libstdc++ static through Sources/virtgate/link, no dynamic symbol table). Built plainly (gold, the shared
-# libstdc++) the same program runs 2.2M instructions instead of 0.44M and takes about 0.7 ms more: that is
-# no floor of virtgate's.
+# libstdc++ static through Sources/virtgate/link, no dynamic symbol table; SwiftPM's --gc-sections). Built
+# plainly (gold, the shared libstdc++) the same program runs 2.2M instructions instead of 0.44M and takes
+# about 0.7 ms more: that is no floor of virtgate's.
+# swift-floor-modules: the same, linking the toolchain's runtime modules that virtgate's dependencies bring
+# (its source says which brings which), none of virtgate's own code: what that floor costs, no change to
+# virtgate's own code removes; fewer dependencies would.
 if [ -n "$swiftc" ]; then
     printf 'import Glibc\nexit(0)\n' > "$work/swift-floor.swift"
-    if "$swiftc" -O -static-stdlib -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic \
-            -L "$repo/Sources/virtgate/link" "$work/swift-floor.swift" -o "$work/swift-floor" >"$work/log/swift-floor.log" 2>&1; then
-        hf "$ns" swift-floor $((runs_fast * 2)) -N "$work/swift-floor" || true
-    fi
-    # The same, linking the toolchain's runtime modules that virtgate's dependencies bring (the source
-    # says which brings which), none of virtgate's own code: what that floor costs, no change to
-    # virtgate's own code removes; fewer dependencies would.
-    if "$swiftc" -O -static-stdlib -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic \
-            -Xlinker --gc-sections -L "$repo/Sources/virtgate/link" "$here/baseline/swift-floor-modules.swift" \
-            -o "$work/swift-floor-modules" >"$work/log/swift-floor-modules.log" 2>&1; then
-        hf "$ns" swift-floor-modules $((runs_fast * 2)) -N "$work/swift-floor-modules" || true
-    fi
+    for floor in "$work/swift-floor.swift" "$here/baseline/swift-floor-modules.swift"; do
+        name=$(basename "$floor" .swift)
+        if "$swiftc" -O -static-stdlib -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic \
+                -Xlinker --gc-sections -L "$repo/Sources/virtgate/link" "$floor" -o "$work/$name" >"$work/log/$name.log" 2>&1; then
+            hf "$ns" "$name" $((runs_fast * 2)) -N "$work/$name" || true
+        fi
+    done
 fi
 # The start-up floors and an event virtgate ignores, run in turn (below, per backend).
 alternate=""
@@ -923,10 +921,6 @@ for b in backends:
         if key == "prepare" and v:
             summary.append((b, "no-op hook (`prepare`)", v, base))
         p(f"| {label} | {ms(v)} | {spread} | {ms(base)} | {speed} | {xtrue} | {goal} | {verdict} |")
-        if key == "floor" and modules_floor:
-            r = modules_floor
-            p(f"| ↳ a Swift program that only exits, with the runtime modules of virtgate's dependencies (above) | {ms(r)} | "
-              f"{r['q1']:.2f}–{r['q3']:.2f} | | | {r['median'] / true['median']:.1f} | | |")
         if key == "started" and hf("hook-save") and b == "iptables":
             r = hf("hook-save")
             p(f"| ↳ `iptables-save` alone (an event with forwards reads the kernel's rules first; one without runs none) | {ms(r)} | {r['q1']:.2f}–{r['q3']:.2f} | | | "
